@@ -1,0 +1,59 @@
+"""``python -m agent --config agent.toml``: run one agent standalone.
+
+Logs go to stderr. SIGTERM/SIGINT stop the agent cleanly (it deregisters from etcd); its replicas keep
+running, and a restarted agent re-adopts them. A SIGKILLed agent also leaves them running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from agent.config import load_agent_config
+from agent.runtime.base import RuntimeUnavailable
+from agent.server import build_agent_app
+from common.config import ConfigError
+
+
+async def serve(config_path: str | None) -> None:
+    config = load_agent_config(config_path)
+    app = build_agent_app(config)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, config.agent.listen_host, config.agent.listen_port)
+        await site.start()
+        logging.getLogger("agent").info("agent %s listening on %s:%d", config.agent.id,
+                                        config.agent.listen_host, config.agent.listen_port)
+        await stop.wait()
+        logging.getLogger("agent").info("shutting down (replicas keep running)")
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent", description="Moorage agent")
+    parser.add_argument("--config", "-c", help="agent.toml (keys can be overridden by MOORAGE_AGENT__* vars)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(args.config))
+    except (ConfigError, RuntimeUnavailable) as exc:
+        print(f"agent: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""App proxy configuration: ``load_config(ProxyConfig, path, "MOORAGE_APPPROXY")``.
+
+Every key can be overridden by ``MOORAGE_APPPROXY__<SECTION>__<KEY>`` (see :mod:`common.config`), e.g.
+``MOORAGE_APPPROXY__PROXY__MAX_BODY_SIZE=1048576`` or ``MOORAGE_APPPROXY__SECRETS__JWT_SECRET_FILE=/run/secret``.
+Unknown keys are refused, so a misspelt limit fails loudly instead of silently keeping its default.
+
+Example ``appproxy.toml``::
+
+    [proxy]
+    bind_host = "0.0.0.0"
+    max_body_size = 33554432          # 32 MiB
+    max_concurrency_per_endpoint = 256
+
+    [outlier]
+    consecutive_failures = 3
+
+    [etcd]
+    host = "127.0.0.1"
+    port = 2379
+
+    [secrets]
+    jwt_secret_file = "/etc/moorage/jwt_secret"   # shared with the manager; never commit the secret itself
+    cluster_secret_file = "/etc/moorage/cluster_secret"   # signs the manager's calls to the admin port
+
+Wildcard mode and the admin listener::
+
+    [proxy]
+    frontend = "wildcard"
+    wildcard_domain = ".apps.example.com"   # endpoint with subdomain "chat" → http://chat.apps.example.com
+    wildcard_port = 8080
+    admin_host = "10.0.0.5"                 # a private address: /metrics is unauthenticated
+    admin_port = 9180
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from common.config import ConfigError, load_config, read_secret
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProxySection(_Section):
+    # Address the per-endpoint ports (or the wildcard port) listen on. Loopback by default: exposing the proxy
+    # is a deliberate choice.
+    bind_host: str = "127.0.0.1"
+
+    # --- frontend: how a request finds its endpoint (both give a URL that never changes for its life) ---
+    # "port": one listening port per endpoint (the table's ``port``), the Host header plays no part.
+    # "wildcard": one listener on ``wildcard_port``; the endpoint is the one whose ``subdomain`` +
+    # ``wildcard_domain`` equals the Host header (case-insensitive, port ignored); anything else → 404.
+    frontend: Literal["port", "wildcard"] = "port"
+    wildcard_domain: str = Field("", max_length=253)  # e.g. ".apps.example.com" (leading dot required)
+    wildcard_port: int = Field(8080, ge=0, le=65535)
+
+    # --- admin listener: Prometheus /metrics (open) and the manager's JSON API (signed requests) ---
+    # Bind it to a private address: /metrics is served without authentication. None: no admin listener.
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = Field(None, ge=0, le=65535)
+    # Replica metrics scraping (the JSON API's source): every healthy route's ``scrape_path`` is fetched every
+    # ``scrape_interval`` seconds, giving up after ``scrape_timeout`` or beyond ``scrape_max_bytes``.
+    scrape_interval: float = Field(5.0, gt=0)
+    scrape_timeout: float = Field(2.0, gt=0)
+    scrape_max_bytes: int = Field(1 * MiB, ge=1 * KiB, le=64 * MiB)
+    scrape_path: str = Field("/metrics", pattern=r"^/")
+    # At most this many distinct sample names are kept per replica (a runaway exporter cannot blow up memory).
+    scrape_max_series: int = Field(2000, ge=1)
+
+    # One log line per request (aiohttp's access log, logger "aiohttp.access"). Costs ~10 % of throughput.
+    access_log: bool = False
+
+    # --- processes ---
+    # Number of worker processes sharing the ports (SO_REUSEPORT); ``--workers`` on the command line wins.
+    # With N > 1, worker k serves its admin listener on ``admin_port + k``.
+    workers: int = Field(1, ge=1, le=64)
+
+    # --- limits (each with the status a client gets when it is exceeded) ---
+    # Total size of the request headers → 431. Also the cap on one header line given to aiohttp's parser, which
+    # answers 400 for a single over-long line before our handler runs (vLLM CVE-2025-48956: unbounded headers).
+    max_header_size: int = Field(16 * KiB, ge=1 * KiB, le=1 * MiB)
+    # Number of request header lines (aiohttp's default) → 400 from the parser; bounds parsing work per request.
+    max_header_count: int = Field(128, ge=8, le=1024)
+    # Longest request line (method + target + version) → 400 from the parser; long query strings are not
+    # an inference use case.
+    max_request_line: int = Field(8 * KiB, ge=1 * KiB, le=1 * MiB)
+    # Request body → 413. The body is buffered (so a request can be retried on another replica before the first
+    # byte), so this also bounds memory: worst case ≈ max_body_size × max_concurrency_per_endpoint per endpoint.
+    max_body_size: int = Field(32 * MiB, ge=0, le=4096 * MiB)
+    # Requests in flight per endpoint → 503 with Retry-After; sheds load instead of queueing without bound.
+    max_concurrency_per_endpoint: int = Field(256, ge=1)
+    # Seconds announced in Retry-After on every 503 (overload, no route available).
+    retry_after: int = Field(2, ge=1, le=3600)
+
+    # --- upstream (replica) connections ---
+    # TCP connect to a replica → retried on another route (it is before the first byte), then 502.
+    upstream_connect_timeout: float = Field(5.0, gt=0)
+    # Idle time between two reads from the replica (aiohttp sock_read), NOT a total deadline: a long generation
+    # that keeps producing bytes is never cut (field lessons §4.7). Waiting longer than this for the response
+    # headers → 504; going silent mid-stream → the client's connection is aborted.
+    upstream_read_timeout: float = Field(300.0, gt=0)
+    # How long an idle pooled connection to a replica is kept. Below uvicorn's 5 s default (vLLM, TGI, SGLang)
+    # so we do not reuse a connection the replica is about to close.
+    upstream_keepalive_timeout: float = Field(4.0, ge=0)
+    # Distinct routes tried for one request while no byte has been sent to the client (connect refused/reset or
+    # connect timeout); 1 disables retries.
+    max_attempts: int = Field(3, ge=1, le=16)
+    # Trust incoming X-Forwarded-For/-Proto/-Host (append to the chain) — only behind a trusted load balancer.
+    # Off: those headers (and Forwarded, X-Real-IP) are dropped and replaced by what this proxy saw.
+    trust_forwarded_headers: bool = False
+
+    # --- lifecycle ---
+    # A port that could not be bound (in use, permission) is tried again after this many seconds.
+    bind_retry_interval: float = Field(2.0, gt=0)
+    # start() waits this long for the first route table snapshot; with etcd down it starts empty and converges.
+    initial_sync_timeout: float = Field(5.0, ge=0)
+    # On stop, in-flight requests (long streams) get this long to finish before their connections are closed.
+    shutdown_timeout: float = Field(10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_frontend(self) -> ProxySection:
+        if self.frontend == "wildcard":
+            domain = self.wildcard_domain
+            if not domain.startswith(".") or len(domain) < 2 or any(c in domain for c in " /:@"):
+                raise ValueError('wildcard_domain must look like ".apps.example.com" when frontend = "wildcard"')
+        return self
+
+
+class OutlierSection(_Section):
+    """Passive health (ARCHITECTURE §4), Envoy-style outlier ejection + panic threshold."""
+
+    # Consecutive connection failures / 5xx before a route is ejected (Backend.AI worker and LiteLLM use 3).
+    consecutive_failures: int = Field(3, ge=1)
+    # First ejection lasts this long; each further ejection doubles it ...
+    base_ejection: float = Field(5.0, gt=0)
+    # ... up to this cap. A route that stays in for this long after its last ejection starts over at the base.
+    max_ejection: float = Field(60.0, gt=0)
+    # When fewer than this fraction of the routes are available, balance over all of them (Envoy's 50 %):
+    # a false ejection of most replicas must not turn into a full outage.
+    panic_threshold: float = Field(0.5, ge=0, le=1)
+
+
+class EtcdSection(_Section):
+    """Where the route tables live; used by ``python -m appproxy`` only (embedded mode passes a store)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(2379, ge=1, le=65535)
+    namespace: str = ""
+
+
+class SecretsSection(_Section):
+    # HS256 key shared with the manager, which mints the endpoint tokens. Inline (environment) or a file;
+    # the file wins. Held as SecretStr so printing the config never shows it.
+    jwt_secret: SecretStr | None = None
+    jwt_secret_file: str | None = None
+    # HMAC secret of the internal channels (common.signing); needed when the admin listener is on.
+    cluster_secret: SecretStr | None = None
+    cluster_secret_file: str | None = None
+
+
+class ProxyConfig(_Section):
+    proxy: ProxySection = Field(default_factory=ProxySection)
+    outlier: OutlierSection = Field(default_factory=OutlierSection)
+    etcd: EtcdSection = Field(default_factory=EtcdSection)
+    secrets: SecretsSection = Field(default_factory=SecretsSection)
+
+    def jwt_secret(self) -> str:
+        """The token signing secret; raises :class:`common.config.ConfigError` when unset or too short."""
+        inline = self.secrets.jwt_secret.get_secret_value() if self.secrets.jwt_secret else None
+        try:
+            return read_secret(inline, self.secrets.jwt_secret_file, "secrets.jwt_secret")
+        except OSError as exc:
+            raise ConfigError(f"secrets.jwt_secret_file: cannot read {self.secrets.jwt_secret_file!r}: "
+                              f"{exc.strerror or exc}") from None
+
+    def cluster_secret(self) -> str | None:
+        """The internal request signing secret; None when the admin listener is off (then it is not needed)."""
+        if self.proxy.admin_port is None:
+            return None
+        inline = self.secrets.cluster_secret.get_secret_value() if self.secrets.cluster_secret else None
+        try:
+            return read_secret(inline, self.secrets.cluster_secret_file, "secrets.cluster_secret (admin_port is set)")
+        except OSError as exc:
+            raise ConfigError(f"secrets.cluster_secret_file: cannot read {self.secrets.cluster_secret_file!r}: "
+                              f"{exc.strerror or exc}") from None
+
+
+ENV_PREFIX = "MOORAGE_APPPROXY"
+
+
+def load_proxy_config(path: str | Path | None) -> ProxyConfig:
+    """The TOML file (if any) with ``MOORAGE_APPPROXY__*`` environment overrides applied."""
+    return load_config(ProxyConfig, path, ENV_PREFIX)

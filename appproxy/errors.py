@@ -1,0 +1,53 @@
+"""RFC 7807 errors the proxy itself answers with (everything else is the replica's own response)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from common.errors import ObjectNotFound, PayloadTooLarge, ProblemError, ServiceUnavailable
+
+__all__ = [
+    "BadGateway", "EndpointNotFound", "EndpointOverloaded", "GatewayTimeout", "MethodNotAllowed",
+    "NoRouteAvailable", "PayloadTooLarge", "RequestHeadersTooLarge",
+]
+
+
+class _RetryLater(ServiceUnavailable):
+    """503 with ``Retry-After`` (seconds)."""
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
+class NoRouteAvailable(_RetryLater):
+    slug, title = "no-route-available", "No replica of this endpoint is available."
+
+
+class EndpointOverloaded(_RetryLater):
+    slug, title = "endpoint-overloaded", "Too many concurrent requests to this endpoint."
+
+
+class EndpointNotFound(ObjectNotFound):
+    slug, title = "endpoint-not-found", "No endpoint is served here."
+
+    def to_response(self) -> web.Response:
+        response = super().to_response()
+        response.force_close()  # a connection to a port whose endpoint is gone is not worth keeping
+        return response
+
+
+class BadGateway(ProblemError):
+    status, slug, title = 502, "bad-gateway", "The replica could not be reached or answered badly."
+
+
+class GatewayTimeout(ProblemError):
+    status, slug, title = 504, "gateway-timeout", "The replica did not answer in time."
+
+
+class RequestHeadersTooLarge(ProblemError):
+    status, slug, title = 431, "request-header-fields-too-large", "The request headers are too large."
+
+
+class MethodNotAllowed(ProblemError):
+    status, slug, title = 405, "method-not-allowed", "This method is not proxied."

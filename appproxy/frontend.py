@@ -1,0 +1,311 @@
+"""Frontends: how a connection finds its endpoint. ``make_frontend`` picks one from ``[proxy] frontend``.
+
+Wildcard mode (:class:`WildcardFrontend`): one listener on ``bind_host:wildcard_port``; the endpoint is the one
+whose table's ``subdomain`` + ``wildcard_domain`` equals the request's Host header, compared case-insensitively
+with the port and a trailing dot ignored. Any other Host (unknown, missing, an IP address) → 404 problem. Two
+live tables claiming one subdomain: the lowest endpoint id is served and the conflict logged (the manager keeps
+subdomains unique; this is only the tie-break).
+
+Port mode (:class:`PortFrontend`): one listening port per endpoint (reference §6.2), all served by one application.
+
+One ``web.AppRunner`` runs a single catch-all ``web.Application``; each endpoint whose table has a ``port`` gets
+a ``web.TCPSite`` on ``bind_host:port``. The handler finds the endpoint from the local port the connection came
+in on, so the Host header plays no part in routing (vLLM's Host-header auth bypass is the lesson there).
+
+Sites follow the route tables level-triggered: :meth:`PortFrontend.changed` wakes a reconcile task that opens
+missing ports and closes ports whose endpoint is gone (idle keep-alive connections accepted on a closed port are
+closed too, requests in progress finish). A port that cannot be bound (in use, no permission) is logged and
+tried again every ``bind_retry_interval`` without holding up the other endpoints. When two tables claim the same
+port, the endpoint already bound keeps it (otherwise the lowest endpoint id wins) and the conflict is logged.
+
+The parser limits (``max_line_size``, ``max_field_size``, ``max_headers``) bound what a client can make us buffer
+before any handler code runs; ``handler_cancellation`` makes a client disconnect cancel the request handler,
+which is how an abandoned generation is stopped upstream (see :mod:`appproxy.forward`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from appproxy.config import ProxySection
+from appproxy.errors import EndpointNotFound
+from appproxy.routing import RouteCache
+from common.aio import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+
+def log_new_conflicts(claims: dict[Any, list[uuid.UUID]], winners: dict[Any, uuid.UUID],
+                      known: set[tuple[Any, uuid.UUID]], what: str) -> set[tuple[Any, uuid.UUID]]:
+    """Log each endpoint that claims a port or host another endpoint has, once per conflict; returns the
+    conflicts that still stand (so a conflict that went away and comes back is logged again)."""
+    for key, endpoints in claims.items():
+        winner = winners[key]
+        for loser in endpoints:
+            if loser != winner and (key, loser) not in known:
+                known.add((key, loser))
+                log.error("endpoint %s claims %s %s, which endpoint %s already has; not served until that "
+                          "conflict is resolved", loser, what, key, winner)
+    return {(k, e) for k, e in known if e in claims.get(k, ())}
+
+Handler = Callable[[web.Request, uuid.UUID], Awaitable[web.StreamResponse]]
+
+
+async def _defer_expect(request: web.Request) -> None:
+    """``Expect: 100-continue`` is answered later, right before the body is read (after auth and admission)."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+
+
+def local_port(request: web.BaseRequest) -> int | None:
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        return int(sockname[1])
+    return None
+
+
+def _make_runner(config: ProxySection, handle: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                 ) -> web.AppRunner:
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", handle, expect_handler=_defer_expect)
+    return web.AppRunner(
+        app,
+        handle_signals=False,  # embedded: the host process owns the signals
+        # Off by default: a log line per request costs more than the rest of the hot path (metrics count instead).
+        **({} if config.access_log else {"access_log": None}),
+        shutdown_timeout=config.shutdown_timeout,
+        handler_cancellation=True,
+        max_line_size=config.max_request_line,
+        max_field_size=config.max_header_size,
+        max_headers=config.max_header_count,
+    )
+
+
+def host_key(host: str) -> str:
+    """``Chat.Apps.Example.com:8080`` → ``chat.apps.example.com`` (port and a trailing dot dropped)."""
+    host = host.strip().lower()
+    if host.startswith("["):  # an IPv6 literal never names an endpoint
+        return host
+    host = host.rpartition(":")[0] if ":" in host else host
+    return host.rstrip(".")
+
+
+class WildcardFrontend:
+    def __init__(self, config: ProxySection, routes: RouteCache, handler: Handler, *,
+                 reuse_port: bool = False) -> None:
+        self._cfg = config
+        self._routes = routes
+        self._handler = handler
+        self._reuse_port = reuse_port
+        self._domain = config.wildcard_domain.lower().rstrip(".")
+        self._runner = _make_runner(config, self._handle)
+        self._site: web.TCPSite | None = None
+        self._host_map: dict[str, uuid.UUID] = {}  # what the handler reads: lower-case host → endpoint
+        self._conflicts: set[tuple[str, uuid.UUID]] = set()
+        self.synced_version = -1
+
+    @property
+    def hosts(self) -> dict[str, uuid.UUID]:
+        return dict(self._host_map)
+
+    @property
+    def ports(self) -> dict[int, uuid.UUID]:
+        return {}
+
+    @property
+    def port(self) -> int | None:
+        if self._site is None:
+            return None
+        server = self._site._server
+        sockets = getattr(server, "sockets", None) or []
+        return sockets[0].getsockname()[1] if sockets else self._cfg.wildcard_port
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self._cfg.bind_host, self._cfg.wildcard_port, reuse_address=True,
+                                 reuse_port=self._reuse_port or None)
+        await self._site.start()
+        log.info("wildcard frontend listening on %s:%d for *%s", self._cfg.bind_host, self.port, self._domain)
+
+    async def stop(self) -> None:
+        self._host_map = {}
+        self._site = None
+        await self._runner.cleanup()
+
+    def changed(self) -> None:
+        version = self._routes.version
+        claims: dict[str, list[uuid.UUID]] = {}
+        for table in self._routes.tables.values():
+            if table.subdomain:
+                claims.setdefault(table.subdomain.lower() + self._domain, []).append(table.endpoint_id)
+        host_map: dict[str, uuid.UUID] = {}
+        for host, endpoints in claims.items():
+            host_map[host] = min(endpoints)
+        self._conflicts = log_new_conflicts(claims, host_map, self._conflicts, "host")
+        self._host_map = host_map
+        self.synced_version = version
+
+    async def sync(self) -> None:
+        self.changed()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        endpoint_id = self._host_map.get(host_key(request.headers.get("Host", "")))
+        if endpoint_id is None:
+            return EndpointNotFound("No endpoint is served at this host name.").to_response()
+        return await self._handler(request, endpoint_id)
+
+
+class PortFrontend:
+    def __init__(self, config: ProxySection, routes: RouteCache, handler: Handler, *,
+                 reuse_port: bool = False) -> None:
+        self._cfg = config
+        self._routes = routes
+        self._handler = handler
+        self._reuse_port = reuse_port
+        self._runner = _make_runner(config, self._handle)
+        self._sites: dict[int, tuple[uuid.UUID, web.TCPSite]] = {}
+        self._port_map: dict[int, uuid.UUID] = {}  # what the handler reads: bound port → endpoint
+        self._bind_errors: dict[int, str] = {}  # port → last error, to log each new error once
+        self._conflicts: set[tuple[int, uuid.UUID]] = set()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.synced_version = -1  # RouteCache.version that the open ports reflect
+
+    @property
+    def ports(self) -> dict[int, uuid.UUID]:
+        """The ports currently listening and the endpoint each serves."""
+        return dict(self._port_map)
+
+    @property
+    def failed_ports(self) -> dict[int, str]:
+        return dict(self._bind_errors)
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        self._task = asyncio.create_task(self._loop(), name="appproxy-port-frontend")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
+        self._sites.clear()
+        self._port_map.clear()
+        await self._runner.cleanup()  # closes the sites, lets requests finish within shutdown_timeout
+
+    def changed(self) -> None:
+        self._wake.set()
+
+    async def sync(self) -> None:
+        """Bring the open ports in line with the route tables now."""
+        async with self._lock:
+            version = self._routes.version
+            await self._reconcile()
+            self.synced_version = version
+
+    async def _loop(self) -> None:
+        while True:
+            timeout = self._cfg.bind_retry_interval if self._bind_errors else None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            try:
+                await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let one bad table stop port management for everyone
+                log.exception("port reconciliation failed; retrying")
+                await asyncio.sleep(self._cfg.bind_retry_interval)
+
+    def _desired(self) -> dict[int, uuid.UUID]:
+        claims: dict[int, list[uuid.UUID]] = {}
+        for table in self._routes.tables.values():
+            if table.port is not None:
+                claims.setdefault(table.port, []).append(table.endpoint_id)
+        desired: dict[int, uuid.UUID] = {}
+        for port, endpoints in claims.items():
+            bound = self._sites.get(port)
+            if bound is not None and bound[0] in endpoints:
+                winner = bound[0]
+            else:
+                winner = min(endpoints)
+            desired[port] = winner
+        self._conflicts = log_new_conflicts(claims, desired, self._conflicts, "port")
+        return desired
+
+    async def _reconcile(self) -> None:
+        desired = self._desired()
+        for port, (endpoint_id, site) in list(self._sites.items()):
+            if desired.get(port) == endpoint_id:
+                continue
+            del self._sites[port]
+            self._port_map.pop(port, None)
+            await site.stop()
+            self._close_connections(port)
+            log.info("endpoint %s: port %d closed", endpoint_id, port)
+        for port in [p for p in self._bind_errors if p not in desired]:
+            del self._bind_errors[port]
+        for port, endpoint_id in desired.items():
+            if port in self._sites:
+                continue
+            site = web.TCPSite(self._runner, self._cfg.bind_host, port, reuse_address=True,
+                               reuse_port=self._reuse_port or None)
+            try:
+                await site.start()
+            except OSError as exc:
+                with contextlib.suppress(Exception):
+                    await site.stop()
+                message = exc.strerror or str(exc)
+                if self._bind_errors.get(port) != message:
+                    log.error("endpoint %s: cannot listen on %s:%d (%s); retrying every %.0fs", endpoint_id,
+                              self._cfg.bind_host, port, message, self._cfg.bind_retry_interval)
+                self._bind_errors[port] = message
+                continue
+            self._sites[port] = (endpoint_id, site)
+            self._port_map[port] = endpoint_id
+            if self._bind_errors.pop(port, None) is not None:
+                log.info("endpoint %s: port %d is free again", endpoint_id, port)
+            log.info("endpoint %s: listening on %s:%d", endpoint_id, self._cfg.bind_host, port)
+
+    def _close_connections(self, port: int) -> None:
+        """Close connections accepted on a port we stopped serving (after their current request)."""
+        server = self._runner.server
+        if server is None:
+            return
+        for conn in list(server.connections):
+            transport = conn.transport
+            sockname = transport.get_extra_info("sockname") if transport is not None else None
+            if not (isinstance(sockname, tuple) and len(sockname) >= 2 and sockname[1] == port):
+                continue
+            # RequestHandler.close() only works for a connection with a request in progress (it then closes
+            # after the response); on an idle keep-alive connection it leaves a zombie that accepts requests and
+            # never answers, so idle ones are closed outright. If aiohttp renames the private flag we fall back
+            # to closing outright, which at worst cuts a response in progress on a port we stopped serving.
+            if getattr(conn, "_request_in_progress", False):
+                conn.close()
+            else:
+                conn.force_close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        port = local_port(request)
+        endpoint_id = self._port_map.get(port) if port is not None else None
+        if endpoint_id is None:
+            return EndpointNotFound("No endpoint is served on this port.").to_response()
+        return await self._handler(request, endpoint_id)
+
+
+Frontend = PortFrontend | WildcardFrontend
+
+
+def make_frontend(config: ProxySection, routes: RouteCache, handler: Handler, *, reuse_port: bool = False
+                  ) -> Frontend:
+    cls = WildcardFrontend if config.frontend == "wildcard" else PortFrontend
+    return cls(config, routes, handler, reuse_port=reuse_port)

@@ -1,0 +1,190 @@
+"""The app proxy as an object: ``AppProxy(config, store)``, ``await start()``, ``await stop()``.
+
+No global state and no signal handlers, so the manager's embedded mode (``moorage up``) can run it on its own
+event loop next to everything else with a :class:`common.store.MemoryStore`; ``python -m appproxy`` wraps it
+with an :class:`common.store.EtcdStore` and signal handling.
+
+Request pipeline (ARCHITECTURE §5), per request on an endpoint's port:
+
+1. the endpoint's current route table (404 if the endpoint is gone);
+2. ``CONNECT``/``TRACE`` → 405; request headers larger than ``max_header_size`` in total → 431;
+3. token check unless the endpoint is public (401, :mod:`appproxy.auth`);
+4. admission: at most ``max_concurrency_per_endpoint`` requests in flight → else 503 + ``Retry-After``;
+5. the body, up to ``max_body_size`` → else 413;
+6. route choice, forwarding, retries before the first byte, streaming (:mod:`appproxy.forward`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections import Counter
+from typing import Self
+
+from aiohttp import web
+
+from appproxy.admin import AdminServer
+from appproxy.auth import authenticate
+from appproxy.config import ProxyConfig
+from appproxy.errors import EndpointNotFound, EndpointOverloaded, MethodNotAllowed, RequestHeadersTooLarge
+from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, read_body
+from appproxy.frontend import make_frontend
+from appproxy.metrics import NO_ROUTE, ProxyMetrics, make_registry
+from appproxy.routing import RouteCache
+from appproxy.scrape import ReplicaScraper
+from common.errors import ProblemError
+from common.store import ROUTES_PREFIX, KVStore
+
+log = logging.getLogger(__name__)
+
+REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
+
+
+def tune_gc() -> None:
+    """Standalone process only (never in embedded mode: it is process-wide). Thousands of long streams keep
+    hundreds of thousands of objects alive; CPython's default thresholds then run full collections that stall
+    the event loop for hundreds of milliseconds (measured: 8 s of GC in 90 s with 5,000 streams). Objects from
+    start-up are frozen out of collection and the young generation is collected 70× less often; reference
+    counting still frees almost everything, the collector only has to find cycles."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
+def header_bytes(request: web.BaseRequest) -> int:
+    """Size of the request headers as received (name, value, ": " and CRLF per line)."""
+    return sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+
+
+class AppProxy:
+    def __init__(self, config: ProxyConfig, store: KVStore, *, rng: random.Random | None = None,
+                 routes_prefix: str = ROUTES_PREFIX, worker_index: int = 0, reuse_port: bool = False) -> None:
+        """``worker_index``/``reuse_port``: set by ``python -m appproxy --workers N`` (worker k of N shares the
+        proxy ports with its siblings and serves its admin listener on ``admin_port + k``)."""
+        self.config = config
+        self._secret = config.jwt_secret()  # fail at construction, not at the first request
+        cluster_secret = config.cluster_secret()  # likewise; None when there is no admin listener
+        self._store = store
+        self.metrics = ProxyMetrics()
+        self.registry = make_registry(self.metrics)  # this proxy's own; never the global registry
+        self.routes = RouteCache(store, routes_prefix, on_change=self._routes_changed)
+        self.forwarder = Forwarder(config.proxy, config.outlier, self.metrics, rng=rng)
+        self.frontend = make_frontend(config.proxy, self.routes, self.handle, reuse_port=reuse_port)
+        self.scraper = ReplicaScraper(config.proxy, self.routes, self.forwarder, self.metrics)
+        self.admin: AdminServer | None = None
+        cfg = config.proxy
+        if cfg.admin_port is not None and cluster_secret is not None:
+            self.admin = AdminServer(
+                cfg.admin_host, cfg.admin_port + worker_index if cfg.admin_port else 0, cluster_secret,
+                self.registry, self.scraper, known=lambda e: self.routes.get(e) is not None,
+                in_flight=lambda e: self.metrics.in_flight.get(e, 0))
+        self._admitted: Counter[uuid.UUID] = Counter()  # endpoint → requests admitted and not finished
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the upstream pool, start watching route tables and open the endpoints' ports.
+
+        Waits up to ``initial_sync_timeout`` for the first route snapshot so that the ports of existing endpoints
+        are open when this returns; if the store is unreachable it returns anyway and converges later.
+        """
+        if self._started:
+            return
+        self._started = True
+        try:
+            await self.forwarder.start()
+            await self.frontend.start()
+            self.routes.start()
+            if not await self.routes.wait_ready(self.config.proxy.initial_sync_timeout):
+                log.warning("no route tables received within %.1fs; serving none until the store answers",
+                            self.config.proxy.initial_sync_timeout)
+            await self.frontend.sync()
+            if self.admin is not None:
+                await self.scraper.start()
+                await self.admin.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("app proxy started: %d endpoint(s), %s frontend%s%s", len(self.routes.tables),
+                 self.config.proxy.frontend,
+                 f", ports {sorted(self.frontend.ports)}" if self.config.proxy.frontend == "port" else "",
+                 f", admin on {self.config.proxy.admin_host}:{self.admin.port}" if self.admin else "")
+
+    async def stop(self) -> None:
+        """Stop watching, close the ports (in-flight requests get ``shutdown_timeout``), close the pool.
+
+        Idempotent. The store is not closed: it belongs to the caller.
+        """
+        if not self._started:
+            return
+        self._started = False
+        if self.admin is not None:
+            await self.admin.stop()
+        await self.scraper.stop()
+        await self.routes.stop()
+        await self.frontend.stop()
+        await self.forwarder.close()
+        log.info("app proxy stopped")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def _routes_changed(self) -> None:
+        self.frontend.changed()
+        self.forwarder.retain(self.routes.tables.values())
+        self.metrics.forget([str(e) for e in self.routes.tables])
+
+    # -- the request pipeline --------------------------------------------------------------------------------
+    async def handle(self, request: web.Request, endpoint_id: uuid.UUID) -> web.StreamResponse:
+        endpoint = str(endpoint_id)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, route = 500, NO_ROUTE
+        self.metrics.request_started(endpoint)
+        try:
+            response, route = await self._pipeline(request, endpoint_id)
+            status = response.status
+            return response
+        except ProblemError as exc:
+            status = exc.status
+            self.metrics.rejections[(endpoint, exc.slug)] += 1
+            return exc.to_response()
+        except asyncio.CancelledError:
+            status = STATUS_CLIENT_CLOSED
+            self.metrics.client_disconnects[endpoint] += 1
+            raise
+        finally:
+            self.metrics.request_finished(endpoint, route, status, loop.time() - started)
+
+    async def _pipeline(self, request: web.Request, endpoint_id: uuid.UUID) -> tuple[web.StreamResponse, str]:
+        table = self.routes.get(endpoint_id)
+        if table is None:
+            raise EndpointNotFound("This endpoint no longer exists.")
+        if request.method in REFUSED_METHODS:
+            raise MethodNotAllowed(f"{request.method} is not proxied.")
+        limit = self.config.proxy.max_header_size
+        if (size := header_bytes(request)) > limit:
+            raise RequestHeadersTooLarge(f"The request headers ({size} bytes) exceed the limit of {limit} bytes.")
+        authenticate(self._secret, table, request.method, request.headers)
+        cap = self.config.proxy.max_concurrency_per_endpoint
+        if self._admitted[endpoint_id] >= cap:
+            raise EndpointOverloaded(f"This endpoint already has {cap} requests in progress; try again shortly.",
+                                     retry_after=self.config.proxy.retry_after)
+        self._admitted[endpoint_id] += 1
+        try:
+            body = await read_body(request, self.config.proxy.max_body_size)
+            # the table may have changed while the body was uploading: use the newest one
+            table = self.routes.get(endpoint_id) or table
+            return await self.forwarder.forward(request, table, body)
+        finally:
+            self._admitted[endpoint_id] -= 1
+            if self._admitted[endpoint_id] <= 0:
+                del self._admitted[endpoint_id]

@@ -1,0 +1,1 @@
+"""Code shared by two or more Moorage components (manager, agent, appproxy)."""

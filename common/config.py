@@ -1,0 +1,107 @@
+"""TOML configuration with environment overrides.
+
+``load_config(Model, path, env_prefix="MOORAGE_AGENT")`` reads the TOML file (if given), then applies every
+environment variable ``<PREFIX>__<SECTION>__<KEY>=value`` (double underscores separate levels, names are
+case-insensitive), then validates with the pydantic model. Values from the environment are strings; pydantic
+coerces them, and JSON is accepted for lists and tables (``MOORAGE_AGENT__AGENT__PORT_RANGE='[30000, 31000]'``).
+Secrets belong in files or the environment, never in the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+    node = target
+    for part in path[:-1]:
+        existing = node.get(part)
+        if not isinstance(existing, dict):
+            existing = {}
+            node[part] = existing
+        node = existing
+    node[path[-1]] = value
+
+
+def _coerce_env_value(raw: str) -> Any:
+    text = raw.strip()
+    if text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def env_overrides(prefix: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    environ = os.environ if environ is None else environ
+    marker = prefix.upper() + "__"
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.upper().startswith(marker):
+            continue
+        path = [p.lower() for p in name[len(marker):].split("__") if p]
+        if path:
+            _set_path(out, path, _coerce_env_value(value))
+    return out
+
+
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    model: type[T],
+    path: str | Path | None,
+    env_prefix: str,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> T:
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    data = deep_merge(data, env_overrides(env_prefix, environ))
+    if overrides:
+        data = deep_merge(data, overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid configuration ({path or 'environment'}): {fields}") from None
+
+
+def read_secret(value: str | None, file: str | None, what: str) -> str:
+    """A secret given inline (env) or as a file path; files win. Empty secrets are refused."""
+    if file:
+        secret = Path(file).read_text().strip()
+    else:
+        secret = (value or "").strip()
+    if len(secret) < 32:  # HS256 keys shorter than 32 bytes are weak (PyJWT warns about them too)
+        raise ConfigError(f"{what} must be set (at least 32 characters), inline via the environment or as a file")
+    return secret

@@ -1,0 +1,231 @@
+"""Key-value store for configuration, discovery and route tables: etcd in a cluster, memory when embedded.
+
+Both implement :class:`KVStore`. ``watch_prefix`` is the important part: it yields a ``reset`` event with the full
+contents of the prefix first, then ``put``/``delete`` events. The etcd implementation survives etcd restarts:
+when the watch stream breaks it reconnects with back-off and resumes from the last revision it saw, or, if
+that revision was compacted meanwhile, sends a fresh ``reset``. Consumers therefore keep serving the last state
+they had while etcd is away and converge when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+ROUTES_PREFIX = "/moorage/routes/"  # one key per endpoint: the route table the app proxies serve
+AGENTS_PREFIX = "/moorage/agents/"  # one leased key per live agent
+
+
+@dataclasses.dataclass(slots=True)
+class WatchEvent:
+    type: str  # "reset" | "put" | "delete"
+    key: str = ""
+    value: str | None = None
+    items: dict[str, str] | None = None  # for "reset": the whole prefix
+
+
+class KVStore(Protocol):
+    async def put(self, key: str, value: str) -> None: ...
+    async def delete(self, key: str) -> None: ...
+    async def get(self, key: str) -> str | None: ...
+    async def get_prefix(self, prefix: str) -> dict[str, str]: ...
+    def watch_prefix(self, prefix: str) -> AsyncGenerator[WatchEvent, None]: ...
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """In-process store with the same interface, for embedded mode (one process, one event loop)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, str] = {}
+        self._watchers: list[tuple[str, asyncio.Queue[WatchEvent]]] = []
+
+    async def put(self, key: str, value: str) -> None:
+        if self._data.get(key) == value:
+            return
+        self._data[key] = value
+        self._notify(WatchEvent("put", key, value))
+
+    async def delete(self, key: str) -> None:
+        if self._data.pop(key, None) is not None:
+            self._notify(WatchEvent("delete", key))
+
+    async def get(self, key: str) -> str | None:
+        return self._data.get(key)
+
+    async def get_prefix(self, prefix: str) -> dict[str, str]:
+        return {k: v for k, v in self._data.items() if k.startswith(prefix)}
+
+    def _notify(self, event: WatchEvent) -> None:
+        for prefix, queue in self._watchers:
+            if event.key.startswith(prefix):
+                queue.put_nowait(event)
+
+    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
+        queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
+        entry = (prefix, queue)
+        self._watchers.append(entry)
+        try:
+            yield WatchEvent("reset", items=await self.get_prefix(prefix))
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.remove(entry)
+
+    async def close(self) -> None:
+        return None
+
+
+class EtcdStore:
+    """etcd v3 through aetcd, wrapped so that watches resume after etcd restarts."""
+
+    # Tunables (why): a broken stream is noticed within WATCHDOG_INTERVAL; back-off caps at RECONNECT_MAX so a
+    # restarted etcd is picked up within a few seconds; OP_TIMEOUT keeps a dead etcd from hanging callers.
+    WATCHDOG_INTERVAL = 1.0
+    RECONNECT_MIN = 0.2
+    RECONNECT_MAX = 2.0
+    OP_TIMEOUT = 5.0
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 2379, namespace: str = "") -> None:
+        self._host = host
+        self._port = port
+        self._ns = namespace.rstrip("/")
+        self._client = self._new_client()
+
+    def _new_client(self):  # type: ignore[no-untyped-def]
+        import aetcd
+
+        return aetcd.Client(host=self._host, port=self._port, timeout=int(self.OP_TIMEOUT))
+
+    def _k(self, key: str) -> bytes:
+        return (self._ns + key).encode()
+
+    def _unk(self, raw: bytes) -> str:
+        return raw.decode()[len(self._ns):]
+
+    async def _call(self, op):  # type: ignore[no-untyped-def]
+        """Run ``op(client)``; on a connection failure, rebuild the client once and retry. (After an etcd
+        restart an aetcd client can keep failing with "connection refused" while a fresh one connects.)"""
+        from aetcd import exceptions as etcd_exc
+
+        try:
+            return await asyncio.wait_for(op(self._client), self.OP_TIMEOUT)
+        except (TimeoutError, etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError):
+            old, self._client = self._client, self._new_client()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.close(), 2.0)
+            return await asyncio.wait_for(op(self._client), self.OP_TIMEOUT)
+
+    async def put(self, key: str, value: str) -> None:
+        await self._call(lambda c: c.put(self._k(key), value.encode()))
+
+    async def delete(self, key: str) -> None:
+        await self._call(lambda c: c.delete(self._k(key)))
+
+    async def get(self, key: str) -> str | None:
+        result = await self._call(lambda c: c.get(self._k(key)))
+        return None if result is None else result.value.decode()
+
+    async def _get_prefix_rev(self, client, prefix: str) -> tuple[dict[str, str], int]:  # type: ignore[no-untyped-def]
+        result = await asyncio.wait_for(client.get_prefix(self._k(prefix)), self.OP_TIMEOUT)
+        items = {self._unk(kv.key): kv.value.decode() for kv in result}
+        return items, result.header.revision
+
+    async def get_prefix(self, prefix: str) -> dict[str, str]:
+        result = await self._call(lambda c: c.get_prefix(self._k(prefix)))
+        return {self._unk(kv.key): kv.value.decode() for kv in result}
+
+    async def put_with_lease(self, key: str, value: str, lease_id: int) -> None:
+        await asyncio.wait_for(self._client.put(self._k(key), value.encode(), lease=lease_id), self.OP_TIMEOUT)
+
+    async def grant_lease(self, ttl: int) -> int:
+        lease = await asyncio.wait_for(self._client.lease(ttl), self.OP_TIMEOUT)
+        return lease.id
+
+    async def refresh_lease(self, lease_id: int) -> bool:
+        """Refresh; False when the lease no longer exists (expired while etcd or we were away)."""
+        result = await asyncio.wait_for(self._client.refresh_lease(lease_id), self.OP_TIMEOUT)
+        return bool(getattr(result, "TTL", 1) > 0)
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        await asyncio.wait_for(self._client.revoke_lease(lease_id), self.OP_TIMEOUT)
+
+    async def ping(self) -> None:
+        await asyncio.wait_for(self._client.status(), self.OP_TIMEOUT)
+
+    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
+        """Yield ``reset`` then changes; reconnect and resume from the last revision on failure."""
+        from aetcd import exceptions as etcd_exc
+
+        last_revision: int | None = None
+        delay = self.RECONNECT_MIN
+        while True:
+            client = self._new_client()
+            watch = None
+            events: asyncio.Queue = asyncio.Queue()
+            pump: asyncio.Task | None = None
+            try:
+                if last_revision is None:
+                    items, last_revision = await self._get_prefix_rev(client, prefix)
+                    yield WatchEvent("reset", items=items)
+                try:
+                    watch = await asyncio.wait_for(
+                        client.watch_prefix(self._k(prefix), start_revision=last_revision + 1), self.OP_TIMEOUT)
+                except etcd_exc.RevisionCompactedError:
+                    last_revision = None
+                    continue
+                delay = self.RECONNECT_MIN
+
+                async def _pump(w=watch, q=events) -> None:  # type: ignore[no-untyped-def]
+                    try:
+                        async for ev in w:
+                            await q.put(ev)
+                        await q.put(ConnectionError("watch stream ended"))
+                    except Exception as exc:  # delivered to the consumer loop below
+                        await q.put(exc)
+
+                pump = asyncio.create_task(_pump())
+                while True:
+                    try:
+                        item = await asyncio.wait_for(events.get(), self.WATCHDOG_INTERVAL)
+                    except TimeoutError:
+                        handler = getattr(client._watcher, "_request_handler", None)
+                        if handler is None or handler.done():
+                            raise ConnectionError("watch stream is gone") from None
+                        await asyncio.wait_for(client.status(), self.OP_TIMEOUT)
+                        continue
+                    if isinstance(item, etcd_exc.RevisionCompactedError):
+                        last_revision = None
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    key = self._unk(item.kv.key)
+                    last_revision = max(last_revision or 0, item.kv.mod_revision)
+                    if item.kind == "PUT":
+                        yield WatchEvent("put", key, item.kv.value.decode())
+                    else:
+                        yield WatchEvent("delete", key)
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:
+                log.warning("etcd watch on %s broken (%s); resuming from revision %s in %.1fs",
+                            prefix, type(exc).__name__, last_revision, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.RECONNECT_MAX)
+            finally:
+                if pump is not None:
+                    pump.cancel()
+                    with contextlib.suppress(BaseException):
+                        await pump
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(client.close(), 2.0)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._client.close(), 2.0)

@@ -1,0 +1,133 @@
+"""``/folders``: model folders (vfolders of usage mode ``model``) and streamed multipart uploads."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from urllib.parse import unquote
+
+import sqlalchemy as sa
+from aiohttp import web
+from sqlalchemy.exc import IntegrityError
+
+from common.errors import Conflict, InvalidAPIParameters, PayloadTooLarge
+from manager.api.auth import caller_of
+from manager.api.schemas import NewFolderRequest
+from manager.api.util import json_response, parse_body
+from manager.context import CTX
+from manager.db.models import ModelFolder
+from manager.endpoints import find_folder
+from manager.folders import folder_relpath, list_files, resolve_inside, safe_relative_path
+
+routes = web.RouteTableDef()
+UPLOAD_CHUNK = 1024 * 1024
+
+
+def _folder_json(folder: ModelFolder) -> dict[str, object]:
+    return {
+        "id": str(folder.id), "name": folder.name, "usage_mode": folder.usage_mode, "host": "local",
+        "ownership_type": "user", "permission": "rw", "user": str(folder.owner_id), "status": "ready",
+        "created_at": folder.created_at.isoformat() if folder.created_at else None,
+    }
+
+
+def _root(request: web.Request, folder: ModelFolder) -> Path:
+    return Path(request.app[CTX].config.manager.storage_root) / folder.host_relpath
+
+
+@routes.post("/folders")
+async def create_folder(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    caller = caller_of(request)
+    body = await parse_body(request, NewFolderRequest)
+    folder_id = uuid.uuid4()
+    folder = ModelFolder(id=folder_id, name=body.name, owner_id=caller.user_id,
+                         host_relpath=folder_relpath(folder_id), usage_mode=body.usage_mode)
+    async with ctx.db() as db:
+        db.add(folder)
+        try:
+            await db.commit()
+        except IntegrityError:
+            raise Conflict(f"name: a folder named {body.name!r} already exists") from None
+    _root(request, folder).mkdir(parents=True, exist_ok=True)
+    return json_response(_folder_json(folder), status=201)
+
+
+@routes.get("/folders")
+async def list_folders(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    async with request.app[CTX].db() as db:
+        folders = (await db.execute(sa.select(ModelFolder).where(ModelFolder.owner_id == caller.user_id)
+                                    .order_by(ModelFolder.created_at))).scalars()
+        return json_response([_folder_json(f) for f in folders])
+
+
+@routes.get("/folders/{name}")
+async def folder_info(request: web.Request) -> web.Response:
+    async with request.app[CTX].db() as db:
+        folder = await find_folder(db, caller_of(request), request.match_info["name"])
+    info = _folder_json(folder)
+    info["files"] = list_files(_root(request, folder))
+    return json_response(info)
+
+
+@routes.delete("/folders/{name}")
+async def delete_folder(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    async with ctx.db() as db:
+        folder = await find_folder(db, caller_of(request), request.match_info["name"])
+        root = _root(request, folder)
+        await db.delete(folder)
+        await db.commit()
+    shutil.rmtree(root, ignore_errors=True)
+    return web.Response(status=204)
+
+
+@routes.post("/folders/{name}/files")
+async def upload_files(request: web.Request) -> web.Response:
+    """Multipart upload: each part's filename is the destination path relative to the folder root."""
+    ctx = request.app[CTX]
+    limits = ctx.config.limits
+    async with ctx.db() as db:
+        folder = await find_folder(db, caller_of(request), request.match_info["name"])
+    root = _root(request, folder)
+    root.mkdir(parents=True, exist_ok=True)
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidAPIParameters("body: expected multipart/form-data with one part per file")
+    if request.content_length is not None and request.content_length > limits.max_upload_bytes:
+        raise PayloadTooLarge(f"upload over {limits.max_upload_bytes} bytes")
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError) as exc:
+        raise InvalidAPIParameters(f"body: malformed multipart request ({exc})") from None
+    written: list[dict[str, object]] = []
+    total = 0
+    while True:
+        part = await reader.next()
+        if part is None:
+            break
+        if len(written) >= limits.max_upload_files:
+            raise InvalidAPIParameters(f"files: at most {limits.max_upload_files} files per upload")
+        if not getattr(part, "filename", None):
+            raise InvalidAPIParameters("file: every part needs a filename (the path inside the folder)")
+        # aiohttp (and some other clients) percent-encode the filename in Content-Disposition.
+        rel = safe_relative_path(unquote(part.filename))
+        dest = resolve_inside(root, rel)
+        tmp = dest.with_name(f".{dest.name}.upload-{uuid.uuid4().hex[:8]}")
+        size = 0
+        try:
+            with open(tmp, "wb") as fh:
+                while chunk := await part.read_chunk(UPLOAD_CHUNK):
+                    size += len(chunk)
+                    total += len(chunk)
+                    if total > limits.max_upload_bytes:
+                        raise PayloadTooLarge(f"upload over {limits.max_upload_bytes} bytes")
+                    fh.write(chunk)
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        written.append({"path": str(rel), "size": size})
+    return json_response({"files": written}, status=201)

@@ -1,0 +1,88 @@
+"""Backend.AI keypair request signing (reference §1.4), shared by the verifier and our CLI.
+
+string_to_sign = METHOD \\n PATH(with query) \\n DATE \\n host:HOST \\n content-type:CT \\n x-backendai-version:V \\n
+sha256(b"")   (the body is not signed for API versions >= v4.20181215).
+key = HMAC(HMAC(secret, date.strftime("%Y%m%d")), host); signature = hex(HMAC(key, string_to_sign)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from datetime import UTC, datetime
+
+API_VERSION = "v9.20250722"
+SUPPORTED_VERSIONS = (
+    "v4.20181215", "v4.20190115", "v4.20190315", "v4.20190615", "v5.20191215", "v6.20200815",
+    "v6.20210815", "v6.20220315", "v6.20220615", "v7.20230615", "v8.20240315", "v8.20240915",
+    "v9.20250722",
+)
+_AUTH_RE = re.compile(
+    r"^(?:BackendAI|Sorna)\s+signMethod=HMAC-(?P<alg>[A-Za-z0-9]+),\s*credential=(?P<ak>[^:\s]+):(?P<sig>[0-9a-fA-F]+)$"
+)
+EMPTY_BODY_HASH = {alg: hashlib.new(alg, b"").hexdigest() for alg in ("sha256", "sha1", "sha512", "md5")}
+
+
+def parse_authorization(header: str) -> tuple[str, str, str] | None:
+    """Return ``(hash_alg, access_key, signature)`` or None."""
+    match = _AUTH_RE.match(header.strip())
+    if not match:
+        return None
+    return match.group("alg").lower(), match.group("ak"), match.group("sig").lower()
+
+
+def bare_content_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def string_to_sign(method: str, path_qs: str, date_str: str, host: str, content_type: str, version: str,
+                   alg: str = "sha256") -> str:
+    body_hash = EMPTY_BODY_HASH.get(alg) or hashlib.new(alg, b"").hexdigest()
+    return "\n".join([
+        method.upper(), path_qs, date_str, f"host:{host}", f"content-type:{bare_content_type(content_type)}",
+        f"x-backendai-version:{version}", body_hash,
+    ])
+
+
+def signature(secret_key: str, date: datetime, host: str, text: str, alg: str = "sha256") -> str:
+    k1 = hmac.new(secret_key.encode(), date.strftime("%Y%m%d").encode(), alg).digest()
+    k2 = hmac.new(k1, host.encode(), alg).digest()
+    return hmac.new(k2, text.encode(), alg).hexdigest()
+
+
+def sign_request(access_key: str, secret_key: str, method: str, path_qs: str, host: str,
+                 content_type: str, version: str = API_VERSION, now: datetime | None = None) -> dict[str, str]:
+    """Headers for a signed request (what the official client sends)."""
+    date = now or datetime.now(UTC)
+    date_str = date.isoformat()
+    text = string_to_sign(method, path_qs, date_str, host, content_type, version)
+    sig = signature(secret_key, date, host, text)
+    return {
+        "Date": date_str,
+        "X-BackendAI-Version": version,
+        "X-BackendAI-Domain": "default",
+        "Content-Type": content_type,
+        "Authorization": f"BackendAI signMethod=HMAC-SHA256, credential={access_key}:{sig}",
+    }
+
+
+def parse_date(value: str) -> datetime:
+    """Parse the client's ISO-8601 Date (RFC 1123 also accepted); naive dates are taken as UTC."""
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        parsed = parsedate_to_datetime(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def verify(secret_key: str, method: str, path_qs: str, date_str: str, host: str, content_type: str, version: str,
+           alg: str, given_sig: str) -> bool:
+    date = parse_date(date_str)
+    text = string_to_sign(method, path_qs, date_str, host, content_type, version, alg)
+    expected = signature(secret_key, date, host, text, alg)
+    return hmac.compare_digest(expected, given_sig.lower())

@@ -1,0 +1,97 @@
+"""``GET /openapi.json``: the REST API described from the same pydantic models the handlers validate with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from manager import __version__
+from manager.api import schemas as s
+from manager.api.util import json_response
+
+routes = web.RouteTableDef()
+
+# (method, path, summary, request body model, response model, success status)
+OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | None, int]] = [
+    ("get", "/services", "List the caller's services (optional ?name= exact filter)", None, s.CompactServeInfo, 200),
+    ("post", "/services", "Create a service", s.NewServiceRequest, s.ServeInfo, 201),
+    ("post", "/services/_/search", "Search services with pagination", s.SearchServicesRequest,
+     s.SearchServicesResponse, 200),
+    ("post", "/services/_/try", "Dry run: start one replica, report via background-task events",
+     s.NewServiceRequest, s.TaskResponse, 200),
+    ("get", "/services/_/runtimes", "List runtime variants", None, s.RuntimesResponse, 200),
+    ("get", "/services/{service_id}", "Service info", None, s.ServeInfo, 200),
+    ("delete", "/services/{service_id}", "Destroy the service", None, s.SuccessResponse, 200),
+    ("get", "/services/{service_id}/errors", "Failed routes and the retry count", None, s.ErrorsResponse, 200),
+    ("post", "/services/{service_id}/errors/clear", "Clear errors and reset the back-off", None, None, 204),
+    ("post", "/services/{service_id}/scale", "Set the desired replica count", s.ScaleRequest, s.ScaleResponse, 200),
+    ("post", "/services/{service_id}/sync", "Republish the route table to the app proxies", None,
+     s.SuccessResponse, 200),
+    ("put", "/services/{service_id}/routings/{route_id}", "Set one route's traffic ratio", s.RouteTrafficRequest,
+     s.SuccessResponse, 200),
+    ("delete", "/services/{service_id}/routings/{route_id}", "Kill one replica and lower replicas by 1", None,
+     s.SuccessResponse, 200),
+    ("post", "/services/{service_id}/token", "Mint an endpoint token", s.TokenRequest, s.TokenResponse, 200),
+    ("get", "/services/{service_id}/tokens", "List the endpoint's tokens (extension)", None, None, 200),
+    ("delete", "/services/{service_id}/tokens/{token_id}", "Revoke a token (extension)", None, s.SuccessResponse,
+     200),
+    ("get", "/events/background-task", "Server-sent events of a background task (?task_id=)", None, None, 200),
+    ("post", "/folders", "Create a model folder", s.NewFolderRequest, None, 201),
+    ("get", "/folders", "List the caller's folders", None, None, 200),
+    ("get", "/folders/{name}", "Folder info with its files", None, None, 200),
+    ("delete", "/folders/{name}", "Delete a folder and its files", None, None, 204),
+    ("post", "/folders/{name}/files", "Upload files (multipart; each part's filename is the path in the folder)",
+     None, None, 201),
+]
+
+
+def build_spec() -> dict[str, Any]:
+    models = {m for op in OPERATIONS for m in (op[3], op[4]) if m is not None}
+    keyed = [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)]
+    _, defs = models_json_schema(keyed, ref_template="#/components/schemas/{model}")
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, request_model, response_model, status in OPERATIONS:
+        op: dict[str, Any] = {"summary": summary, "security": [{"BackendAI-HMAC": []}]}
+        params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
+        if params:
+            op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                                for p in params]
+        if request_model is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{request_model.__name__}"}}}}
+        success: dict[str, Any] = {"description": "success"}
+        if response_model is not None:
+            success["content"] = {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{response_model.__name__}"}}}
+        op["responses"] = {str(status): success, "default": {
+            "description": "an RFC 7807 problem", "content": {"application/problem+json": {
+                "schema": {"$ref": "#/components/schemas/Problem"}}}}}
+        paths.setdefault(path, {})[method] = op
+    schemas = dict(defs.get("$defs", {}))
+    schemas["Problem"] = {"type": "object", "properties": {
+        k: {"type": "string"} for k in ("type", "title", "detail", "msg", "error_code")} | {
+        "status": {"type": "integer"}, "data": {}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Moorage manager API (Backend.AI /services compatible)", "version": __version__},
+        "paths": {"/": {"get": {"summary": "Version probe (unauthenticated)", "security": [],
+                                "responses": {"200": {"description": "version"}}}}, **paths},
+        "components": {"schemas": schemas, "securitySchemes": {"BackendAI-HMAC": {
+            "type": "apiKey", "in": "header", "name": "Authorization",
+            "description": "BackendAI signMethod=HMAC-SHA256, credential=<access key>:<signature>; see "
+                           "docs/operations.md (Backend.AI keypair signing, Date within ±15 minutes)"}}},
+    }
+
+
+_SPEC: dict[str, Any] | None = None
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    global _SPEC
+    if _SPEC is None:
+        _SPEC = build_spec()
+    return json_response(_SPEC)

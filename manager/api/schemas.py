@@ -1,0 +1,253 @@
+"""Request and response bodies of the service launcher API (Backend.AI wire shapes, reference §1.1-1.2)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+NAME_PATTERN = r"^\w[\w-]*\w$"
+SERVICE_NAME_MAX = 24  # Backend.AI's SESSION_NAME_MAX_LENGTH
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", str_max_length=64 * 1024)
+
+
+class ServiceConfigModel(_Req):
+    model: str = Field(min_length=1, max_length=128)  # model folder name or UUID
+    model_definition_path: str | None = Field(default=None, max_length=128)
+    model_version: int | str | None = Field(default=1, validation_alias=AliasChoices("model_version", "modelVersion"))
+    model_mount_destination: str = Field(
+        default="/models", max_length=256,
+        validation_alias=AliasChoices("model_mount_destination", "modelMountDestination"))
+    vfolder_subpath: str | None = Field(default=None, validation_alias=AliasChoices("vfolder_subpath",
+                                                                                    "vfolderSubpath"))
+    extra_mounts: dict[str, Any] = Field(default_factory=dict, max_length=32)
+    environ: dict[str, str] | None = Field(default=None, max_length=256)
+    scaling_group: str = Field(default="default", max_length=64,
+                               validation_alias=AliasChoices("scaling_group", "scalingGroup"))
+    resources: dict[str, str | int | float] | None = Field(default=None, max_length=32)
+    resource_opts: dict[str, Any] | None = Field(default=None, max_length=32)
+
+    @field_validator("environ")
+    @classmethod
+    def _env_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key in value or {}:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                raise ValueError(f"invalid environment variable name {key!r}")
+        return value
+
+    @field_validator("model_mount_destination")
+    @classmethod
+    def _mount(cls, value: str) -> str:
+        if not value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be an absolute path without '..'")
+        return value
+
+
+class NewServiceRequest(_Req):
+    name: str = Field(min_length=4, max_length=SERVICE_NAME_MAX, pattern=NAME_PATTERN,
+                      validation_alias=AliasChoices("name", "service_name", "clientSessionToken"))
+    replicas: int = Field(ge=0, validation_alias=AliasChoices("replicas", "desired_session_count",
+                                                              "desiredSessionCount"))
+    image: str | None = Field(default=None, max_length=512, validation_alias=AliasChoices("image", "lang"))
+    runtime_variant: str = Field(default="custom", max_length=32)
+    architecture: str | None = Field(default=None, max_length=32,
+                                     validation_alias=AliasChoices("arch", "architecture"))
+    group: str = Field(default="default", max_length=64, validation_alias=AliasChoices("group", "groupName"))
+    domain: str = Field(default="default", max_length=64, validation_alias=AliasChoices("domain", "domainName"))
+    cluster_size: int = Field(default=1, ge=1, le=1, validation_alias=AliasChoices("cluster_size",
+                                                                                   "clusterSize"))
+    cluster_mode: str = Field(default="single-node", validation_alias=AliasChoices("cluster_mode",
+                                                                                   "clusterMode"))
+    tag: str | None = Field(default=None, max_length=64)
+    startup_command: str | None = Field(default=None, max_length=16 * 1024,
+                                        validation_alias=AliasChoices("startup_command", "startupCommand"))
+    bootstrap_script: str | None = Field(default=None, max_length=16 * 1024,
+                                         validation_alias=AliasChoices("bootstrap_script", "bootstrapScript"))
+    callback_url: str | None = Field(default=None, max_length=1024,
+                                     validation_alias=AliasChoices("callback_url", "callbackUrl", "CallbackURL"))
+    owner_access_key: str | None = Field(default=None, max_length=32)
+    open_to_public: bool = False
+    config: ServiceConfigModel
+
+    @field_validator("cluster_mode")
+    @classmethod
+    def _cluster_mode(cls, value: str) -> str:
+        normalized = value.lower().replace("_", "-")
+        if normalized not in ("single-node", "multi-node"):
+            raise ValueError("must be 'single-node' or 'multi-node'")
+        if normalized == "multi-node":
+            raise ValueError("multi-node replicas are not supported")
+        return normalized
+
+
+class ScaleRequest(_Req):
+    to: int = Field(ge=0)
+
+
+class TokenRequest(_Req):
+    duration: str | int | float | None = None
+    valid_until: int | None = None
+
+
+class NewFolderRequest(_Req):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    usage_mode: str = Field(default="model", pattern=r"^(model|general|data)$")
+    host: str | None = None  # accepted for Backend.AI compatibility; there is one storage root
+
+
+class StringFilter(_Req):
+    """HEAD's StringFilter: one condition on a string field."""
+
+    equals: str | None = Field(default=None, max_length=256)
+    not_equals: str | None = Field(default=None, max_length=256)
+    i_equals: str | None = Field(default=None, max_length=256)
+    contains: str | None = Field(default=None, max_length=256)
+    i_contains: str | None = Field(default=None, max_length=256)
+    starts_with: str | None = Field(default=None, max_length=256)
+    ends_with: str | None = Field(default=None, max_length=256)
+
+
+class SearchFilter(_Req):
+    name: StringFilter | None = None
+
+
+class SearchServicesRequest(_Req):
+    filter: SearchFilter | None = None
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+    limit: int = Field(default=20, ge=1, le=100)
+
+
+class RouteTrafficRequest(_Req):
+    traffic_ratio: float = Field(ge=0, le=1_000_000, allow_inf_nan=False)
+
+
+# -- responses (the handlers build these; /openapi.json documents them) ---------------------------------------
+
+class _Resp(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ActiveRoute(_Resp):
+    route_id: uuid.UUID
+    session_id: uuid.UUID | None
+    traffic_ratio: float
+
+
+class RouteInfo(_Resp):
+    route_id: uuid.UUID
+    session_id: uuid.UUID | None
+    lifecycle: str
+    status: str
+    health: str
+    traffic: str
+    traffic_ratio: float
+    agent: str | None
+    host: str | None
+    port: int | None
+    error_data: dict[str, Any] | None
+    created_at: str | None
+
+
+class ServeInfo(_Resp):
+    """Backend.AI's ServeInfoModel plus our extensions (status, lifecycle, retries, routes)."""
+
+    endpoint_id: uuid.UUID
+    model_id: uuid.UUID | None
+    extra_mounts: list[str]
+    name: str
+    replicas: int
+    desired_session_count: int
+    model_definition_path: str | None
+    active_routes: list[ActiveRoute]
+    service_endpoint: str | None
+    is_public: bool
+    runtime_variant: str
+    status: str
+    lifecycle: str
+    retries: int
+    next_retry_at: str | None
+    image: str | None
+    resource_slots: dict[str, Any]
+    created_at: str | None
+    routes: list[RouteInfo]
+
+
+class CompactServeInfo(_Resp):
+    id: uuid.UUID
+    name: str
+    replicas: int
+    desired_session_count: int
+    active_route_count: int
+    service_endpoint: str | None
+    is_public: bool
+    status: str
+
+
+class SearchItem(_Resp):
+    id: uuid.UUID
+    name: str
+    replicas: int
+    desired_session_count: int
+    active_route_count: int
+    service_endpoint: str | None
+    resource_slots: dict[str, Any]
+    resource_group: str
+    open_to_public: bool
+
+
+class Pagination(_Resp):
+    total: int
+    offset: int
+    limit: int
+
+
+class SearchServicesResponse(_Resp):
+    items: list[SearchItem]
+    pagination: Pagination
+
+
+class ScaleResponse(_Resp):
+    current_route_count: int
+    target_count: int
+
+
+class TokenResponse(_Resp):
+    token: str
+    token_id: uuid.UUID
+    expires_at: str
+
+
+class TokenInfo(_Resp):
+    token_id: uuid.UUID
+    created_at: str
+    expires_at: str
+    revoked: bool
+    expired: bool
+
+
+class SuccessResponse(_Resp):
+    success: bool
+
+
+class TaskResponse(_Resp):
+    task_id: uuid.UUID
+    name: str | None = None
+
+
+class RuntimeInfo(_Resp):
+    name: str
+    human_readable_name: str
+
+
+class RuntimesResponse(_Resp):
+    runtimes: list[RuntimeInfo]
+
+
+class ErrorsResponse(_Resp):
+    errors: list[dict[str, Any]]
+    retries: int

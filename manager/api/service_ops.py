@@ -1,0 +1,129 @@
+"""``/services/_/search``, ``/services/_/runtimes``, ``/services/{id}/sync`` and ``/services/_/try`` (dry run),
+plus the SSE stream of background tasks (``GET /events/background-task?task_id=``)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from common.errors import InvalidAPIParameters, ObjectNotFound
+from common.status import EndpointLifecycle, RouteLifecycle, RouteTraffic
+from manager.api.auth import caller_of, endpoint_visibility
+from manager.api.schemas import (
+    NewServiceRequest,
+    RuntimesResponse,
+    SearchItem,
+    SearchServicesRequest,
+    SearchServicesResponse,
+    StringFilter,
+    TaskResponse,
+)
+from manager.api.services import load_endpoint, resolve_create_request
+from manager.api.util import json_response, parse_body, parse_uuid
+from manager.context import CTX
+from manager.control.publisher import publish_endpoints
+from manager.db.models import Endpoint, Route
+from manager.dryrun import run_dry_run
+from manager.endpoints import RUNTIME_VARIANT_LABELS
+
+routes = web.RouteTableDef()
+
+
+def _string_condition(column, flt: StringFilter):  # type: ignore[no-untyped-def]
+    conds = []
+    if flt.equals is not None:
+        conds.append(column == flt.equals)
+    if flt.not_equals is not None:
+        conds.append(column != flt.not_equals)
+    if flt.i_equals is not None:
+        conds.append(sa.func.lower(column) == flt.i_equals.lower())
+    if flt.contains is not None:
+        conds.append(column.contains(flt.contains, autoescape=True))
+    if flt.i_contains is not None:
+        conds.append(sa.func.lower(column).contains(flt.i_contains.lower(), autoescape=True))
+    if flt.starts_with is not None:
+        conds.append(column.startswith(flt.starts_with, autoescape=True))
+    if flt.ends_with is not None:
+        conds.append(column.endswith(flt.ends_with, autoescape=True))
+    return conds
+
+
+@routes.post("/services/_/search")
+async def search_services(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    body = await parse_body(request, SearchServicesRequest)
+    conds = [Endpoint.lifecycle != EndpointLifecycle.DESTROYED, Endpoint.kind == "service"]
+    conds.append(endpoint_visibility(caller))
+    if body.filter and body.filter.name:
+        conds.extend(_string_condition(Endpoint.name, body.filter.name))
+    async with request.app[CTX].db() as db:
+        total = (await db.execute(sa.select(sa.func.count()).select_from(Endpoint).where(*conds))).scalar_one()
+        endpoints = list((await db.execute(sa.select(Endpoint).where(*conds).order_by(Endpoint.created_at)
+                                           .offset(body.offset).limit(body.limit))).scalars())
+        counts = dict((await db.execute(
+            sa.select(Route.endpoint_id, sa.func.count()).where(
+                Route.endpoint_id.in_([e.id for e in endpoints]), Route.lifecycle == RouteLifecycle.RUNNING,
+                Route.traffic == RouteTraffic.ACTIVE).group_by(Route.endpoint_id))).all())
+    items = [SearchItem(id=e.id, name=e.name, replicas=e.replicas, desired_session_count=e.replicas,
+                        active_route_count=counts.get(e.id, 0), service_endpoint=e.url,
+                        resource_slots=e.resource_slots, resource_group=e.scaling_group,
+                        open_to_public=e.open_to_public) for e in endpoints]
+    result = SearchServicesResponse(items=items, pagination={"total": total, "offset": body.offset,
+                                                             "limit": body.limit})
+    return json_response(result.model_dump(mode="json"))
+
+
+@routes.get("/services/_/runtimes")
+async def list_runtimes(request: web.Request) -> web.Response:
+    runtimes = [{"name": name, "human_readable_name": label} for name, label in RUNTIME_VARIANT_LABELS.items()]
+    return json_response(RuntimesResponse.model_validate({"runtimes": runtimes}).model_dump(mode="json"))
+
+
+@routes.post("/services/{service_id}/sync")
+async def sync_service(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    async with ctx.db() as db:
+        endpoint = await load_endpoint(db, caller_of(request), request.match_info["service_id"])
+    await publish_endpoints(ctx, {endpoint.id}, force=True)
+    return json_response({"success": True})
+
+
+@routes.post("/services/_/try")
+async def try_service(request: web.Request) -> web.Response:
+    """Validate synchronously (400/404 at once), then start a real replica in the background and report."""
+    ctx = request.app[CTX]
+    caller = caller_of(request)
+    body = await parse_body(request, NewServiceRequest)
+    async with ctx.db() as db:
+        owner, folder, resolved = await resolve_create_request(ctx, db, caller, body)
+    task = ctx.bgtasks.start(caller.user_id, lambda t: run_dry_run(ctx, t, owner, folder, body, resolved))
+    return json_response(TaskResponse(task_id=task.id, name=body.name).model_dump(mode="json"))
+
+
+@routes.get("/events/background-task")
+async def background_task_events(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    caller = caller_of(request)
+    raw = request.query.get("task_id")
+    if not raw:
+        raise InvalidAPIParameters("task_id: required")
+    task = ctx.bgtasks.get(parse_uuid(raw, "task_id"))
+    if task is None or (task.owner != caller.user_id and not caller.is_admin):
+        raise ObjectNotFound(f"background task {raw} not found")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    async for event, data in ctx.bgtasks.follow(task):
+        if not event:
+            await response.write(b": keep-alive\n\n")
+            continue
+        await response.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+    await response.write(b"event: server_close\ndata: {}\n\n")
+    await response.write_eof()
+    return response
+
+
+__all__ = ["routes", "uuid"]

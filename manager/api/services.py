@@ -1,0 +1,255 @@
+"""``/services``: the Backend.AI-compatible service launcher API (reference §1)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp import web
+from sqlalchemy.exc import IntegrityError
+
+from common.errors import Conflict, InvalidAPIParameters, ObjectNotFound
+from common.status import EndpointLifecycle, RouteLifecycle, RouteTraffic, UserRole
+from manager.api.auth import Caller, caller_of, can_see_endpoint, endpoint_visibility
+from manager.api.schemas import CompactServeInfo, NewServiceRequest, ScaleRequest, ScaleResponse, ServeInfo
+from manager.api.util import json_response, parse_body, parse_uuid
+from manager.context import CTX
+from manager.db.models import Agent, Endpoint, Event, KeyPair, Route, Session
+from manager.endpoint_status import derive_endpoint_status
+from manager.endpoints import allocate_address, ensure_unique_name, find_folder, resolve_service
+
+routes = web.RouteTableDef()
+
+
+async def load_endpoint(db, caller: Caller, service_id: str) -> Endpoint:  # type: ignore[no-untyped-def]
+    """A live endpoint the caller may see. Foreign or unknown ids are both 404: never leak existence."""
+    endpoint_id = parse_uuid(service_id, "service_id")
+    endpoint = await db.get(Endpoint, endpoint_id)
+    if (endpoint is None or endpoint.lifecycle == EndpointLifecycle.DESTROYED
+            or not can_see_endpoint(caller, endpoint)):
+        raise ObjectNotFound(f"service {service_id} not found")
+    return endpoint
+
+
+async def _routes_with_sessions(db, endpoint_ids: list[uuid.UUID]):  # type: ignore[no-untyped-def]
+    if not endpoint_ids:
+        return []
+    rows = await db.execute(
+        sa.select(Route, Session).outerjoin(Session, Session.id == Route.session_id)
+        .where(Route.endpoint_id.in_(endpoint_ids)).order_by(Route.created_at))
+    return rows.all()
+
+
+def _route_json(route: Route, session: Session | None) -> dict[str, Any]:
+    return {
+        "route_id": str(route.id),
+        "session_id": str(route.session_id) if route.session_id else None,
+        "lifecycle": route.lifecycle.value,
+        "status": route.lifecycle.value,
+        "health": route.health.value,
+        "traffic": route.traffic.value,
+        "traffic_ratio": route.traffic_ratio,
+        "agent": session.agent_id if session else None,
+        "host": session.host if session else None,
+        "port": session.port if session else None,
+        "error_data": route.error_data,
+        "created_at": route.created_at.isoformat() if route.created_at else None,
+    }
+
+
+def _visible(route: Route) -> bool:
+    return route.lifecycle != RouteLifecycle.TERMINATED
+
+
+def serve_info(endpoint: Endpoint, rows: list) -> dict[str, Any]:  # type: ignore[type-arg]
+    """ServeInfo (reference §1.1) plus our extensions: status, retries, routes."""
+    return ServeInfo.model_validate(_serve_info_fields(endpoint, rows)).model_dump(mode="json")
+
+
+def _serve_info_fields(endpoint: Endpoint, rows: list) -> dict[str, Any]:  # type: ignore[type-arg]
+    own = [(r, s) for r, s in rows if r.endpoint_id == endpoint.id]
+    active = [r for r, _ in own if r.lifecycle == RouteLifecycle.RUNNING and r.traffic == RouteTraffic.ACTIVE]
+    status = derive_endpoint_status(endpoint.lifecycle, endpoint.replicas,
+                                    [(r.lifecycle, r.health) for r, _ in own if _visible(r)])
+    return {
+        "endpoint_id": str(endpoint.id),
+        "model_id": str(endpoint.model_folder_id) if endpoint.model_folder_id else None,
+        "extra_mounts": list(endpoint.extra_mounts or {}),
+        "name": endpoint.name,
+        "replicas": endpoint.replicas,
+        "desired_session_count": endpoint.replicas,
+        "model_definition_path": endpoint.model_definition_path,
+        "active_routes": [{"route_id": str(r.id), "session_id": str(r.session_id) if r.session_id else None,
+                           "traffic_ratio": r.traffic_ratio} for r in active],
+        "service_endpoint": endpoint.url,
+        "is_public": endpoint.open_to_public,
+        "runtime_variant": endpoint.runtime_variant,
+        "status": status.value,
+        "lifecycle": endpoint.lifecycle.value,
+        "retries": endpoint.retries,
+        "next_retry_at": endpoint.next_retry_at.isoformat() if endpoint.next_retry_at else None,
+        "image": endpoint.image,
+        "resource_slots": endpoint.resource_slots,
+        "created_at": endpoint.created_at.isoformat() if endpoint.created_at else None,
+        "routes": [_route_json(r, s) for r, s in own if _visible(r)],
+    }
+
+
+@routes.get("/services")
+async def list_services(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    name = request.query.get("name")
+    async with request.app[CTX].db() as db:
+        query = sa.select(Endpoint).where(Endpoint.lifecycle != EndpointLifecycle.DESTROYED,
+                                          Endpoint.kind == "service")
+        query = query.where(Endpoint.owner_id == caller.user_id if request.query.get("all") != "true"
+                            else endpoint_visibility(caller))
+        if name is not None:
+            query = query.where(Endpoint.name == name)
+        endpoints = list((await db.execute(query.order_by(Endpoint.created_at))).scalars())
+        rows = await _routes_with_sessions(db, [e.id for e in endpoints])
+    out = []
+    for endpoint in endpoints:
+        info = serve_info(endpoint, rows)
+        out.append(CompactServeInfo(
+            id=endpoint.id, name=endpoint.name, replicas=endpoint.replicas,
+            desired_session_count=endpoint.replicas, active_route_count=len(info["active_routes"]),
+            service_endpoint=endpoint.url, is_public=endpoint.open_to_public, status=info["status"],
+        ).model_dump(mode="json"))
+    return json_response(out)
+
+
+async def resolve_create_request(ctx, db, caller: Caller, body: NewServiceRequest):  # type: ignore[no-untyped-def]
+    """Checks shared by create and try: owner, folder, definition, resources. Returns (owner, folder, resolved)."""
+    if body.replicas > ctx.config.limits.max_replicas:
+        raise InvalidAPIParameters(f"replicas: at most {ctx.config.limits.max_replicas}")
+    owner = caller
+    if body.owner_access_key and body.owner_access_key != caller.access_key:
+        if not caller.is_admin:
+            raise InvalidAPIParameters("owner_access_key: only administrators may create on behalf of others")
+        kp = await db.get(KeyPair, body.owner_access_key)
+        if kp is None:
+            raise InvalidAPIParameters("owner_access_key: no such keypair")
+        owner = Caller(kp.user_id, kp.access_key, kp.role, caller.domain)
+    folder = await find_folder(db, owner, body.config.model)
+    resolved = resolve_service(
+        ctx.config, folder, body.runtime_variant, body.config.model_definition_path, body.image,
+        body.architecture, body.config.resources, body.config.resource_opts, body.config.environ,
+        mount=body.config.model_mount_destination, service_name=body.name)
+    return owner, folder, resolved
+
+
+def new_endpoint(body: NewServiceRequest, owner: Caller, caller: Caller, folder, resolved,  # type: ignore[no-untyped-def]
+                 *, name: str, kind: str, port: int | None, url: str | None) -> Endpoint:
+    return Endpoint(
+        id=uuid.uuid4(), name=name, kind=kind, owner_id=owner.user_id, created_user_id=caller.user_id,
+        domain_name=body.domain, project_name=body.group, scaling_group=body.config.scaling_group,
+        model_folder_id=folder.id, model_definition_path=resolved.definition_path,
+        model_definition=resolved.definition, model_mount_destination=body.config.model_mount_destination,
+        runtime_variant=body.runtime_variant, image=resolved.defaults.image,
+        architecture=resolved.defaults.architecture or "x86_64", environ=resolved.defaults.environ,
+        resource_slots=resolved.slots.to_json(), resource_opts=resolved.defaults.resource_opts,
+        extra_mounts=body.config.extra_mounts, tag=body.tag, startup_command=body.startup_command,
+        bootstrap_script=body.bootstrap_script, callback_url=body.callback_url,
+        cluster_mode=body.cluster_mode, cluster_size=body.cluster_size, replicas=body.replicas,
+        open_to_public=body.open_to_public, proxy_port=port, url=url, lifecycle=EndpointLifecycle.CREATED,
+    )
+
+
+@routes.post("/services")
+async def create_service(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    caller = caller_of(request)
+    body = await parse_body(request, NewServiceRequest)
+    async with ctx.db() as db:
+        owner, folder, resolved = await resolve_create_request(ctx, db, caller, body)
+        await ensure_unique_name(db, owner.user_id, body.name)
+        for _attempt in range(5):
+            port, subdomain, url = await allocate_address(db, ctx.config, body.name)
+            endpoint = new_endpoint(body, owner, caller, folder, resolved, name=body.name, kind="service",
+                                    port=port, url=url)
+            endpoint.subdomain = subdomain
+            db.add(endpoint)
+            db.add(Event(endpoint_id=endpoint.id, kind="endpoint_created",
+                         data={"replicas": body.replicas, "by": caller.access_key}))
+            try:
+                await db.commit()
+                break
+            except IntegrityError:
+                await db.rollback()
+                await ensure_unique_name(db, owner.user_id, body.name)  # a concurrent create took the name?
+        else:
+            raise Conflict("could not allocate an endpoint address; retry")
+    ctx.poke(endpoint.id)
+    return json_response(serve_info(endpoint, []), status=201)
+
+
+@routes.get("/services/{service_id}")
+async def get_service(request: web.Request) -> web.Response:
+    async with request.app[CTX].db() as db:
+        endpoint = await load_endpoint(db, caller_of(request), request.match_info["service_id"])
+        rows = await _routes_with_sessions(db, [endpoint.id])
+    return json_response(serve_info(endpoint, rows))
+
+
+@routes.delete("/services/{service_id}")
+async def delete_service(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    async with ctx.db() as db:
+        endpoint = await load_endpoint(db, caller_of(request), request.match_info["service_id"])
+        endpoint.lifecycle = EndpointLifecycle.DESTROYING
+        endpoint.replicas = 0
+        db.add(Event(endpoint_id=endpoint.id, kind="endpoint_destroy_requested", data={}))
+        await db.commit()
+    ctx.poke(endpoint.id)
+    return json_response({"success": True})
+
+
+@routes.post("/services/{service_id}/scale")
+async def scale_service(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    body = await parse_body(request, ScaleRequest)
+    if body.to > ctx.config.limits.max_replicas:
+        raise InvalidAPIParameters(f"to: at most {ctx.config.limits.max_replicas}")
+    async with ctx.db() as db:
+        endpoint = await load_endpoint(db, caller_of(request), request.match_info["service_id"])
+        if endpoint.lifecycle != EndpointLifecycle.CREATED:
+            raise InvalidAPIParameters("the service is being destroyed")
+        current = (await db.execute(sa.select(sa.func.count()).select_from(Route).where(
+            Route.endpoint_id == endpoint.id,
+            Route.lifecycle.in_([RouteLifecycle.PROVISIONING, RouteLifecycle.RUNNING])))).scalar_one()
+        endpoint.replicas = body.to
+        db.add(Event(endpoint_id=endpoint.id, kind="endpoint_scaled", data={"to": body.to}))
+        await db.commit()
+    ctx.poke(endpoint.id)
+    return json_response(ScaleResponse(current_route_count=current, target_count=body.to).model_dump())
+
+
+@routes.get("/services/{service_id}/errors")
+async def list_errors(request: web.Request) -> web.Response:
+    async with request.app[CTX].db() as db:
+        endpoint = await load_endpoint(db, caller_of(request), request.match_info["service_id"])
+        failed = (await db.execute(sa.select(Route).where(
+            Route.endpoint_id == endpoint.id, Route.lifecycle == RouteLifecycle.FAILED_TO_START)
+            .order_by(Route.created_at))).scalars()
+        errors = [{"session_id": str(r.session_id) if r.session_id else None, "error": r.error_data or {}}
+                  for r in failed]
+    return json_response({"errors": errors, "retries": endpoint.retries})
+
+
+@routes.post("/services/{service_id}/errors/clear")
+async def clear_errors(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    async with ctx.db() as db:
+        endpoint = await load_endpoint(db, caller_of(request), request.match_info["service_id"])
+        await db.execute(sa.delete(Route).where(Route.endpoint_id == endpoint.id,
+                                                Route.lifecycle == RouteLifecycle.FAILED_TO_START))
+        endpoint.retries = 0
+        endpoint.next_retry_at = None
+        await db.commit()
+    ctx.poke(endpoint.id)
+    return web.Response(status=204)
+
+
+__all__ = ["routes", "serve_info", "load_endpoint", "Agent", "UserRole"]

@@ -1,0 +1,141 @@
+"""Daemon and admin commands: ``moorage manager|agent|appproxy``, ``moorage db``, ``moorage admin``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from common.config import ConfigError
+from manager.cli.connection import CLIError
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+async def serve_until_signal(app, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
+    """Run an aiohttp app until SIGTERM/SIGINT, then clean up (cleanup_ctx runs)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("moorage").info("listening on http://%s:%s", host, port)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _load_manager_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from manager.config import load_manager_config
+
+    try:
+        return load_manager_config(args.config)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def run_manager(args: argparse.Namespace) -> int:
+    from common.store import EtcdStore
+    from manager.server import build_manager_app
+
+    _setup_logging(args.log_level)
+    config = _load_manager_config(args)
+
+    async def _main() -> None:
+        store = EtcdStore(config.etcd.host, config.etcd.port, config.etcd.namespace)
+        try:
+            app = build_manager_app(config, store)
+            await serve_until_signal(app, config.manager.listen_host, config.manager.listen_port)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(_main())
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    return 0
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from agent.__main__ import main as agent_main
+
+    return int(agent_main(([] if not args.config else ["--config", args.config]) + ["--log-level", args.log_level])
+               or 0)
+
+
+def run_appproxy(args: argparse.Namespace) -> int:
+    from appproxy.__main__ import main as proxy_main
+
+    return int(proxy_main(([] if not args.config else ["--config", args.config]) + ["--log-level", args.log_level])
+               or 0)
+
+
+def run_db(args: argparse.Namespace) -> int:
+    from manager.db import engine
+
+    url = args.url or _load_manager_config(args).db.url
+    if args.db_command == "upgrade":
+        asyncio.run(engine.upgrade(url, args.revision or "head"))
+    else:
+        asyncio.run(engine.downgrade(url, args.revision or "base"))
+    return 0
+
+
+def run_admin_create_user(args: argparse.Namespace) -> int:
+    from common.status import UserRole
+    from manager.bootstrap import create_user
+    from manager.db import engine as db_engine
+
+    url = args.url or _load_manager_config(args).db.url
+
+    async def _main() -> tuple:  # type: ignore[type-arg]
+        eng = db_engine.make_engine(url)
+        try:
+            return await create_user(db_engine.make_sessionmaker(eng), args.email, UserRole(args.role))
+        finally:
+            await eng.dispose()
+
+    user_id, access, secret = asyncio.run(_main())
+    print(json.dumps({"user_id": str(user_id), "email": args.email, "role": args.role,
+                      "access_key": access, "secret_key": secret}, indent=2))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    for name, func, help_text in (
+        ("manager", run_manager, "run the manager daemon (PostgreSQL + etcd)"),
+        ("agent", run_agent, "run an agent daemon on this host"),
+        ("appproxy", run_appproxy, "run an app proxy daemon"),
+    ):
+        parser = subparsers.add_parser(name, help=help_text)
+        parser.add_argument("--config", help=f"TOML config file (configs/{name}.toml); env overrides apply")
+        parser.add_argument("--log-level", default="info")
+        parser.set_defaults(func=func)
+
+    db = subparsers.add_parser("db", help="database migrations")
+    db.add_argument("db_command", choices=["upgrade", "downgrade"])
+    db.add_argument("revision", nargs="?", help="target revision (default: head / base)")
+    db.add_argument("--config", help="manager config file (for db.url)")
+    db.add_argument("--url", help="database URL (overrides the config)")
+    db.set_defaults(func=run_db)
+
+    admin = subparsers.add_parser("admin", help="administration")
+    admin_sub = admin.add_subparsers(dest="admin_command", metavar="ADMIN_COMMAND", required=True)
+    create = admin_sub.add_parser("create-user", help="create a user with a keypair; prints the keys as JSON")
+    create.add_argument("email")
+    create.add_argument("--role", choices=["superadmin", "admin", "user"], default="user")
+    create.add_argument("--config", help="manager config file (for db.url)")
+    create.add_argument("--url", help="database URL (overrides the config)")
+    create.set_defaults(func=run_admin_create_user)

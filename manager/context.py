@@ -1,0 +1,45 @@
+"""The manager's runtime context: everything handlers and loops share, built and torn down by cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from common.signing import SignedClient
+from common.store import KVStore
+from manager.bgtasks import BackgroundTasks
+from manager.config import ManagerConfig
+
+
+@dataclasses.dataclass
+class ManagerContext:
+    config: ManagerConfig
+    engine: AsyncEngine
+    db: async_sessionmaker[AsyncSession]
+    store: KVStore
+    http: aiohttp.ClientSession
+    agents: SignedClient  # signed RPC to agents
+    cluster_secret: str
+    jwt_secret: str
+    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    bgtasks: BackgroundTasks = dataclasses.field(default_factory=BackgroundTasks)
+    # endpoints whose route table must be (re)published; filled by handlers and loops, drained by the publisher
+    dirty_endpoints: set[uuid.UUID] = dataclasses.field(default_factory=set)
+
+    # serialises publishing so a slower publisher never overwrites a fresher table with an older read
+    publish_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    # last value written per route-table key (None = deleted), so unchanged tables are not rewritten
+    published: dict[str, str | None] = dataclasses.field(default_factory=dict)
+
+    def poke(self, *endpoint_ids: uuid.UUID) -> None:
+        """Mark endpoints for republishing and wake the control loops now."""
+        self.dirty_endpoints.update(endpoint_ids)
+        self.wake.set()
+
+
+CTX: web.AppKey[ManagerContext] = web.AppKey("moorage_manager_ctx", ManagerContext)

@@ -1,0 +1,298 @@
+"""The manager's control loop: liveness → replicas → placement → termination → publishing.
+
+Level-triggered and idempotent: each tick reads the state, decides with the pure functions of this package and
+applies the result. It ticks every ``reconcile.interval`` and at once when woken (``ctx.poke``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import aiohttp
+import sqlalchemy as sa
+
+from common.protocol import KernelReport, KernelSpec
+from common.signing import RPCError
+from common.slots import ResourceSlots
+from common.status import (
+    AgentStatus,
+    EndpointLifecycle,
+    RouteHealth,
+    RouteLifecycle,
+    RouteTraffic,
+)
+from manager.control.heartbeat import ACTIVE_SESSION_STATES, _aware
+from manager.control.planner import RouteView, backoff_delay, plan_replicas
+from manager.control.publisher import publish_endpoints
+from manager.control.scheduler import AgentCapacity, select_agent
+from manager.db.models import Agent, Endpoint, Event, ModelFolder, Route, Session
+
+log = logging.getLogger(__name__)
+FULL_RESYNC_EVERY = 30.0  # seconds between forced republishing of every live route table
+DRAIN_GRACE = 1.0  # seconds a draining route stays up after leaving the route table (in-flight requests)
+
+
+class ControlLoop:
+    def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
+        self.ctx = ctx
+        self._last_resync = 0.0
+
+    async def run(self) -> None:
+        ctx = self.ctx
+        while True:
+            ctx.wake.clear()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("control loop tick failed")
+            try:
+                await asyncio.wait_for(ctx.wake.wait(), ctx.config.reconcile.interval)
+            except TimeoutError:
+                pass
+
+    async def tick(self) -> None:
+        await self.mark_lost_agents()
+        await self.reconcile_endpoints()
+        await self.schedule_pending()
+        await self.publish()
+        await self.terminate_draining()
+        await self.publish()
+
+    async def publish(self) -> None:
+        ctx = self.ctx
+        force = time.monotonic() - self._last_resync > FULL_RESYNC_EVERY
+        if force:
+            async with ctx.db() as db:
+                live = set((await db.execute(sa.select(Endpoint.id).where(
+                    Endpoint.lifecycle != EndpointLifecycle.DESTROYED))).scalars())
+            ctx.dirty_endpoints.update(live)
+            self._last_resync = time.monotonic()
+        dirty, ctx.dirty_endpoints = ctx.dirty_endpoints, set()
+        await publish_endpoints(ctx, dirty, force=force)
+
+    async def mark_lost_agents(self) -> None:
+        ctx = self.ctx
+        cutoff = datetime.now(UTC) - timedelta(seconds=ctx.config.reconcile.agent_heartbeat_timeout)
+        async with ctx.db() as db:
+            lost = list((await db.execute(sa.select(Agent).where(
+                Agent.status == AgentStatus.ALIVE, Agent.last_heartbeat < cutoff))).scalars())
+            if not lost:
+                return
+            for agent in lost:
+                agent.status = AgentStatus.LOST
+                log.warning("agent %s lost (no heartbeat since %s)", agent.id, agent.last_heartbeat)
+            rows = (await db.execute(sa.select(Route, Session).join(Session, Session.id == Route.session_id).where(
+                Session.agent_id.in_([a.id for a in lost]), Session.status.in_(ACTIVE_SESSION_STATES)))).all()
+            for route, session in rows:
+                session.status = "lost"
+                session.terminated_at = datetime.now(UTC)
+                if route.lifecycle in (RouteLifecycle.PROVISIONING, RouteLifecycle.RUNNING,
+                                       RouteLifecycle.TERMINATING):
+                    route.lifecycle = RouteLifecycle.TERMINATED
+                    route.health = RouteHealth.UNHEALTHY
+                    route.traffic = RouteTraffic.INACTIVE
+                    route.error_data = {"type": "agent_lost", "message": f"agent {session.agent_id} was lost",
+                                        "session_id": str(session.id)}
+                    ctx.dirty_endpoints.add(route.endpoint_id)
+            await db.commit()
+
+    async def reconcile_endpoints(self) -> None:
+        ctx = self.ctx
+        now = datetime.now(UTC)
+        async with ctx.db() as db:
+            endpoints = list((await db.execute(sa.select(Endpoint).where(
+                Endpoint.lifecycle != EndpointLifecycle.DESTROYED))).scalars())
+            if not endpoints:
+                return
+            routes = list((await db.execute(sa.select(Route).where(
+                Route.endpoint_id.in_([e.id for e in endpoints]),
+                Route.lifecycle.in_([RouteLifecycle.PROVISIONING, RouteLifecycle.RUNNING,
+                                     RouteLifecycle.TERMINATING])))).scalars())
+            for endpoint in endpoints:
+                own = [r for r in routes if r.endpoint_id == endpoint.id]
+                desired = endpoint.replicas if endpoint.lifecycle == EndpointLifecycle.CREATED else 0
+                can_start = endpoint.next_retry_at is None or _aware(endpoint.next_retry_at) <= now
+                plan = plan_replicas(desired, [RouteView(r.id, r.lifecycle, r.health, _aware(r.created_at))
+                                               for r in own], can_start)
+                for _ in range(plan.create):
+                    db.add(Route(id=uuid.uuid4(), endpoint_id=endpoint.id, lifecycle=RouteLifecycle.PROVISIONING,
+                                 health=RouteHealth.NOT_CHECKED, traffic=RouteTraffic.ACTIVE, traffic_ratio=1.0))
+                for route in own:
+                    if route.id in plan.drain:
+                        route.lifecycle = RouteLifecycle.TERMINATING
+                        route.traffic = RouteTraffic.INACTIVE
+                        ctx.dirty_endpoints.add(endpoint.id)
+                if plan.create or plan.drain:
+                    db.add(Event(endpoint_id=endpoint.id, kind="replicas_planned",
+                                 data={"create": plan.create, "drain": [str(r) for r in plan.drain]}))
+                if endpoint.lifecycle == EndpointLifecycle.DESTROYING and not own:
+                    endpoint.lifecycle = EndpointLifecycle.DESTROYED
+                    endpoint.destroyed_at = now
+                    db.add(Event(endpoint_id=endpoint.id, kind="endpoint_destroyed", data={}))
+                    ctx.dirty_endpoints.add(endpoint.id)
+            await db.commit()
+
+    async def _capacities(self, db) -> tuple[list[Agent], dict[str, ResourceSlots]]:  # type: ignore[no-untyped-def]
+        agents = list((await db.execute(sa.select(Agent).where(Agent.status == AgentStatus.ALIVE))).scalars())
+        occupied: dict[str, ResourceSlots] = {a.id: ResourceSlots() for a in agents}
+        for agent_id, slots in (await db.execute(sa.select(Session.agent_id, Session.occupied_slots).where(
+                Session.status.in_(ACTIVE_SESSION_STATES), Session.agent_id.is_not(None)))).all():
+            if agent_id in occupied:
+                occupied[agent_id] = occupied[agent_id] + ResourceSlots.parse(slots)
+        return agents, occupied
+
+    async def schedule_pending(self) -> None:
+        ctx = self.ctx
+        starts: list[tuple[Agent, KernelSpec, uuid.UUID]] = []
+        async with ctx.db() as db:
+            pending = (await db.execute(
+                sa.select(Route, Endpoint).join(Endpoint, Endpoint.id == Route.endpoint_id).where(
+                    Route.lifecycle == RouteLifecycle.PROVISIONING, Route.session_id.is_(None),
+                    Endpoint.lifecycle == EndpointLifecycle.CREATED).order_by(Route.created_at))).all()
+            if not pending:
+                return
+            agents, occupied = await self._capacities(db)
+            per_agent_endpoint: dict[tuple[str, uuid.UUID], int] = {}
+            for agent_id, endpoint_id in (await db.execute(sa.select(Session.agent_id, Session.endpoint_id).where(
+                    Session.status.in_(ACTIVE_SESSION_STATES)))).all():
+                key = (agent_id, endpoint_id)
+                per_agent_endpoint[key] = per_agent_endpoint.get(key, 0) + 1
+            folders = {f.id: f for f in (await db.execute(sa.select(ModelFolder).where(
+                ModelFolder.id.in_([e.model_folder_id for _, e in pending])))).scalars()}
+            for route, endpoint in pending:
+                request = ResourceSlots.parse(endpoint.resource_slots)
+                capacities = [AgentCapacity(a.id, a.scaling_group, a.architecture,
+                                            ResourceSlots.parse(a.available_slots), occupied[a.id],
+                                            per_agent_endpoint.get((a.id, endpoint.id), 0)) for a in agents]
+                placement = select_agent(request, capacities, endpoint.scaling_group)
+                folder = folders.get(endpoint.model_folder_id) if endpoint.model_folder_id else None
+                if placement.agent_id is None or folder is None:
+                    reason = placement.reason or "the model folder was deleted"
+                    if (route.error_data or {}).get("message") != reason:
+                        route.error_data = {"type": "unschedulable", "message": reason}
+                        db.add(Event(endpoint_id=endpoint.id, route_id=route.id, kind="unschedulable",
+                                     data={"reason": reason}))
+                    continue
+                agent = next(a for a in agents if a.id == placement.agent_id)
+                session = Session(id=uuid.uuid4(), endpoint_id=endpoint.id, route_id=route.id, agent_id=agent.id,
+                                  occupied_slots=request.to_json(), status="starting",
+                                  status_history=[{"status": "starting", "at": datetime.now(UTC).isoformat()}])
+                db.add(session)
+                await db.flush()
+                route.session_id = session.id
+                route.error_data = None
+                occupied[agent.id] = occupied[agent.id] + request
+                key = (agent.id, endpoint.id)
+                per_agent_endpoint[key] = per_agent_endpoint.get(key, 0) + 1
+                spec = KernelSpec(
+                    kernel_id=session.id, endpoint_id=endpoint.id, route_id=route.id, endpoint_name=endpoint.name,
+                    folder_relpath=folder.host_relpath, mount_destination=endpoint.model_mount_destination,
+                    model_definition=endpoint.model_definition, environ=dict(endpoint.environ or {}),
+                    resource_slots=request.to_json(), image=endpoint.image, runtime_variant=endpoint.runtime_variant)
+                starts.append((agent, spec, session.id))
+            await db.commit()
+        if starts:
+            await asyncio.gather(*(self._start_kernel(agent.id, agent.rpc_url, spec) for agent, spec, _ in starts))
+
+    async def _start_kernel(self, agent_id: str, rpc_url: str, spec: KernelSpec) -> None:
+        ctx = self.ctx
+        try:
+            data = await ctx.agents.call("POST", rpc_url, "/rpc/kernels", spec.model_dump(mode="json"),
+                                         timeout=ctx.config.reconcile.rpc_timeout)
+            report = KernelReport.model_validate(data)
+        except (TimeoutError, RPCError, aiohttp.ClientError, ValueError) as exc:
+            detail = exc.body if isinstance(exc, RPCError) else str(exc) or type(exc).__name__
+            if isinstance(detail, dict):
+                detail = detail.get("detail") or detail.get("title") or str(detail)
+            await self._fail_start(spec, agent_id, f"agent {agent_id} could not start the replica: {detail}")
+            return
+        async with ctx.db() as db:
+            session = await db.get(Session, spec.kernel_id)
+            if session is not None and session.status == "starting":
+                session.host, session.port, session.runtime_handle = report.host, report.port, report.handle
+                await db.commit()
+        log.info("started replica %s of %s on %s (%s:%s)", spec.route_id, spec.endpoint_name, agent_id,
+                 report.host, report.port)
+
+    async def _fail_start(self, spec: KernelSpec, agent_id: str, message: str) -> None:
+        ctx = self.ctx
+        rc = ctx.config.reconcile
+        now = datetime.now(UTC)
+        log.warning("%s", message)
+        async with ctx.db() as db:
+            session = await db.get(Session, spec.kernel_id)
+            route = await db.get(Route, spec.route_id)
+            endpoint = await db.get(Endpoint, spec.endpoint_id)
+            if session is not None:
+                session.status = "failed"
+                session.terminated_at = now
+            if route is not None and route.lifecycle == RouteLifecycle.PROVISIONING:
+                route.lifecycle = RouteLifecycle.FAILED_TO_START
+                route.health = RouteHealth.UNHEALTHY
+                route.traffic = RouteTraffic.INACTIVE
+                route.error_data = {"type": "creation_failed", "message": message, "session_id": str(spec.kernel_id),
+                                    "errors": [{"src": "manager", "name": "AgentRPCError", "repr": message}]}
+                db.add(Event(endpoint_id=spec.endpoint_id, route_id=spec.route_id, kind="route_failed_to_start",
+                             data=route.error_data))
+            if endpoint is not None:
+                endpoint.retries += 1
+                endpoint.next_retry_at = now + timedelta(seconds=backoff_delay(endpoint.retries, rc.backoff_base,
+                                                                               rc.backoff_max))
+            await db.commit()
+
+    async def terminate_draining(self) -> None:
+        ctx = self.ctx
+        grace_cutoff = datetime.now(UTC) - timedelta(seconds=DRAIN_GRACE)
+        async with ctx.db() as db:
+            rows = (await db.execute(
+                sa.select(Route, Session, Agent).outerjoin(Session, Session.id == Route.session_id)
+                .outerjoin(Agent, Agent.id == Session.agent_id)
+                .where(Route.lifecycle == RouteLifecycle.TERMINATING))).all()
+            ready = []
+            for route, session, agent in rows:
+                no_kernel = (session is None or session.status not in ACTIVE_SESSION_STATES
+                             or agent is None or agent.status != AgentStatus.ALIVE)
+                if no_kernel:
+                    route.lifecycle = RouteLifecycle.TERMINATED
+                    if session is not None and session.status in ACTIVE_SESSION_STATES:
+                        session.status = "terminated"
+                        session.terminated_at = datetime.now(UTC)
+                    ctx.dirty_endpoints.add(route.endpoint_id)
+                elif _aware(route.updated_at) <= grace_cutoff:
+                    ready.append((route.id, session.id, agent.id, agent.rpc_url))
+            await db.commit()
+        if ready:
+            results = await asyncio.gather(*(self._destroy_kernel(*item) for item in ready))
+            if any(results):
+                ctx.wake.set()
+
+    async def _destroy_kernel(self, route_id: uuid.UUID, session_id: uuid.UUID, agent_id: str,
+                              rpc_url: str) -> bool:
+        ctx = self.ctx
+        try:
+            await ctx.agents.call("DELETE", rpc_url, f"/rpc/kernels/{session_id}",
+                                  timeout=ctx.config.reconcile.rpc_timeout)
+        except (TimeoutError, RPCError, aiohttp.ClientError) as exc:
+            log.warning("agent %s could not destroy kernel %s: %s (will retry)", agent_id, session_id, exc)
+            return False
+        async with ctx.db() as db:
+            route = await db.get(Route, route_id)
+            session = await db.get(Session, session_id)
+            if session is not None and session.status in ACTIVE_SESSION_STATES:
+                session.status = "terminated"
+                session.terminated_at = datetime.now(UTC)
+            if route is not None and route.lifecycle == RouteLifecycle.TERMINATING:
+                route.lifecycle = RouteLifecycle.TERMINATED
+                ctx.dirty_endpoints.add(route.endpoint_id)
+            await db.commit()
+        return True
+
+
+__all__ = ["ControlLoop", "Decimal"]

@@ -1,0 +1,247 @@
+"""SQLAlchemy 2 models of ARCHITECTURE §2, portable between PostgreSQL (asyncpg) and SQLite (aiosqlite).
+
+Enums are stored as short strings (non-native enums) so that adding a value needs no type migration; JSON
+columns use JSONB on PostgreSQL. Routes use orthogonal axes (lifecycle, health, traffic) instead of one status.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from common.status import (
+    AgentStatus,
+    EndpointLifecycle,
+    RouteHealth,
+    RouteLifecycle,
+    RouteTraffic,
+    UserRole,
+)
+
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _enum(cls: type, name: str) -> sa.Enum:
+    return sa.Enum(cls, name=name, native_enum=False, length=32, create_constraint=False,
+                   values_callable=lambda e: [m.value for m in e], validate_strings=True)
+
+
+def _now() -> datetime:
+
+    return datetime.now(UTC)
+
+
+TS = sa.DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+
+
+class Domain(Base):
+    __tablename__ = "domains"
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(sa.String(64))
+    domain_name: Mapped[str] = mapped_column(sa.ForeignKey("domains.name", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    __table_args__ = (sa.UniqueConstraint("domain_name", "name"),)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    email: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    role: Mapped[UserRole] = mapped_column(_enum(UserRole, "user_role"), default=UserRole.USER)
+    domain_name: Mapped[str] = mapped_column(sa.ForeignKey("domains.name"), default="default")
+    is_active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+
+
+class KeyPair(Base):
+    __tablename__ = "keypairs"
+    access_key: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    secret_key: Mapped[str] = mapped_column(sa.String(64))
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[UserRole] = mapped_column(_enum(UserRole, "keypair_role"), default=UserRole.USER)
+    is_active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    last_used: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+
+
+class ModelFolder(Base):
+    __tablename__ = "model_folders"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(sa.String(64))
+    owner_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    host_relpath: Mapped[str] = mapped_column(sa.String(256))  # relative to the storage root
+    usage_mode: Mapped[str] = mapped_column(sa.String(16), default="model")
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    __table_args__ = (sa.UniqueConstraint("owner_id", "name"),)
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+    id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    rpc_url: Mapped[str] = mapped_column(sa.String(512))
+    replica_host: Mapped[str] = mapped_column(sa.String(256))
+    scaling_group: Mapped[str] = mapped_column(sa.String(64), default="default", index=True)
+    architecture: Mapped[str] = mapped_column(sa.String(32), default="x86_64")
+    runtime: Mapped[str] = mapped_column(sa.String(16), default="local")
+    available_slots: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    status: Mapped[AgentStatus] = mapped_column(_enum(AgentStatus, "agent_status"), default=AgentStatus.ALIVE)
+    version: Mapped[str] = mapped_column(sa.String(32), default="")
+    first_contact: Mapped[datetime] = mapped_column(TS, default=_now)
+    last_heartbeat: Mapped[datetime] = mapped_column(TS, default=_now)
+
+
+class Endpoint(Base):
+    __tablename__ = "endpoints"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(sa.String(64))
+    owner_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    created_user_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id"))
+    domain_name: Mapped[str] = mapped_column(sa.String(64), default="default")
+    project_name: Mapped[str] = mapped_column(sa.String(64), default="default")
+    scaling_group: Mapped[str] = mapped_column(sa.String(64), default="default")
+    model_folder_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("model_folders.id", ondelete="SET NULL"), nullable=True)
+    model_definition_path: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
+    model_definition: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # resolved at create
+    model_mount_destination: Mapped[str] = mapped_column(sa.String(256), default="/models")
+    runtime_variant: Mapped[str] = mapped_column(sa.String(32), default="custom")
+    image: Mapped[str | None] = mapped_column(sa.String(512), nullable=True)
+    architecture: Mapped[str] = mapped_column(sa.String(32), default="x86_64")
+    environ: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    resource_slots: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    resource_opts: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    extra_mounts: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    tag: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    startup_command: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    bootstrap_script: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    callback_url: Mapped[str | None] = mapped_column(sa.String(1024), nullable=True)
+    cluster_mode: Mapped[str] = mapped_column(sa.String(16), default="single-node")
+    cluster_size: Mapped[int] = mapped_column(sa.Integer, default=1)
+    replicas: Mapped[int] = mapped_column(sa.Integer, default=1)
+    # "service", or "dry_run" for the short-lived endpoint of POST /services/_/try (hidden from listings)
+    kind: Mapped[str] = mapped_column(sa.String(16), default="service", server_default="service")
+    open_to_public: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    proxy_port: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)  # port-mode port, never reused live
+    subdomain: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)  # wildcard mode, never reused live
+    url: Mapped[str | None] = mapped_column(sa.String(1024), nullable=True)
+    lifecycle: Mapped[EndpointLifecycle] = mapped_column(
+        _enum(EndpointLifecycle, "endpoint_lifecycle"), default=EndpointLifecycle.CREATED, index=True)
+    retries: Mapped[int] = mapped_column(sa.Integer, default=0)  # consecutive failed starts
+    next_retry_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)  # back-off after failed starts
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    destroyed_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    __table_args__ = (
+        # names are unique among the live endpoints of an owner; ports among all live endpoints
+        sa.Index("uq_endpoints_owner_name_live", "owner_id", "name", unique=True,
+                 postgresql_where=sa.text("lifecycle <> 'destroyed'"),
+                 sqlite_where=sa.text("lifecycle <> 'destroyed'")),
+        sa.Index("uq_endpoints_proxy_port_live", "proxy_port", unique=True,
+                 postgresql_where=sa.text("lifecycle <> 'destroyed'"),
+                 sqlite_where=sa.text("lifecycle <> 'destroyed'")),
+        sa.Index("uq_endpoints_subdomain_live", "subdomain", unique=True,
+                 postgresql_where=sa.text("lifecycle <> 'destroyed'"),
+                 sqlite_where=sa.text("lifecycle <> 'destroyed'")),
+    )
+
+
+class Session(Base):
+    """One replica's kernel on one agent (single-node sessions: one kernel per session)."""
+
+    __tablename__ = "sessions"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
+    route_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    agent_id: Mapped[str | None] = mapped_column(sa.ForeignKey("agents.id", ondelete="SET NULL"), nullable=True,
+                                                 index=True)
+    runtime_handle: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
+    host: Mapped[str | None] = mapped_column(sa.String(256), nullable=True)
+    port: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    occupied_slots: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    status: Mapped[str] = mapped_column(sa.String(32), default="pending", index=True)
+    status_history: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    terminated_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+
+
+class Route(Base):
+    __tablename__ = "routes"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("sessions.id", ondelete="SET NULL"), nullable=True)
+    lifecycle: Mapped[RouteLifecycle] = mapped_column(
+        _enum(RouteLifecycle, "route_lifecycle"), default=RouteLifecycle.PROVISIONING, index=True)
+    health: Mapped[RouteHealth] = mapped_column(_enum(RouteHealth, "route_health"),
+                                                default=RouteHealth.NOT_CHECKED)
+    traffic: Mapped[RouteTraffic] = mapped_column(_enum(RouteTraffic, "route_traffic"),
+                                                  default=RouteTraffic.ACTIVE)
+    traffic_ratio: Mapped[float] = mapped_column(sa.Float, default=1.0)
+    error_data: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(TS, default=_now, onupdate=_now)
+
+
+class EndpointToken(Base):
+    """Issued endpoint tokens. Only the id (jti) and metadata are stored, never the token itself."""
+
+    __tablename__ = "endpoint_tokens"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
+    owner_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    expires_at: Mapped[datetime] = mapped_column(TS)
+    revoked_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+
+
+class AutoScalingRule(Base):
+    __tablename__ = "auto_scaling_rules"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
+    metric_source: Mapped[str] = mapped_column(sa.String(32))  # kernel | inference_framework | proxy
+    metric_name: Mapped[str] = mapped_column(sa.String(128))
+    comparator: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+    threshold: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    min_threshold: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    max_threshold: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    step_size: Mapped[int] = mapped_column(sa.Integer, default=1)
+    cooldown_seconds: Mapped[int] = mapped_column(sa.Integer, default=300)
+    min_replicas: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    max_replicas: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    last_triggered_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+
+
+class Event(Base):
+    """Append-only audit log: route errors, scheduling failures, autoscaling decisions."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    endpoint_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True, index=True)
+    route_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    kind: Mapped[str] = mapped_column(sa.String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now, index=True)

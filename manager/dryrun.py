@@ -1,0 +1,88 @@
+"""The dry run behind ``POST /services/_/try``: start one real replica of the service, wait until it is healthy
+(or fails), report progress as background-task events, and tear it down.
+
+The replica runs as a hidden endpoint (``kind = "dry_run"``, name ``model-eval-<hex>``, no URL) so that the
+normal control loop places, starts, supervises and removes it: no second code path for starting replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import sqlalchemy as sa
+
+from common.definitions import ModelDefinition
+from common.status import EndpointLifecycle, RouteHealth, RouteLifecycle
+from manager.bgtasks import BackgroundTask
+from manager.db.models import Endpoint, Event, Route
+
+POLL_INTERVAL = 0.5
+MIN_WAIT = 60.0  # seconds, even for a definition without health-check timing
+MAX_WAIT = 1800.0  # the runtime-variant default initial_delay; bounds a dry run
+
+
+def dry_run_deadline(definition: dict) -> float:
+    """How long to wait for the replica: its health-check contract plus a start-up margin, bounded."""
+    check = ModelDefinition.model_validate(definition).health_check()
+    if check is None:
+        return MIN_WAIT
+    budget = check.initial_delay + check.interval * (check.max_retries + 1) + 30.0
+    return min(MAX_WAIT, max(MIN_WAIT, budget))
+
+
+def _message(event: str, session_id: uuid.UUID | None = None, **extra: object) -> str:
+    return json.dumps({"event": event, "session_id": str(session_id) if session_id else None, **extra})
+
+
+async def run_dry_run(ctx, task: BackgroundTask, owner, folder, body, resolved) -> None:  # type: ignore[no-untyped-def]
+    from manager.api.services import new_endpoint
+
+    endpoint = new_endpoint(body.model_copy(update={"replicas": 1}), owner, owner, folder, resolved,
+                            name=f"model-eval-{uuid.uuid4().hex[:10]}", kind="dry_run", port=None, url=None)
+    async with ctx.db() as db:
+        db.add(endpoint)
+        db.add(Event(endpoint_id=endpoint.id, kind="dry_run_started", data={"task_id": str(task.id)}))
+        await db.commit()
+    ctx.poke(endpoint.id)
+    task.emit("bgtask_updated", _message("session_enqueued"), 1, 3)
+    deadline = time.monotonic() + dry_run_deadline(resolved.definition)
+    announced_start = False
+    try:
+        while True:
+            async with ctx.db() as db:
+                route = (await db.execute(sa.select(Route).where(Route.endpoint_id == endpoint.id)
+                                          .order_by(Route.created_at.desc()).limit(1))).scalar_one_or_none()
+            if route is not None and route.session_id and not announced_start:
+                task.emit("bgtask_updated", _message("session_started", route.session_id), 2, 3)
+                announced_start = True
+            if route is not None and route.lifecycle == RouteLifecycle.RUNNING and route.health == RouteHealth.HEALTHY:
+                task.emit("bgtask_updated", _message("session_healthy", route.session_id), 3, 3)
+                task.emit("bgtask_done", "the model service started and passed its health check",
+                          session_id=str(route.session_id))
+                return
+            if route is not None and route.lifecycle in (RouteLifecycle.FAILED_TO_START, RouteLifecycle.TERMINATED):
+                err = route.error_data or {}
+                detail = err.get("message") or route.lifecycle.value
+                tail = (err.get("stderr_tail") or "").strip()
+                task.emit("bgtask_failed", f"the model service failed to start: {detail}"
+                          + (f"\n{tail[-2000:]}" if tail else ""), errors=[err])
+                return
+            if route is not None and route.error_data and route.error_data.get("type") == "unschedulable":
+                task.emit("bgtask_failed", f"the replica cannot be placed: {route.error_data.get('message')}")
+                return
+            if time.monotonic() > deadline:
+                task.emit("bgtask_failed", "timed out waiting for the replica to become healthy")
+                return
+            await asyncio.sleep(POLL_INTERVAL)
+    finally:
+        async with ctx.db() as db:
+            row = await db.get(Endpoint, endpoint.id)
+            if row is not None and row.lifecycle == EndpointLifecycle.CREATED:
+                row.lifecycle = EndpointLifecycle.DESTROYING
+                row.replicas = 0
+                db.add(Event(endpoint_id=endpoint.id, kind="dry_run_finished", data={"task_id": str(task.id)}))
+                await db.commit()
+        ctx.poke(endpoint.id)

@@ -1,0 +1,128 @@
+"""Embedded mode (``moorage up``): manager, one agent and one app proxy on one event loop.
+
+Same code paths as the cluster, wired differently (ARCHITECTURE §1): SQLite instead of PostgreSQL, the in-memory
+store instead of etcd, the ``local`` runtime. Everything lives under ``data_dir``:
+``moorage.db``, ``storage/`` (model folders), ``agent/`` (replica work dirs), ``secrets.json`` (0600) and
+``cluster.json`` (manager URL + admin keypair; the CLI reads it by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from manager.context import CTX
+
+log = logging.getLogger("moorage.embedded")
+CLUSTER_FILE = "cluster.json"
+SECRETS_FILE = "secrets.json"
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
+    path = data_dir / SECRETS_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    values = {"cluster_secret": secrets.token_urlsafe(32), "jwt_secret": secrets.token_urlsafe(32)}
+    _write_private(path, values)
+    return values
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090,
+                       proxy_port_range: tuple[int, int] = (10300, 10399), ready: asyncio.Event | None = None,
+                       stop: asyncio.Event | None = None) -> None:
+    from agent.config import load_agent_config
+    from agent.server import AGENT_KEY, build_agent_app
+    from appproxy.config import ProxyConfig
+    from appproxy.server import AppProxy
+    from common.store import MemoryStore
+    from manager.bootstrap import ensure_admin
+    from manager.config import ManagerConfig
+
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret_values = load_or_create_secrets(data_dir)
+    manager_url = f"http://{host}:{port}"
+    mcfg = ManagerConfig.model_validate({
+        "manager": {"listen_host": host, "listen_port": port, "storage_root": str(data_dir / "storage"),
+                    "auto_migrate": True},
+        "db": {"url": f"sqlite+aiosqlite:///{data_dir / 'moorage.db'}"},
+        "appproxy": {"public_host": host, "port_range": list(proxy_port_range)},
+        "secrets": {"cluster_secret": secret_values["cluster_secret"], "jwt_secret": secret_values["jwt_secret"]},
+        "reconcile": {"interval": 1.0},
+    })
+    agent_port = _free_port(host)
+    acfg = load_agent_config(None, overrides={
+        "agent": {"id": "embedded", "listen_host": host, "listen_port": agent_port, "replica_host": host,
+                  "state_dir": str(data_dir / "agent"), "storage_root": str(data_dir / "storage"),
+                  "manager_url": manager_url},
+        "secrets": {"cluster_secret": secret_values["cluster_secret"]},
+        "resources": {"reserved_mem": "0"},
+    })
+    pcfg = ProxyConfig.model_validate({"proxy": {"bind_host": host},
+                                       "secrets": {"jwt_secret": secret_values["jwt_secret"]}})
+    store = MemoryStore()
+    from manager.server import build_manager_app
+
+    manager_app = build_manager_app(mcfg, store)
+    agent_app = build_agent_app(acfg)
+    manager_runner = web.AppRunner(manager_app, access_log=None)
+    agent_runner = web.AppRunner(agent_app, access_log=None)
+    proxy = AppProxy(pcfg, store)
+    await manager_runner.setup()
+    try:
+        await web.TCPSite(manager_runner, host, port).start()
+        await agent_runner.setup()
+        await web.TCPSite(agent_runner, host, agent_port).start()
+        await proxy.start()
+        access_key, secret_key = await ensure_admin(manager_app[CTX].db)
+        _write_private(data_dir / CLUSTER_FILE, {
+            "manager_url": manager_url, "access_key": access_key, "secret_key": secret_key,
+            "data_dir": str(data_dir), "pid": os.getpid(), "mode": "embedded"})
+        print(f"Moorage is up (embedded mode). Manager: {manager_url}\n"
+              f"  connection file: {data_dir / CLUSTER_FILE} (the moorage CLI reads it by default)\n"
+              f"  try: moorage folder create mymodel && moorage folder upload mymodel ./my-model-dir\n"
+              f"       moorage service create mymodel 1 --name my-svc && moorage service info my-svc\n"
+              f"  stop with Ctrl-C or `moorage down`", flush=True)
+        if ready is not None:
+            ready.set()
+        if stop is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: stopping replicas")
+    finally:
+        if AGENT_KEY in agent_app:  # replicas belong to this process in embedded mode: stop them all
+            with contextlib.suppress(Exception):
+                await agent_app[AGENT_KEY].registry.destroy_all()
+        with contextlib.suppress(Exception):
+            await proxy.stop()
+        await agent_runner.cleanup()
+        await manager_runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            (data_dir / CLUSTER_FILE).unlink()

@@ -1,0 +1,59 @@
+"""Builds the manager's aiohttp application; its lifecycle (DB, HTTP client, control loop) is in cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from common.aio import cancel_and_wait
+from common.errors import problem_middleware
+from common.signing import SignedClient, signed_request_middleware
+from common.store import KVStore
+from manager.api import folders, gql, internal, openapi, root, routings, service_ops, services, tokens
+from manager.api.auth import auth_middleware
+from manager.config import ManagerConfig
+from manager.context import CTX, ManagerContext
+from manager.control.loop import ControlLoop
+from manager.db import engine as db_engine
+
+log = logging.getLogger(__name__)
+MAX_REQUEST_BODY = 1024**4  # aiohttp's own cap; real limits are enforced per route (JSON 1 MiB, uploads config)
+
+
+def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = True) -> web.Application:
+    cluster_secret = config.cluster_secret()
+    jwt_secret = config.jwt_secret()
+    app = web.Application(
+        middlewares=[problem_middleware, signed_request_middleware(cluster_secret, "/internal/"), auth_middleware],
+        client_max_size=MAX_REQUEST_BODY,
+    )
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        config.manager.storage_root.mkdir(parents=True, exist_ok=True)
+        if config.manager.auto_migrate:
+            await db_engine.upgrade(config.db.url)
+        engine = db_engine.make_engine(config.db.url)
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, limit_per_host=10))
+        ctx = ManagerContext(config=config, engine=engine, db=db_engine.make_sessionmaker(engine), store=store,
+                             http=http, agents=SignedClient(http, cluster_secret), cluster_secret=cluster_secret,
+                             jwt_secret=jwt_secret)
+        app[CTX] = ctx
+        loop_task = asyncio.create_task(ControlLoop(ctx).run(), name="control-loop") if run_loops else None
+        try:
+            yield
+        finally:
+            await cancel_and_wait(loop_task)
+            await ctx.bgtasks.close()
+            await http.close()
+            await engine.dispose()
+
+    app.cleanup_ctx.append(context)
+    # service_ops first: its /services/_/... paths must win over /services/{service_id}/...
+    for table in (root.routes, openapi.routes, service_ops.routes, services.routes, tokens.routes,
+                  routings.routes, folders.routes, gql.routes, internal.routes):
+        app.add_routes(table)
+    return app
