@@ -148,6 +148,10 @@ class Endpoint(Base):
     url: Mapped[str | None] = mapped_column(sa.String(1024), nullable=True)
     lifecycle: Mapped[EndpointLifecycle] = mapped_column(
         _enum(EndpointLifecycle, "endpoint_lifecycle"), default=EndpointLifecycle.CREATED, index=True)
+    # bumped by every change to what a replica runs (image, folder, definition, environ, resources); routes of an
+    # older revision are retired by the rolling update once enough current ones are healthy
+    revision: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")
+    max_surge: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")  # extra routes during a rollout
     retries: Mapped[int] = mapped_column(sa.Integer, default=0)  # consecutive failed starts
     next_retry_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)  # back-off after failed starts
     created_at: Mapped[datetime] = mapped_column(TS, default=_now)
@@ -181,6 +185,8 @@ class Session(Base):
     occupied_slots: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     status: Mapped[str] = mapped_column(sa.String(32), default="pending", index=True)
     status_history: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    # last utilisation the agent reported for this kernel (cpu_util, mem_util, ...): input of `kernel` autoscaling
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=_now)
     terminated_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
 
@@ -198,6 +204,7 @@ class Route(Base):
     traffic: Mapped[RouteTraffic] = mapped_column(_enum(RouteTraffic, "route_traffic"),
                                                   default=RouteTraffic.ACTIVE)
     traffic_ratio: Mapped[float] = mapped_column(sa.Float, default=1.0)
+    revision: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")  # the endpoint revision it runs
     error_data: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=_now)
     updated_at: Mapped[datetime] = mapped_column(TS, default=_now, onupdate=_now)
