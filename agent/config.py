@@ -81,6 +81,10 @@ class AgentSection(_Section):
     storage_root: Path = Field(default_factory=lambda: platformdirs.user_data_path("moorage") / "storage")
     # 3 s keeps the manager's view fresh (transitions are sent at once anyway) at a negligible cost.
     heartbeat_interval: float = Field(default=3.0, gt=0, le=300)
+    # Each live replica's CPU and memory use is sampled this often and sent with the heartbeats (input of
+    # `kernel` autoscaling rules). One /proc scan for all local replicas, one stats call per container; 5 s is
+    # the scale autoscaling acts on. 0 disables sampling.
+    stats_interval: float = Field(default=5.0, ge=0, le=300)
     manager_url: str | None = None  # None: no heartbeats (RPC only)
     # Failed/exited/terminated kernels stay in the list this long so the manager sees the final state.
     terminal_retention: float = Field(default=600.0, ge=0)

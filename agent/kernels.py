@@ -257,6 +257,7 @@ class Kernel:
     adopted: bool = False  # re-adopted from a previous agent run
     holds_port: bool = False  # the port is ours in the PortAllocator (released exactly once)
     launch_task: asyncio.Task[None] | None = None
+    stats: dict[str, float] | None = None  # last utilisation sample (agent.stats); not persisted
 
     @property
     def terminal(self) -> bool:
@@ -270,6 +271,8 @@ class Kernel:
         extra: dict[str, Any] = {}
         if "allocation" in KernelReport.model_fields:  # forward-compatible with the protocol field
             extra["allocation"] = self.allocation_json()
+        if self.stats is not None and not self.terminal:
+            extra["stats"] = self.stats
         return KernelReport(
             kernel_id=self.spec.kernel_id, endpoint_id=self.spec.endpoint_id, route_id=self.spec.route_id,
             status=self.status, health=self.health, host=host, port=self.port,
@@ -461,6 +464,10 @@ class KernelRegistry:
     def gpu_usage(self) -> dict[str, str]:
         """``{gpu uuid: fraction in use}`` over all kernels."""
         return {d: format(Decimal(self._gpu_alloc.used[d]) / 100, ".2f") for d in self._gpu_alloc.devices}
+
+    def live_kernels(self) -> list[Kernel]:
+        """Kernels whose replica may be running (not terminal), for utilisation sampling."""
+        return [k for k in self._kernels.values() if not k.terminal]
 
     def get(self, kernel_id: uuid.UUID) -> Kernel | None:
         return self._kernels.get(kernel_id)
@@ -677,7 +684,7 @@ class KernelRegistry:
 
     def _persist(self, k: Kernel) -> None:
         record = {
-            "report": k.report(self._cfg.replica_host).model_dump(mode="json"),
+            "report": k.report(self._cfg.replica_host).model_dump(mode="json", exclude={"stats"}),
             "spec": k.spec.model_dump(mode="json"),
             "handle": k.handle.to_json() if k.handle else None,
             "allocation": k.allocation.to_json() if k.allocation else None,

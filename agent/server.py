@@ -26,6 +26,7 @@ from agent.heartbeat import HeartbeatLoop
 from agent.kernels import MAX_LOG_TAIL_LINES, KernelRegistry
 from agent.resources import available_slots
 from agent.runtime import KernelRuntime, make_runtime
+from agent.stats import StatsCollector
 from common.errors import InvalidAPIParameters, invalid_params_from_validation, problem_middleware
 from common.lease import LeaseKeeper
 from common.protocol import AgentHeartbeat, AgentInfo, KernelSpec
@@ -52,6 +53,8 @@ class Agent:
         self._session: aiohttp.ClientSession | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
+        self.stats = StatsCollector(self.registry, self.runtime, config.agent.stats_interval)
+        self._stats_task: asyncio.Task[None] | None = None
 
     def registration_key(self) -> str:
         return AGENTS_PREFIX + self.config.agent.id
@@ -78,6 +81,7 @@ class Agent:
             agent_id=agent.id, rpc_url=agent.rpc_url, replica_host=agent.replica_host,
             scaling_group=agent.scaling_group, architecture=platform.machine() or "x86_64",
             runtime=agent.runtime, available_slots=dict(self.slots), version=__version__,
+            devices=[g.uuid for g in self.gpus],
         )
 
     def heartbeat_payload(self) -> AgentHeartbeat:
@@ -97,9 +101,12 @@ class Agent:
         else:
             log.warning("agent %s: [agent] manager_url is not set; no heartbeats", self.config.agent.id)
         self._start_registration()
+        self._stats_task = asyncio.create_task(self.stats.run(), name="agent-replica-stats")
         try:
             yield
         finally:
+            self._stats_task.cancel()
+            await asyncio.gather(self._stats_task, return_exceptions=True)
             if self.lease is not None:
                 await self.lease.close(revoke=True)  # a clean stop deregisters at once
             if self._heartbeat_task:

@@ -26,6 +26,8 @@ Modules:
 * :mod:`appproxy.metrics` — ``ProxyMetrics``: plain counters on the hot path, Prometheus families at scrape time.
 * :mod:`appproxy.scrape` — ``ReplicaScraper``: each healthy replica's ``/metrics``, aggregated per endpoint.
 * :mod:`appproxy.admin` — admin listener: ``/metrics`` (open) and ``GET /endpoints/{id}/metrics`` (signed).
+* :mod:`appproxy.hold` — scale from zero: signal demand and hold requests while an endpoint has no route.
+* :mod:`appproxy.registration` — the leased ``PROXIES_PREFIX`` key through which the manager finds the admin API.
 * :mod:`appproxy.errors` — the proxy's own RFC 7807 errors (404, 405, 431, 413, 502, 503 + Retry-After, 504).
 * :mod:`appproxy.server` — ``AppProxy``: wiring and the per-request pipeline.
 """

@@ -38,7 +38,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 async def serve(config: ProxyConfig, worker_index: int = 0, workers: int = 1) -> int:
     store = EtcdStore(config.etcd.host, config.etcd.port, config.etcd.namespace)
-    proxy = AppProxy(config, store, worker_index=worker_index, reuse_port=workers > 1)
+    etcd = config.etcd
+    proxy = AppProxy(config, store, worker_index=worker_index, reuse_port=workers > 1,
+                     lease_store_factory=lambda: EtcdStore(etcd.host, etcd.port, etcd.namespace))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:

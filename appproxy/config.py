@@ -100,6 +100,27 @@ class ProxySection(_Section):
     # Seconds announced in Retry-After on every 503 (overload, no route available).
     retry_after: int = Field(2, ge=1, le=3600)
 
+    # --- scale from zero: requests for an endpoint whose route table has no routes are held, not refused ---
+    # The proxy signals demand (DEMAND_PREFIX key; the manager scales an endpoint at zero back up) and holds the
+    # request until a route appears, for at most this many seconds (→ 503 + Retry-After after that). Loading a
+    # model takes tens of seconds to minutes; past two minutes a client is better told to come back. 0: never
+    # hold (an endpoint without routes answers 503 at once, as before scale from zero).
+    hold_timeout: float = Field(120.0, ge=0, le=3600)
+    # Requests held at once per endpoint; more → 503 + Retry-After at once. Bounds the sockets and memory a burst
+    # against a cold endpoint can pin (bodies are not read while held).
+    hold_max_requests: int = Field(256, ge=0)
+    # Demand is written at most this often per endpoint (while requests are held it is refreshed at this pace):
+    # bounds the store writes of a burst to one per second per endpoint and proxy.
+    demand_debounce: float = Field(1.0, gt=0, le=60)
+
+    # --- registration (the manager finds the admin API of each proxy worker under PROXIES_PREFIX) ---
+    # This proxy's name in the registration key (worker k adds "-w<k>"); default: "<hostname>-<admin port>".
+    proxy_id: str | None = Field(None, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
+    # Host the manager uses to reach the admin listener; default admin_host (set it when admin_host is 0.0.0.0).
+    admin_advertise_host: str | None = Field(None, max_length=253)
+    # TTL (seconds) of the registration's etcd lease: a proxy that dies is forgotten within this long.
+    registration_ttl: int = Field(10, ge=2, le=300)
+
     # --- upstream (replica) connections ---
     # TCP connect to a replica → retried on another route (it is before the first byte), then 502.
     upstream_connect_timeout: float = Field(5.0, gt=0)

@@ -7,8 +7,8 @@ from aiohttp import web
 from common.errors import ObjectNotFound, PayloadTooLarge, ProblemError, ServiceUnavailable
 
 __all__ = [
-    "BadGateway", "EndpointNotFound", "EndpointOverloaded", "GatewayTimeout", "MethodNotAllowed",
-    "NoRouteAvailable", "PayloadTooLarge", "RequestHeadersTooLarge",
+    "BadGateway", "ColdStartTimeout", "EndpointNotFound", "EndpointOverloaded", "GatewayTimeout", "HoldQueueFull",
+    "MethodNotAllowed", "NoRouteAvailable", "PayloadTooLarge", "RequestHeadersTooLarge",
 ]
 
 
@@ -26,6 +26,18 @@ class NoRouteAvailable(_RetryLater):
 
 class EndpointOverloaded(_RetryLater):
     slug, title = "endpoint-overloaded", "Too many concurrent requests to this endpoint."
+
+
+class ColdStartTimeout(_RetryLater):
+    """A held request (scale from zero, :mod:`appproxy.hold`) saw no route within ``hold_timeout``."""
+
+    slug, title = "cold-start-timeout", "No replica of this endpoint became ready in time."
+
+
+class HoldQueueFull(_RetryLater):
+    """``hold_max_requests`` requests already wait for this endpoint to get a route."""
+
+    slug, title = "hold-queue-full", "Too many requests are already waiting for this endpoint to start."
 
 
 class EndpointNotFound(ObjectNotFound):

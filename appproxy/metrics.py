@@ -44,6 +44,7 @@ class ProxyMetrics:
         self.client_disconnects: Counter[str] = Counter()  # endpoint → clients gone before the end
         self.in_flight: Counter[str] = Counter()  # endpoint → requests being handled now
         self.route_in_flight: Counter[tuple[str, str]] = Counter()  # (endpoint, route) → being forwarded now
+        self.held: Counter[str] = Counter()  # endpoint → requests held for a route now (scale from zero)
         # (endpoint, route) → [per-bucket counts (not cumulative), +Inf last] and the sum of seconds
         self.durations: dict[tuple[str, str], list[int]] = {}
         self.duration_sum: Counter[tuple[str, str]] = Counter()
@@ -100,7 +101,7 @@ class ProxyMetrics:
 
         return {name: flat(getattr(self, name)) for name in (
             "requests", "upstream_failures", "rejections", "retries", "ejections", "client_disconnects",
-            "in_flight", "route_in_flight", "duration_sum")}
+            "in_flight", "route_in_flight", "held", "duration_sum")}
 
 
 class ProxyCollector:
@@ -133,6 +134,8 @@ class ProxyCollector:
         yield hist
         yield family(GaugeMetricFamily, "in_flight_requests", "Requests being handled now.", ["endpoint"],
                      m.in_flight)
+        yield family(GaugeMetricFamily, "held_requests", "Requests waiting for the endpoint to get a route "
+                     "(scale from zero).", ["endpoint"], m.held)
         yield family(GaugeMetricFamily, "route_in_flight_requests", "Requests being forwarded to a route now.",
                      ["endpoint", "route"], m.route_in_flight)
         yield family(CounterMetricFamily, "upstream_failures", "Connection failures, timeouts, 5xx and broken "

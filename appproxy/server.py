@@ -9,6 +9,8 @@ Request pipeline (ARCHITECTURE §5), per request on an endpoint's port:
 1. the endpoint's current route table (404 if the endpoint is gone);
 2. ``CONNECT``/``TRACE`` → 405; request headers larger than ``max_header_size`` in total → 431;
 3. token check unless the endpoint is public (401, :mod:`appproxy.auth`);
+3½. no route in the table: signal demand and hold the request until one appears (scale from zero,
+   :mod:`appproxy.hold`; bounded by ``hold_timeout``/``hold_max_requests`` → 503 + ``Retry-After``);
 4. admission: at most ``max_concurrency_per_endpoint`` requests in flight → else 503 + ``Retry-After``;
 5. the body, up to ``max_body_size`` → else 413;
 6. route choice, forwarding, retries before the first byte, streaming (:mod:`appproxy.forward`).
@@ -21,7 +23,8 @@ import logging
 import random
 import uuid
 from collections import Counter
-from typing import Self
+from collections.abc import Callable
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -31,7 +34,9 @@ from appproxy.config import ProxyConfig
 from appproxy.errors import EndpointNotFound, EndpointOverloaded, MethodNotAllowed, RequestHeadersTooLarge
 from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, read_body
 from appproxy.frontend import make_frontend
+from appproxy.hold import HoldGate
 from appproxy.metrics import NO_ROUTE, ProxyMetrics, make_registry
+from appproxy.registration import Registration, admin_url, default_proxy_id, registration_info
 from appproxy.routing import RouteCache
 from appproxy.scrape import ReplicaScraper
 from common.errors import ProblemError
@@ -62,9 +67,12 @@ def header_bytes(request: web.BaseRequest) -> int:
 
 class AppProxy:
     def __init__(self, config: ProxyConfig, store: KVStore, *, rng: random.Random | None = None,
-                 routes_prefix: str = ROUTES_PREFIX, worker_index: int = 0, reuse_port: bool = False) -> None:
+                 routes_prefix: str = ROUTES_PREFIX, worker_index: int = 0, reuse_port: bool = False,
+                 lease_store_factory: Callable[[], Any] | None = None) -> None:
         """``worker_index``/``reuse_port``: set by ``python -m appproxy --workers N`` (worker k of N shares the
-        proxy ports with its siblings and serves its admin listener on ``admin_port + k``)."""
+        proxy ports with its siblings and serves its admin listener on ``admin_port + k``).
+        ``lease_store_factory``: fresh etcd stores for the registration's lease (:mod:`appproxy.registration`);
+        default: ``store.clone`` when the store has leases, else a plain key deleted on stop."""
         self.config = config
         self._secret = config.jwt_secret()  # fail at construction, not at the first request
         cluster_secret = config.cluster_secret()  # likewise; None when there is no admin listener
@@ -77,6 +85,13 @@ class AppProxy:
         self.scraper = ReplicaScraper(config.proxy, self.routes, self.forwarder, self.metrics)
         self.admin: AdminServer | None = None
         cfg = config.proxy
+        self._worker_index, self._reuse_port = worker_index, reuse_port
+        if lease_store_factory is None and hasattr(store, "grant_lease") and hasattr(store, "clone"):
+            lease_store_factory = store.clone
+        self._lease_store_factory = lease_store_factory
+        self.registration: Registration | None = None
+        proxy_id = default_proxy_id(cfg.proxy_id, cfg.admin_port, worker_index, reuse_port)
+        self.hold = HoldGate(cfg, self.routes, store, proxy_id, metrics=self.metrics)
         if cfg.admin_port is not None and cluster_secret is not None:
             self.admin = AdminServer(
                 cfg.admin_host, cfg.admin_port + worker_index if cfg.admin_port else 0, cluster_secret,
@@ -106,6 +121,7 @@ class AppProxy:
             if self.admin is not None:
                 await self.scraper.start()
                 await self.admin.start()
+                await self._register()
         except BaseException:
             await self.stop()
             raise
@@ -122,6 +138,10 @@ class AppProxy:
         if not self._started:
             return
         self._started = False
+        if self.registration is not None:
+            await self.registration.stop()
+            self.registration = None
+        await self.hold.close()
         if self.admin is not None:
             await self.admin.stop()
         await self.scraper.stop()
@@ -137,7 +157,18 @@ class AppProxy:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    async def _register(self) -> None:
+        assert self.admin is not None and self.admin.port is not None
+        cfg = self.config.proxy
+        proxy_id = default_proxy_id(cfg.proxy_id, self.admin.port, self._worker_index, self._reuse_port)
+        self.hold.proxy_id = proxy_id
+        url = admin_url(cfg.admin_advertise_host, cfg.admin_host, self.admin.port)
+        self.registration = Registration(self._store, registration_info(proxy_id, url, self._worker_index),
+                                         ttl=cfg.registration_ttl, lease_store_factory=self._lease_store_factory)
+        await self.registration.start()
+
     def _routes_changed(self) -> None:
+        self.hold.routes_changed()
         self.frontend.changed()
         self.forwarder.retain(self.routes.tables.values())
         self.metrics.forget([str(e) for e in self.routes.tables])
@@ -174,6 +205,7 @@ class AppProxy:
         if (size := header_bytes(request)) > limit:
             raise RequestHeadersTooLarge(f"The request headers ({size} bytes) exceed the limit of {limit} bytes.")
         authenticate(self._secret, table, request.method, request.headers)
+        table = await self.hold.wait_for_route(endpoint_id, table)
         cap = self.config.proxy.max_concurrency_per_endpoint
         if self._admitted[endpoint_id] >= cap:
             raise EndpointOverloaded(f"This endpoint already has {cap} requests in progress; try again shortly.",

@@ -1,7 +1,7 @@
 """Keep an etcd lease alive and keep keys attached to it, across etcd restarts and lease expiry.
 
-Used by the agent's registration (``/moorage/agents/<id>`` → AgentInfo JSON) and meant for the manager's
-leader election. ::
+Used by the agent's registration (``/moorage/agents/<id>`` → AgentInfo JSON) and by the manager's leader
+election (:mod:`manager.control.leader`). ::
 
     keeper = LeaseKeeper(lambda: EtcdStore(host, port, namespace), ttl=10, on_granted=register)
     task = asyncio.create_task(keeper.run())
@@ -21,6 +21,9 @@ Behaviour:
   ``on_granted`` runs again. Without a successful refresh for ``ttl`` seconds the lease is considered lost
   as well (``on_lost`` runs at once: better to step down early than to act on an expired lease).
 * Failures are logged once per outage, and recovery once.
+* ``alive_until`` is the monotonic time before which etcd cannot have expired the lease: ``ttl`` after the last
+  successful grant or refresh was *sent* (etcd restarts the TTL when it receives it, which is later). Leader
+  election stops acting before it.
 """
 
 from __future__ import annotations
@@ -59,13 +62,19 @@ class LeaseKeeper:
         self._clock = clock
         self._store: Any = None
         self.lease_id: int | None = None
-        self._last_ok: float = 0.0
+        self._last_ok: float = 0.0  # when the last grant or refresh succeeded (answered)
+        self._last_sent_ok: float = 0.0  # when that request was sent: etcd restarted the TTL after this
         self._attached = False  # on_granted succeeded for the current lease since the last outage
         self._failing = False
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.grants = 0  # leases granted so far (for tests and diagnostics)
         self.registered = asyncio.Event()  # set while the keys are attached to a live lease
+
+    @property
+    def alive_until(self) -> float:
+        """Before this (``clock`` time) the lease is certainly alive in etcd; 0 while we hold none."""
+        return self._last_sent_ok + self.ttl if self.lease_id is not None else 0.0
 
     @property
     def holding(self) -> bool:
@@ -106,13 +115,15 @@ class LeaseKeeper:
         if self.lease_id is not None and self._clock() - self._last_ok >= self.ttl:
             await self._lose(f"not refreshed for {self.ttl}s")
         if self.lease_id is None:
+            sent = self._clock()
             lease_id = await store.grant_lease(self.ttl)
-            self.lease_id, self._last_ok, self._attached = lease_id, self._clock(), False
+            self.lease_id, self._last_ok, self._last_sent_ok, self._attached = lease_id, self._clock(), sent, False
             self.grants += 1
             log.info("%s: granted etcd lease %x (ttl %ds)", self.name, lease_id, self.ttl)
         elif not self._attached:  # after an outage: is our lease still there?
+            sent = self._clock()
             if await store.refresh_lease(self.lease_id):
-                self._last_ok = self._clock()
+                self._last_ok, self._last_sent_ok = self._clock(), sent
             else:
                 await self._lose("it expired or was revoked while etcd was unreachable")
                 return
@@ -124,8 +135,9 @@ class LeaseKeeper:
         await asyncio.sleep(self.ttl / 3)
         if self.lease_id is None:
             return
+        sent = self._clock()
         if await store.refresh_lease(self.lease_id):
-            self._last_ok = self._clock()
+            self._last_ok, self._last_sent_ok = self._clock(), sent
             self._recovered()
         else:
             await self._lose("it expired or was revoked")

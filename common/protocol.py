@@ -10,6 +10,11 @@
   ``heartbeat_interval`` and at once on any kernel transition. It is level-triggered: it always carries the full
   kernel list, so the manager can rebuild its view from heartbeats alone. Response: :class:`HeartbeatReply`.
 * manager → app proxy: :class:`RouteTable` JSON under ``common.store.ROUTES_PREFIX + <endpoint_id>``.
+* app proxy → manager (autoscaling): each proxy worker keeps a :class:`ProxyRegistration` under
+  ``PROXIES_PREFIX + <proxy_id>`` (leased in etcd, so a dead proxy vanishes); the manager calls its signed
+  ``GET {admin_url}/endpoints/{id}/metrics``. A request for an endpoint without routes makes the proxy write a
+  :class:`DemandSignal` under ``DEMAND_PREFIX + <endpoint_id>`` (at most once a second per endpoint): the
+  manager scales an endpoint at zero replicas back up (scale from zero).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.status import KernelStatus, RouteHealth
 
 MAX_KERNELS_PER_HEARTBEAT = 4096
+PROXIES_PREFIX = "/moorage/proxies/"  # one leased key per live app proxy worker: ProxyRegistration JSON
+DEMAND_PREFIX = "/moorage/demand/"  # one key per endpoint with requests waiting for a route: DemandSignal JSON
+MAX_KERNEL_STATS = 32  # entries of KernelReport.stats (a handful are used; bounds what a heartbeat may carry)
 
 
 class _Wire(BaseModel):
@@ -65,6 +73,11 @@ class KernelReport(_Wire):
     allocation: dict[str, str] = Field(default_factory=dict)  # device-level slots, e.g. {"cuda.shares:GPU-…": "0.5"}
     started_at: float | None = None
     updated_at: float | None = None
+    # Last utilisation sample of the replica (input of ``kernel`` autoscaling rules), e.g.
+    # {"cpu_util": 37.5, "mem_util": 12.0, "mem_bytes": 52428800, "collected_at": 1767225600.0}.
+    # cpu_util: percent of one core (200 = two cores busy); mem_util: percent of the replica's memory limit.
+    # None: not sampled yet (or the runtime cannot tell).
+    stats: dict[str, float] | None = Field(default=None, max_length=MAX_KERNEL_STATS)
 
 
 class AgentInfo(_Wire):
@@ -76,6 +89,8 @@ class AgentInfo(_Wire):
     runtime: str = "local"
     available_slots: dict[str, str] = Field(default_factory=dict)
     version: str = ""
+    # GPU uuids (one cuda.share each), so the scheduler can tell whether a fraction fits on one device
+    devices: list[str] = Field(default_factory=list, max_length=256)
 
 
 class AgentHeartbeat(AgentInfo):
@@ -106,4 +121,25 @@ class RouteTable(_Wire):
     open_to_public: bool = False
     routes: list[RouteTarget] = Field(default_factory=list)
     revoked_token_ids: list[str] = Field(default_factory=list)  # unexpired revoked token ids (jti)
+    # Whether a request that finds no route should be held (a replica is starting, or the endpoint is at zero
+    # replicas and an autoscaling rule will wake it) rather than answered 503 at once (failing starts, no rule).
+    hold_requests: bool = True
     updated_at: float = 0.0
+
+
+class ProxyRegistration(_Wire):
+    """What an app proxy worker registers so that the manager can read its per-endpoint metrics."""
+
+    proxy_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    admin_url: str = Field(max_length=512)  # base URL of the signed admin API (appproxy.admin)
+    worker_index: int = 0
+    started_at: float = 0.0
+
+
+class DemandSignal(_Wire):
+    """Requests are waiting at an app proxy for an endpoint whose route table has no routes."""
+
+    endpoint_id: uuid.UUID
+    at: float  # unix time of the (latest) request that found no route
+    held: int = 0  # requests this proxy holds for the endpoint right now
+    proxy_id: str = ""

@@ -103,6 +103,10 @@ class EtcdStore:
 
         return aetcd.Client(host=self._host, port=self._port, timeout=int(self.OP_TIMEOUT))
 
+    def clone(self) -> EtcdStore:
+        """A new store (own client) with the same address and namespace, e.g. for a LeaseKeeper's factory."""
+        return EtcdStore(self._host, self._port, self._ns)
+
     def _k(self, key: str) -> bytes:
         return (self._ns + key).encode()
 
@@ -143,6 +147,27 @@ class EtcdStore:
 
     async def put_with_lease(self, key: str, value: str, lease_id: int) -> None:
         await asyncio.wait_for(self._client.put(self._k(key), value.encode(), lease=lease_id), self.OP_TIMEOUT)
+
+    async def put_if_absent(self, key: str, value: str, lease_id: int = 0) -> tuple[bool, str | None, int]:
+        """Create ``key`` (bound to ``lease_id`` unless 0) only if it does not exist, in one transaction.
+
+        Returns ``(created, value, lease)``: what the key holds afterwards and the lease it is bound to (0: none).
+        """
+        k = self._k(key)
+
+        async def txn(c):  # type: ignore[no-untyped-def]
+            tx = c.transactions
+            return await c.transaction(compare=[tx.create(k) == 0], success=[tx.put(k, value.encode(), lease_id)],
+                                       failure=[tx.get(k)])
+
+        created, responses = await self._call(txn)
+        if created:
+            return True, value, lease_id
+        found = responses[0] if responses else []
+        if not found:  # defensive: the failure branch reads the very key whose existence failed the compare
+            return False, None, 0
+        raw, kv = found[0]
+        return False, raw.decode(), kv.lease
 
     async def grant_lease(self, ttl: int) -> int:
         lease = await asyncio.wait_for(self._client.lease(ttl), self.OP_TIMEOUT)

@@ -69,6 +69,22 @@ class ReconcileSection(BaseModel):
     backoff_base: float = Field(default=2.0, gt=0)
     backoff_max: float = Field(default=300.0, gt=0)
     rpc_timeout: float = Field(default=30.0, gt=0)
+    # A draining route leaves the route tables at once but its replica lives this long, so requests already in
+    # flight (a long generation, a stream) can finish. Kubernetes' terminationGracePeriodSeconds is 30 s; LLM
+    # answers are usually shorter, and scale-down should free the GPU promptly.
+    drain_grace: float = Field(default=10.0, ge=0)
+
+
+class SchedulerSection(BaseModel):
+    """Placement strategy per scaling group (manager/control/scheduler.py explains each)."""
+
+    # dispersed spreads load evenly (the safe default for inference: no host runs hot while another idles)
+    default_strategy: Literal["dispersed", "concentrated", "roundrobin"] = "dispersed"
+    # e.g. {gpu-a100 = "concentrated"}: bin-pack a group whose hosts must stay whole for large models
+    strategies: dict[str, Literal["dispersed", "concentrated", "roundrobin"]] = Field(default_factory=dict)
+
+    def strategy_for(self, scaling_group: str) -> str:
+        return self.strategies.get(scaling_group, self.default_strategy)
 
 
 class LimitsSection(BaseModel):
@@ -80,6 +96,50 @@ class LimitsSection(BaseModel):
     default_slots: dict[str, Any] = Field(default_factory=lambda: {"cpu": "1", "mem": "1g"})
 
 
+class AutoscaleSection(BaseModel):
+    """Autoscaling rules and scale from zero (manager.control.autoscale; semantics in docs/operations.md)."""
+
+    # Rules are evaluated at most this often (scale from zero is handled on every loop tick). Their inputs refresh
+    # about this fast (app proxies compute rps every scrape_interval = 5 s, agents sample kernels every 5 s), so
+    # evaluating more often would only re-read the same numbers.
+    evaluation_interval: float = Field(default=5.0, gt=0)
+    # One call to an app proxy's admin API gives up after this long; that proxy is left out of the round (a
+    # missing proxy means less observed load, never a made-up number).
+    metrics_timeout: float = Field(default=2.0, gt=0)
+    # A kernel's utilisation sample older than this is ignored: the agent samples every few seconds, so an old
+    # sample belongs to an agent that stopped reporting.
+    kernel_stats_max_age: float = Field(default=30.0, gt=0)
+    # Demand (a request that found no route) this recent means "requests are waiting": it wakes an endpoint at
+    # zero replicas and blocks scaling to zero. Proxies refresh it every second while they hold requests, so a
+    # few seconds cover a missed write without keeping a cold endpoint awake long after the last request.
+    demand_window: float = Field(default=5.0, gt=0)
+    # Decisions that are blocked (cooldown, at a bound, demand) are recorded at most once per rule and reason per
+    # this many seconds (changes are always recorded): the audit log explains a standstill without a row per tick.
+    blocked_event_interval: float = Field(default=60.0, ge=0)
+
+
+class LeaderSection(BaseModel):
+    """Leader election among managers sharing one etcd: only the leader runs the control loops (docs/operations.md,
+    "High availability"). A manager with the in-memory store (``moorage up``) is always the leader."""
+
+    # etcd lease TTL in whole seconds (etcd leases are integral; LeaseKeeper needs 2+). A killed leader is replaced
+    # within about this long. Shorter fails over faster, but a leader that cannot reach etcd for ttl minus the
+    # margin steps down; 5 s rides out an etcd leader change (about 1 s with etcd's defaults) without flapping.
+    ttl: int = Field(default=5, ge=2)
+    # The leader stops its loops this long before its lease could expire in etcd, so that an in-flight tick is
+    # cancelled before another manager can win (two leaders never act at once). Refreshes go out every ttl / 3.
+    step_down_margin: float = Field(default=1.0, gt=0)
+    # A follower forwards wake-ups (API changes, heartbeats) to the leader through etcd at once, then at most once
+    # per this interval: a burst of API calls becomes a few writes per second, and a scale still acts within one.
+    wake_interval: float = Field(default=0.2, gt=0)
+
+    @model_validator(mode="after")
+    def _margin(self) -> LeaderSection:
+        if self.step_down_margin > self.ttl / 2:
+            raise ValueError("step_down_margin must be at most ttl / 2 (refreshes go out every ttl / 3)")
+        return self
+
+
 class ManagerConfig(BaseModel):
     manager: ManagerSection = Field(default_factory=ManagerSection)
     db: DatabaseSection = Field(default_factory=DatabaseSection)
@@ -88,6 +148,9 @@ class ManagerConfig(BaseModel):
     secrets: SecretsSection = Field(default_factory=SecretsSection)
     reconcile: ReconcileSection = Field(default_factory=ReconcileSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
+    scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
+    leader: LeaderSection = Field(default_factory=LeaderSection)
+    autoscale: AutoscaleSection = Field(default_factory=AutoscaleSection)
 
     @property
     def public_url(self) -> str:

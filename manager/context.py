@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import secrets
+import socket
 import uuid
 
 import aiohttp
@@ -14,6 +17,19 @@ from common.signing import SignedClient
 from common.store import KVStore
 from manager.bgtasks import BackgroundTasks
 from manager.config import ManagerConfig
+
+
+def new_manager_id() -> str:
+    """Names this manager process in the leader key and in wake-ups: host, pid and a random suffix."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(2)}"
+
+
+class NoCache(dict[str, str | None]):
+    """A ``published`` cache that remembers nothing, for followers: the leader may have rewritten a route table
+    since this manager last wrote it, so "unchanged since my last write" proves nothing and every publish writes."""
+
+    def __setitem__(self, key: str, value: str | None) -> None:
+        return None
 
 
 @dataclasses.dataclass
@@ -34,10 +50,13 @@ class ManagerContext:
     # serialises publishing so a slower publisher never overwrites a fresher table with an older read
     publish_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     # last value written per route-table key (None = deleted), so unchanged tables are not rewritten
+    # (a NoCache while this manager follows another: see manager.control.duties)
     published: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    manager_id: str = dataclasses.field(default_factory=new_manager_id)
 
     def poke(self, *endpoint_ids: uuid.UUID) -> None:
-        """Mark endpoints for republishing and wake the control loops now."""
+        """Mark endpoints for republishing and wake the control loops now. On a follower the wake relay forwards
+        both to the leader (manager.control.duties)."""
         self.dirty_endpoints.update(endpoint_ids)
         self.wake.set()
 

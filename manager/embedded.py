@@ -72,7 +72,8 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
         "db": {"url": f"sqlite+aiosqlite:///{data_dir / 'moorage.db'}"},
         "appproxy": {"public_host": host, "port_range": list(proxy_port_range)},
         "secrets": {"cluster_secret": secret_values["cluster_secret"], "jwt_secret": secret_values["jwt_secret"]},
-        "reconcile": {"interval": 1.0},
+        # one machine, one user: free a drained replica's memory quickly rather than wait out long streams
+        "reconcile": {"interval": 1.0, "drain_grace": 3.0},
     })
     agent_port = _free_port(host)
     acfg = load_agent_config(None, overrides={

@@ -13,11 +13,25 @@ from common.aio import cancel_and_wait
 from common.errors import problem_middleware
 from common.signing import SignedClient, signed_request_middleware
 from common.store import KVStore
-from manager.api import folders, gql, internal, openapi, root, routings, service_ops, services, tokens
+from manager.api import (
+    agents,
+    autoscaling,
+    folders,
+    gql,
+    internal,
+    openapi,
+    root,
+    routings,
+    service_ops,
+    service_update,
+    services,
+    tokens,
+)
 from manager.api.auth import auth_middleware
 from manager.config import ManagerConfig
 from manager.context import CTX, ManagerContext
-from manager.control.loop import ControlLoop
+from manager.control.duties import ManagerDuties
+from manager.control.leader import Candidate, make_election
 from manager.db import engine as db_engine
 
 log = logging.getLogger(__name__)
@@ -42,11 +56,16 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
                              http=http, agents=SignedClient(http, cluster_secret), cluster_secret=cluster_secret,
                              jwt_secret=jwt_secret)
         app[CTX] = ctx
-        loop_task = asyncio.create_task(ControlLoop(ctx).run(), name="control-loop") if run_loops else None
+        # The control loops run only while this manager is the leader (alone on an in-memory store: always).
+        duties_task = None
+        if run_loops:
+            election = make_election(store, Candidate(ctx.manager_id, config.public_url), config.leader.ttl,
+                                     config.leader.step_down_margin)
+            duties_task = asyncio.create_task(ManagerDuties(ctx, election).run(), name="manager-duties")
         try:
             yield
         finally:
-            await cancel_and_wait(loop_task)
+            await cancel_and_wait(duties_task)  # stops the loops, then hands leadership over (revokes the lease)
             await ctx.bgtasks.close()
             await http.close()
             await engine.dispose()
@@ -54,6 +73,7 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
     app.cleanup_ctx.append(context)
     # service_ops first: its /services/_/... paths must win over /services/{service_id}/...
     for table in (root.routes, openapi.routes, service_ops.routes, services.routes, tokens.routes,
-                  routings.routes, folders.routes, gql.routes, internal.routes):
+                  routings.routes, folders.routes, gql.routes, internal.routes, agents.routes,
+                  service_update.routes, autoscaling.routes):
         app.add_routes(table)
     return app

@@ -40,6 +40,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from agent.config import AgentConfig, DockerSection
 from agent.runtime import launcher
 from agent.runtime.base import (
@@ -52,6 +54,7 @@ from agent.runtime.base import (
     replica_environ,
 )
 from agent.runtime.logfiles import LaunchFiles
+from agent.stats import UsageSample, docker_usage
 from common.slots import parse_binary_size
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ AGENT_LABEL = LABEL_PREFIX + "agent"
 KERNEL_LABEL = LABEL_PREFIX + "kernel"
 NAME_PREFIX = "moorage-"
 WAIT_RETRY = 1.0  # seconds between attempts to re-establish a broken wait on a container
+STATS_TIMEOUT = 5.0  # seconds one container's stats call may take (dockerd under load answers slowly)
 DOCKER_LOG_TAIL = 200  # lines of `docker logs` kept when the launcher never wrote its own
 
 
@@ -270,6 +274,23 @@ class DockerRuntime(LaunchFiles):
         if text:
             with contextlib.suppress(OSError):
                 stderr.write_text(text)
+
+    async def sample_usage(self, handles: list[KernelHandle]) -> dict[str, UsageSample]:
+        """One non-streaming ``one-shot`` stats call per container, concurrently (see agent.stats)."""
+        async def one(handle: KernelHandle) -> tuple[str, UsageSample | None]:
+            try:
+                data = await self._docker._query_json(
+                    f"containers/{handle.ident}/stats", params={"stream": "false", "one-shot": "true"},
+                    timeout=aiohttp.ClientTimeout(total=STATS_TIMEOUT))
+            except Exception as exc:  # gone, or dockerd busy: no sample this round
+                log.debug("container %s: no stats: %s: %s", handle.ident[:12], type(exc).__name__, exc)
+                return handle.ident, None
+            return handle.ident, docker_usage(data) if isinstance(data, dict) else None
+
+        if self._docker is None:
+            return {}
+        results = await asyncio.gather(*(one(h) for h in handles))
+        return {ident: sample for ident, sample in results if sample is not None}
 
     def poll(self, handle: KernelHandle) -> int | None:
         watch: _Watch | None = handle.live

@@ -51,6 +51,7 @@ from agent.runtime.procs import (
     signal_group,
     start_ticks,
 )
+from agent.stats import UsageSample, proc_group_usage
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,12 @@ class LocalRuntime(LaunchFiles):
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(STOP_POLL)
+
+    async def sample_usage(self, handles: list[KernelHandle]) -> dict[str, UsageSample]:
+        """CPU time and RSS of each replica's process group (one ``/proc`` pass for all; see agent.stats)."""
+        groups = {int(h.info["pgid"]): h.ident for h in handles if h.info.get("pgid")}
+        found = await asyncio.to_thread(proc_group_usage, groups)
+        return {groups[pgid]: sample for pgid, sample in found.items()}
 
     # -- files -----------------------------------------------------------------------------------------
     @staticmethod

@@ -30,5 +30,6 @@ async def heartbeat(request: web.Request) -> web.Response:
     if changed:
         # Health changes reach the app proxies now, not at the next tick: unhealthy routes leave at once.
         await publish_endpoints(ctx, changed)
-        ctx.wake.set()
+        # Wake the loops (on a follower: the leader's, which also republishes these tables from a fresh read).
+        ctx.poke(*changed)
     return json_response(reply.model_dump(mode="json"))

@@ -10,6 +10,7 @@ from pydantic.json_schema import models_json_schema
 
 from manager import __version__
 from manager.api import schemas as s
+from manager.api.autoscaling import MAX_LIMIT, AutoscalingDecisionsResponse
 from manager.api.util import json_response
 
 routes = web.RouteTableDef()
@@ -24,6 +25,8 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
      s.NewServiceRequest, s.TaskResponse, 200),
     ("get", "/services/_/runtimes", "List runtime variants", None, s.RuntimesResponse, 200),
     ("get", "/services/{service_id}", "Service info", None, s.ServeInfo, 200),
+    ("patch", "/services/{service_id}", "Change the service; a new revision rolls out without downtime (extension)",
+     s.UpdateServiceRequest, s.ServeInfo, 200),
     ("delete", "/services/{service_id}", "Destroy the service", None, s.SuccessResponse, 200),
     ("get", "/services/{service_id}/errors", "Failed routes and the retry count", None, s.ErrorsResponse, 200),
     ("post", "/services/{service_id}/errors/clear", "Clear errors and reset the back-off", None, None, 204),
@@ -38,6 +41,10 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
     ("get", "/services/{service_id}/tokens", "List the endpoint's tokens (extension)", None, None, 200),
     ("delete", "/services/{service_id}/tokens/{token_id}", "Revoke a token (extension)", None, s.SuccessResponse,
      200),
+    ("get", "/services/{service_id}/autoscaling-decisions",
+     "The autoscaler's decisions for the service, newest first (extension)", None, AutoscalingDecisionsResponse,
+     200),
+    ("get", "/agents", "Agents, their slots and replicas (superadmin; extension)", None, None, 200),
     ("get", "/events/background-task", "Server-sent events of a background task (?task_id=)", None, None, 200),
     ("post", "/folders", "Create a model folder", s.NewFolderRequest, None, 201),
     ("get", "/folders", "List the caller's folders", None, None, 200),
@@ -48,6 +55,17 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
 ]
 
 
+# (method, path) → query parameters, for the routes that take any
+QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("get", "/services/{service_id}/autoscaling-decisions"): [
+        {"name": "limit", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}},
+        {"name": "applied_only", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
+         "description": "only decisions that changed the replica count"},
+    ],
+}
+
+
 def build_spec() -> dict[str, Any]:
     models = {m for op in OPERATIONS for m in (op[3], op[4]) if m is not None}
     keyed = [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)]
@@ -56,9 +74,10 @@ def build_spec() -> dict[str, Any]:
     for method, path, summary, request_model, response_model, status in OPERATIONS:
         op: dict[str, Any] = {"summary": summary, "security": [{"BackendAI-HMAC": []}]}
         params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
-        if params:
-            op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                                for p in params]
+        parameters = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+        parameters += QUERY_PARAMETERS.get((method, path), [])
+        if parameters:
+            op["parameters"] = parameters
         if request_model is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{request_model.__name__}"}}}}

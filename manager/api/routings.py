@@ -39,6 +39,7 @@ async def update_traffic_ratio(request: web.Request) -> web.Response:
                      data={"traffic_ratio": body.traffic_ratio}))
         await db.commit()
     await publish_endpoints(ctx, {endpoint.id})
+    ctx.poke(endpoint.id)  # on a follower: the leader republishes too, so the newest table wins
     return json_response({"success": True})
 
 

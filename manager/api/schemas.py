@@ -89,6 +89,27 @@ class ScaleRequest(_Req):
     to: int = Field(ge=0)
 
 
+class UpdateServiceRequest(_Req):
+    """``PATCH /services/{id}`` (our extension). Fields left out keep their value. A change to what a replica
+    runs (folder, definition, variant, image, environ, resources) — or ``redeploy`` — starts a rolling update."""
+
+    replicas: int | None = Field(default=None, ge=0, validation_alias=AliasChoices(
+        "replicas", "desired_session_count", "desiredSessionCount"))
+    model: str | None = Field(default=None, min_length=1, max_length=128,
+                              validation_alias=AliasChoices("model", "model_id"))  # folder name or UUID
+    model_definition_path: str | None = Field(default=None, max_length=128)
+    runtime_variant: str | None = Field(default=None, max_length=32)
+    image: str | None = Field(default=None, max_length=512)
+    environ: dict[str, str] | None = Field(default=None, max_length=256)  # replaces the whole environment
+    resources: dict[str, str | int | float] | None = Field(default=None, max_length=32)
+    resource_opts: dict[str, Any] | None = Field(default=None, max_length=32)
+    open_to_public: bool | None = None
+    max_surge: int | None = Field(default=None, ge=1, le=64)  # extra routes a rollout may start at once
+    redeploy: bool = False  # roll every replica even if nothing changed (e.g. the folder's weights did)
+
+    _env_names = field_validator("environ")(ServiceConfigModel._env_names.__func__)  # type: ignore[attr-defined]
+
+
 class TokenRequest(_Req):
     duration: str | int | float | None = None
     valid_until: int | None = None
@@ -151,6 +172,7 @@ class RouteInfo(_Resp):
     port: int | None
     error_data: dict[str, Any] | None
     created_at: str | None
+    revision: int = 1
 
 
 class ServeInfo(_Resp):
@@ -175,6 +197,9 @@ class ServeInfo(_Resp):
     resource_slots: dict[str, Any]
     created_at: str | None
     routes: list[RouteInfo]
+    revision: int = 1  # bumped by every PATCH that changes what replicas run
+    max_surge: int = 1
+    rollout: dict[str, Any] | None = None  # {"revision", "current", "outdated", "serving"} while routes differ
 
 
 class CompactServeInfo(_Resp):

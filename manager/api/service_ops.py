@@ -88,6 +88,7 @@ async def sync_service(request: web.Request) -> web.Response:
     async with ctx.db() as db:
         endpoint = await load_endpoint(db, caller_of(request), request.match_info["service_id"])
     await publish_endpoints(ctx, {endpoint.id}, force=True)
+    ctx.poke(endpoint.id)  # on a follower: the leader republishes too, so the newest table wins
     return json_response({"success": True})
 
 

@@ -55,7 +55,20 @@ def _route_json(route: Route, session: Session | None) -> dict[str, Any]:
         "port": session.port if session else None,
         "error_data": route.error_data,
         "created_at": route.created_at.isoformat() if route.created_at else None,
+        "revision": route.revision,
     }
+
+
+def rollout_state(endpoint: Endpoint, routes: list[Route]) -> dict[str, Any] | None:
+    """While live routes run another revision than the endpoint's: how far the rolling update is."""
+    live = [r for r in routes if r.lifecycle in (RouteLifecycle.PROVISIONING, RouteLifecycle.RUNNING)]
+    outdated = [r for r in live if r.revision != endpoint.revision]
+    if not outdated:
+        return None
+    current = [r for r in live if r.revision == endpoint.revision]
+    serving = [r for r in current if r.lifecycle == RouteLifecycle.RUNNING and r.health.value == "healthy"]
+    return {"revision": endpoint.revision, "current": len(current), "current_serving": len(serving),
+            "outdated": len(outdated)}
 
 
 def _visible(route: Route) -> bool:
@@ -93,6 +106,9 @@ def _serve_info_fields(endpoint: Endpoint, rows: list) -> dict[str, Any]:  # typ
         "resource_slots": endpoint.resource_slots,
         "created_at": endpoint.created_at.isoformat() if endpoint.created_at else None,
         "routes": [_route_json(r, s) for r, s in own if _visible(r)],
+        "revision": endpoint.revision,
+        "max_surge": endpoint.max_surge,
+        "rollout": rollout_state(endpoint, [r for r, _ in own]),
     }
 
 

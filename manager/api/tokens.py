@@ -92,4 +92,5 @@ async def revoke_token(request: web.Request) -> web.Response:
             db.add(Event(endpoint_id=endpoint.id, kind="token_revoked", data={"token_id": str(token_id)}))
             await db.commit()
     await publish_endpoints(ctx, {endpoint.id})
+    ctx.poke(endpoint.id)  # on a follower: the leader republishes too, so the newest table wins
     return json_response({"success": True})

@@ -31,7 +31,9 @@ COMMAND_MODULES: list[str] = [
     "manager.cli.daemons",
     "manager.cli.folder",
     "manager.cli.service",
+    "manager.cli.autoscale",  # adds `service autoscale`: after manager.cli.service
     "manager.cli.demo",
+    "manager.cli.agents",
 ]
 OPTIONAL_COMMAND_MODULES = frozenset({"manager.cli.up", "manager.cli.daemons"})
 

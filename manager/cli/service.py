@@ -21,6 +21,7 @@ from typing import Any
 from manager.cli.client import Client, quote_segment
 from manager.cli.connection import CLIError, connection_from_args, connection_parent
 from manager.cli.output import cell, print_fields, print_json, print_table
+from manager.cli.service_update import register_update
 
 _DURATION_RE = re.compile(r"^\d+(\.\d+)?(s|m|h|d|w|mo|yr)?$")
 
@@ -180,6 +181,11 @@ def print_service_info(info: dict[str, Any]) -> None:
     ]
     if "retries" in info:
         fields.append(("Retries", info.get("retries")))
+    if "revision" in info:
+        rollout = info.get("rollout")
+        fields.append(("Revision", f"{info['revision']}" + (
+            f" (rolling out: {rollout['current_serving']} new serving, {rollout['outdated']} old left)"
+            if rollout else "")))
     print_fields(fields)
 
     routes = info.get("routes")
@@ -188,9 +194,10 @@ def print_service_info(info: dict[str, Any]) -> None:
     print(f"Routes ({len(routes)}):")
     if routes:
         print_table(
-            ["  ROUTE", "SESSION", "LIFECYCLE", "HEALTH", "TRAFFIC", "RATIO", "ADDRESS", "AGENT"],
+            ["  ROUTE", "SESSION", "LIFECYCLE", "HEALTH", "TRAFFIC", "RATIO", "REV", "ADDRESS", "AGENT"],
             [["  " + cell(r.get("route_id")), r.get("session_id"), r.get("lifecycle"), r.get("health"),
-              r.get("traffic"), r.get("traffic_ratio"), _route_address(r), r.get("agent")] for r in routes],
+              r.get("traffic"), r.get("traffic_ratio"), r.get("revision"), _route_address(r), r.get("agent")]
+             for r in routes],
         )
     failed = [r for r in routes if r.get("error_data")]
     for route in failed:
@@ -370,6 +377,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     revoke.add_argument("service", metavar="NAME_OR_ID")
     revoke.add_argument("token", metavar="TOKEN_OR_ID")
     revoke.set_defaults(func=cmd_revoke_token)
+
+    register_update(sub, common)
 
     rm = sub.add_parser("rm", aliases=["delete"], parents=[common], help="destroy a service")
     rm.add_argument("service", metavar="NAME_OR_ID")

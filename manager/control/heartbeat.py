@@ -1,6 +1,8 @@
 """Applies agent heartbeats: upserts the agent, moves routes by kernel reports, finds orphans and vanished kernels.
 
 Heartbeats are level-triggered (full kernel list each time), so applying the same one twice changes nothing.
+Each kernel's utilisation sample (``KernelReport.stats``) is kept in ``sessions.stats`` with ``reported_at`` (the
+manager's clock) for ``kernel`` autoscaling rules.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ async def apply_heartbeat(ctx, hb: AgentHeartbeat) -> tuple[HeartbeatReply, set[
         agent.architecture = hb.architecture
         agent.runtime = hb.runtime
         agent.available_slots = hb.available_slots
+        agent.devices = list(hb.devices) or None
         agent.version = hb.version
         agent.status = AgentStatus.ALIVE
         agent.last_heartbeat = now
@@ -68,6 +71,10 @@ async def apply_heartbeat(ctx, hb: AgentHeartbeat) -> tuple[HeartbeatReply, set[
                                           {"status": new_status, "at": now.isoformat()}][-20:]
                 session.status = new_status
             session.host, session.port, session.runtime_handle = report.host, report.port, report.handle
+            if report.allocation and session.allocation != report.allocation:
+                session.allocation = report.allocation  # which GPUs (and how much of each) the kernel holds
+            if report.stats is not None:  # input of `kernel` autoscaling rules, stamped with the manager's clock
+                session.stats = {**report.stats, "reported_at": now.timestamp()}
             if report.status in TERMINAL_KERNEL and session.terminated_at is None:
                 session.terminated_at = now
             change = decide_route_change(route.lifecycle, route.health, route.traffic, report, session.id)

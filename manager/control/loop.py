@@ -26,21 +26,28 @@ from common.status import (
     RouteLifecycle,
     RouteTraffic,
 )
+from manager.control.autoscale import Autoscaling
 from manager.control.heartbeat import ACTIVE_SESSION_STATES, _aware
 from manager.control.planner import RouteView, backoff_delay, plan_replicas
 from manager.control.publisher import publish_endpoints
-from manager.control.scheduler import AgentCapacity, select_agent
+from manager.control.scheduler import (
+    AgentCapacity,
+    device_free_of,
+    normalize_architecture,
+    reserve_devices,
+    select_agent,
+)
 from manager.db.models import Agent, Endpoint, Event, ModelFolder, Route, Session
 
 log = logging.getLogger(__name__)
 FULL_RESYNC_EVERY = 30.0  # seconds between forced republishing of every live route table
-DRAIN_GRACE = 1.0  # seconds a draining route stays up after leaving the route table (in-flight requests)
 
 
 class ControlLoop:
     def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
         self.ctx = ctx
         self._last_resync = 0.0
+        self._last_placed: dict[str, str] = {}  # scaling group → agent chosen last (roundrobin's cursor)
 
     async def run(self) -> None:
         ctx = self.ctx
@@ -59,11 +66,16 @@ class ControlLoop:
 
     async def tick(self) -> None:
         await self.mark_lost_agents()
+        await self.autoscale()
         await self.reconcile_endpoints()
         await self.schedule_pending()
         await self.publish()
         await self.terminate_draining()
         await self.publish()
+
+    async def autoscale(self) -> None:
+        """Autoscaling rules and scale from zero (all of it in manager.control.autoscale)."""
+        await Autoscaling.of(self.ctx).tick()
 
     async def publish(self) -> None:
         ctx = self.ctx
@@ -119,11 +131,13 @@ class ControlLoop:
                 own = [r for r in routes if r.endpoint_id == endpoint.id]
                 desired = endpoint.replicas if endpoint.lifecycle == EndpointLifecycle.CREATED else 0
                 can_start = endpoint.next_retry_at is None or _aware(endpoint.next_retry_at) <= now
-                plan = plan_replicas(desired, [RouteView(r.id, r.lifecycle, r.health, _aware(r.created_at))
-                                               for r in own], can_start)
+                plan = plan_replicas(desired, [RouteView(r.id, r.lifecycle, r.health, _aware(r.created_at),
+                                                         r.revision) for r in own],
+                                     can_start, revision=endpoint.revision, max_surge=endpoint.max_surge)
                 for _ in range(plan.create):
                     db.add(Route(id=uuid.uuid4(), endpoint_id=endpoint.id, lifecycle=RouteLifecycle.PROVISIONING,
-                                 health=RouteHealth.NOT_CHECKED, traffic=RouteTraffic.ACTIVE, traffic_ratio=1.0))
+                                 health=RouteHealth.NOT_CHECKED, traffic=RouteTraffic.ACTIVE, traffic_ratio=1.0,
+                                 revision=endpoint.revision))
                 for route in own:
                     if route.id in plan.drain:
                         route.lifecycle = RouteLifecycle.TERMINATING
@@ -131,7 +145,8 @@ class ControlLoop:
                         ctx.dirty_endpoints.add(endpoint.id)
                 if plan.create or plan.drain:
                     db.add(Event(endpoint_id=endpoint.id, kind="replicas_planned",
-                                 data={"create": plan.create, "drain": [str(r) for r in plan.drain]}))
+                                 data={"create": plan.create, "drain": [str(r) for r in plan.drain],
+                                       "revision": endpoint.revision, "rolling": plan.rolling}))
                 if endpoint.lifecycle == EndpointLifecycle.DESTROYING and not own:
                     endpoint.lifecycle = EndpointLifecycle.DESTROYED
                     endpoint.destroyed_at = now
@@ -139,14 +154,20 @@ class ControlLoop:
                     ctx.dirty_endpoints.add(endpoint.id)
             await db.commit()
 
-    async def _capacities(self, db) -> tuple[list[Agent], dict[str, ResourceSlots]]:  # type: ignore[no-untyped-def]
+    async def _capacities(self, db):  # type: ignore[no-untyped-def]
+        """Alive agents, the slots their live sessions hold, and their free share per GPU (if they have GPUs)."""
         agents = list((await db.execute(sa.select(Agent).where(Agent.status == AgentStatus.ALIVE))).scalars())
         occupied: dict[str, ResourceSlots] = {a.id: ResourceSlots() for a in agents}
-        for agent_id, slots in (await db.execute(sa.select(Session.agent_id, Session.occupied_slots).where(
-                Session.status.in_(ACTIVE_SESSION_STATES), Session.agent_id.is_not(None)))).all():
+        held: dict[str, list] = {a.id: [] for a in agents}  # type: ignore[type-arg]
+        for agent_id, slots, allocation in (await db.execute(
+                sa.select(Session.agent_id, Session.occupied_slots, Session.allocation).where(
+                    Session.status.in_(ACTIVE_SESSION_STATES), Session.agent_id.is_not(None)))).all():
             if agent_id in occupied:
-                occupied[agent_id] = occupied[agent_id] + ResourceSlots.parse(slots)
-        return agents, occupied
+                request = ResourceSlots.parse(slots)
+                occupied[agent_id] = occupied[agent_id] + request
+                held[agent_id].append((allocation, request))
+        device_free = {a.id: device_free_of(a.devices, held[a.id]) for a in agents}
+        return agents, occupied, device_free
 
     async def schedule_pending(self) -> None:
         ctx = self.ctx
@@ -158,7 +179,7 @@ class ControlLoop:
                     Endpoint.lifecycle == EndpointLifecycle.CREATED).order_by(Route.created_at))).all()
             if not pending:
                 return
-            agents, occupied = await self._capacities(db)
+            agents, occupied, device_free = await self._capacities(db)
             per_agent_endpoint: dict[tuple[str, uuid.UUID], int] = {}
             for agent_id, endpoint_id in (await db.execute(sa.select(Session.agent_id, Session.endpoint_id).where(
                     Session.status.in_(ACTIVE_SESSION_STATES)))).all():
@@ -167,11 +188,18 @@ class ControlLoop:
             folders = {f.id: f for f in (await db.execute(sa.select(ModelFolder).where(
                 ModelFolder.id.in_([e.model_folder_id for _, e in pending])))).scalars()}
             for route, endpoint in pending:
+                if route.revision != endpoint.revision:
+                    continue  # superseded before it was placed; the planner retires it
                 request = ResourceSlots.parse(endpoint.resource_slots)
-                capacities = [AgentCapacity(a.id, a.scaling_group, a.architecture,
+                capacities = [AgentCapacity(a.id, a.scaling_group, normalize_architecture(a.architecture),
                                             ResourceSlots.parse(a.available_slots), occupied[a.id],
-                                            per_agent_endpoint.get((a.id, endpoint.id), 0)) for a in agents]
-                placement = select_agent(request, capacities, endpoint.scaling_group)
+                                            per_agent_endpoint.get((a.id, endpoint.id), 0), device_free[a.id])
+                              for a in agents]
+                # an image is built for one architecture; a local-runtime process runs on whatever the host is
+                arch = normalize_architecture(endpoint.architecture) if endpoint.image else None
+                placement = select_agent(request, capacities, endpoint.scaling_group, arch,
+                                         ctx.config.scheduler.strategy_for(endpoint.scaling_group),
+                                         self._last_placed.get(endpoint.scaling_group))
                 folder = folders.get(endpoint.model_folder_id) if endpoint.model_folder_id else None
                 if placement.agent_id is None or folder is None:
                     reason = placement.reason or "the model folder was deleted"
@@ -189,6 +217,9 @@ class ControlLoop:
                 route.session_id = session.id
                 route.error_data = None
                 occupied[agent.id] = occupied[agent.id] + request
+                if device_free[agent.id] is not None:
+                    reserve_devices(device_free[agent.id], request)
+                self._last_placed[endpoint.scaling_group] = agent.id
                 key = (agent.id, endpoint.id)
                 per_agent_endpoint[key] = per_agent_endpoint.get(key, 0) + 1
                 spec = KernelSpec(
@@ -249,7 +280,7 @@ class ControlLoop:
 
     async def terminate_draining(self) -> None:
         ctx = self.ctx
-        grace_cutoff = datetime.now(UTC) - timedelta(seconds=DRAIN_GRACE)
+        grace_cutoff = datetime.now(UTC) - timedelta(seconds=ctx.config.reconcile.drain_grace)
         async with ctx.db() as db:
             rows = (await db.execute(
                 sa.select(Route, Session, Agent).outerjoin(Session, Session.id == Route.session_id)

@@ -16,6 +16,11 @@ class RouteView:
     lifecycle: RouteLifecycle
     health: RouteHealth
     created_at: datetime
+    revision: int = 1
+
+    @property
+    def serving(self) -> bool:
+        return self.lifecycle == RouteLifecycle.RUNNING and self.health == RouteHealth.HEALTHY
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -23,20 +28,42 @@ class ReplicaPlan:
     create: int = 0
     drain: tuple[uuid.UUID, ...] = ()
     backoff_blocked: bool = False  # replicas are missing but the endpoint is backing off after failed starts
+    rolling: bool = False  # routes of an older revision are still live
 
 
-def plan_replicas(desired: int, routes: Sequence[RouteView], can_start: bool) -> ReplicaPlan:
-    """Scale-down drains unhealthy routes first, then the newest; scale-up only when not backing off."""
+def _drain_order(route: RouteView) -> tuple[bool, float]:
+    """Unhealthy first, then the newest (it has served least and holds the fewest long requests)."""
+    return (route.health != RouteHealth.UNHEALTHY, -route.created_at.timestamp())
+
+
+def plan_replicas(desired: int, routes: Sequence[RouteView], can_start: bool, revision: int = 1,
+                  max_surge: int = 1) -> ReplicaPlan:
+    """Routes to start (of ``revision``) and routes to drain so that ``desired`` current routes serve.
+
+    Steady state: scale-down drains unhealthy routes first, then the newest; scale-up only when not backing off.
+    Rolling update (live routes of another revision exist): start current routes while at most
+    ``desired + max_surge`` routes are live, and retire an old route only when the serving routes without it
+    still number ``desired`` — so capacity never drops below what was asked for and a new revision that never
+    becomes healthy leaves the old one serving. Old routes that serve nothing are retired at once.
+    """
     live = [r for r in routes if r.lifecycle in LIVE_ROUTE_LIFECYCLES]
-    if len(live) > desired:
-        ordered = sorted(live, key=lambda r: (r.health != RouteHealth.UNHEALTHY, -r.created_at.timestamp()))
-        return ReplicaPlan(drain=tuple(r.id for r in ordered[: len(live) - desired]))
-    missing = desired - len(live)
-    if missing > 0:
-        if not can_start:
-            return ReplicaPlan(backoff_blocked=True)
-        return ReplicaPlan(create=missing)
-    return ReplicaPlan()
+    current = [r for r in live if r.revision == revision]
+    old = [r for r in live if r.revision != revision]
+    drain: list[uuid.UUID] = []
+    if len(current) > desired:
+        drain += [r.id for r in sorted(current, key=_drain_order)[: len(current) - desired]]
+        current = sorted(current, key=_drain_order)[len(current) - desired:]
+    serving_current = sum(r.serving for r in current)
+    old_serving = sorted((r for r in old if r.serving), key=lambda r: r.created_at)
+    drain += [r.id for r in old if not r.serving]
+    surplus = max(0, len(old_serving) + serving_current - desired)
+    drain += [r.id for r in old_serving[:surplus]]
+    live_after = len(live) - len(drain)
+    missing = desired - len(current)
+    create = max(0, min(missing, desired + max(1, max_surge) - live_after)) if old else max(0, missing)
+    if create and not can_start:
+        return ReplicaPlan(drain=tuple(drain), backoff_blocked=True, rolling=bool(old))
+    return ReplicaPlan(create=create, drain=tuple(drain), rolling=bool(old))
 
 
 def backoff_delay(retries: int, base: float, cap: float) -> float:

@@ -106,6 +106,7 @@ class Agent(Base):
     architecture: Mapped[str] = mapped_column(sa.String(32), default="x86_64")
     runtime: Mapped[str] = mapped_column(sa.String(16), default="local")
     available_slots: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    devices: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)  # GPU uuids, one share each
     status: Mapped[AgentStatus] = mapped_column(_enum(AgentStatus, "agent_status"), default=AgentStatus.ALIVE)
     version: Mapped[str] = mapped_column(sa.String(32), default="")
     first_contact: Mapped[datetime] = mapped_column(TS, default=_now)
@@ -187,6 +188,9 @@ class Session(Base):
     status_history: Mapped[list[Any]] = mapped_column(JSONType, default=list)
     # last utilisation the agent reported for this kernel (cpu_util, mem_util, ...): input of `kernel` autoscaling
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # {gpu uuid: fraction} the agent reports the kernel holds; None until reported (the scheduler then assumes
+    # the agent's best-fit placement)
+    allocation: Mapped[dict[str, str] | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=_now)
     terminated_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
 

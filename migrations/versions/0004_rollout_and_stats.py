@@ -1,4 +1,4 @@
-"""Rolling updates (endpoint and route revisions, surge limit) and per-session utilisation stats
+"""Rolling updates (revisions, surge limit), per-session utilisation stats and GPU allocations, agent devices
 
 Revision ID: 0004
 Revises: 0003
@@ -26,10 +26,16 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("revision", sa.Integer(), nullable=False, server_default="1"))
     with op.batch_alter_table("sessions") as batch_op:
         batch_op.add_column(sa.Column("stats", JSONType, nullable=True))
+        batch_op.add_column(sa.Column("allocation", JSONType, nullable=True))
+    with op.batch_alter_table("agents") as batch_op:
+        batch_op.add_column(sa.Column("devices", JSONType, nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("agents") as batch_op:
+        batch_op.drop_column("devices")
     with op.batch_alter_table("sessions") as batch_op:
+        batch_op.drop_column("allocation")
         batch_op.drop_column("stats")
     with op.batch_alter_table("routes") as batch_op:
         batch_op.drop_column("revision")

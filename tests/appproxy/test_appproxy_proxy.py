@@ -404,7 +404,7 @@ async def test_oversize_headers_are_refused(make_proxy, serve, upstreams, http):
 
 async def test_no_route_is_503_with_retry_after(make_proxy, serve, upstreams, http):
     a = await upstreams("a")
-    proxy = await make_proxy(proxy={"retry_after": 3})
+    proxy = await make_proxy(proxy={"retry_after": 3, "hold_timeout": 0})  # no holding (see test_appproxy_hold)
     for routes in ([], [a.target(0.0)]):
         table = make_table(port=free_port(), routes=routes, open_to_public=True)
         url = await serve(proxy, table)

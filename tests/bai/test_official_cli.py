@@ -105,6 +105,7 @@ def cluster(tmp_path: Path, pg_url: str, etcd_server: EtcdServer) -> Iterator[di
         "MOORAGE_MANAGER__SECRETS__CLUSTER_SECRET_FILE": str(cluster_secret),
         "MOORAGE_MANAGER__SECRETS__JWT_SECRET_FILE": str(jwt_secret),
         "MOORAGE_MANAGER__RECONCILE__INTERVAL": "0.5",
+        "MOORAGE_MANAGER__RECONCILE__DRAIN_GRACE": "1",
         "MOORAGE_MANAGER__RECONCILE__AGENT_HEARTBEAT_TIMEOUT": "10",
         "MOORAGE_AGENT__AGENT__ID": "bai-agent",
         "MOORAGE_AGENT__AGENT__LISTEN_PORT": str(agent_port),

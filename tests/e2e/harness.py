@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common.store import ROUTES_PREFIX, EtcdStore
+from manager.control.leader import LEADER_KEY
 from tests.services import EtcdServer, free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -192,6 +193,26 @@ class Cluster:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
+    def start_manager(self, name: str, **extra: str) -> str:
+        """Another manager process with the same env (database, etcd, secrets) on its own port; returns its URL."""
+        port = free_port()
+        env = {**self.env, "MOORAGE_MANAGER__MANAGER__LISTEN_PORT": str(port), **extra}
+        self.daemons.start(name, [*CLI, "manager", "--config", str(REPO / "configs/manager.toml")], env)
+        wait_port("127.0.0.1", port, 30)
+        return f"http://127.0.0.1:{port}"
+
+    def leader_claim(self) -> dict[str, Any] | None:
+        """The managers' leader key (manager.control.leader): id, url, lease, since; None while nobody leads."""
+        async def get() -> str | None:
+            store = EtcdStore(port=self.etcd.client_port, namespace=self.namespace)
+            try:
+                return await store.get(LEADER_KEY)
+            finally:
+                await store.close()
+
+        raw = asyncio.run(get())
+        return json.loads(raw) if raw else None
+
     def route_table(self, endpoint_id: str) -> dict[str, Any] | None:
         async def get() -> str | None:
             store = EtcdStore(port=self.etcd.client_port, namespace=self.namespace)
@@ -206,10 +227,17 @@ class Cluster:
     def info(self, name: str) -> dict[str, Any]:
         return moorage_json(self.cli_env, "service", "info", name)
 
+    def wait_agents_alive(self, agent_ids: list[str], timeout: float = 60) -> None:
+        """Until the manager lists every one of these agents as alive (so placement can use all of them)."""
+        def alive() -> bool:
+            listed = {a["id"]: a["status"] for a in moorage_json(self.cli_env, "agents", "--json")}
+            return all(listed.get(a) == "alive" for a in agent_ids)
+        wait_for(alive, timeout, f"agents {agent_ids} alive", on_timeout=self.daemons.logs)
+
 
 @contextlib.contextmanager
 def cluster_processes(tmp_path: Path, pg_url: str, etcd: EtcdServer, manager_host: str = "127.0.0.1",
-                      heartbeat_timeout: float = 3.0) -> Iterator[Cluster]:
+                      heartbeat_timeout: float = 3.0, manager_env: dict[str, str] | None = None) -> Iterator[Cluster]:
     cluster_secret = tmp_path / "cluster_secret"
     jwt_secret = tmp_path / "jwt_secret"
     for f in (cluster_secret, jwt_secret):
@@ -232,10 +260,12 @@ def cluster_processes(tmp_path: Path, pg_url: str, etcd: EtcdServer, manager_hos
         "MOORAGE_MANAGER__SECRETS__CLUSTER_SECRET_FILE": str(cluster_secret),
         "MOORAGE_MANAGER__SECRETS__JWT_SECRET_FILE": str(jwt_secret),
         "MOORAGE_MANAGER__RECONCILE__INTERVAL": "0.5",
+        "MOORAGE_MANAGER__RECONCILE__DRAIN_GRACE": "1",
         "MOORAGE_MANAGER__RECONCILE__AGENT_HEARTBEAT_TIMEOUT": str(heartbeat_timeout),
         "MOORAGE_APPPROXY__ETCD__PORT": str(etcd.client_port),
         "MOORAGE_APPPROXY__ETCD__NAMESPACE": namespace,
         "MOORAGE_APPPROXY__SECRETS__JWT_SECRET_FILE": str(jwt_secret),
+        **(manager_env or {}),
     }
     moorage(env, "db", "upgrade", "--url", pg_url)
     admin = json.loads(moorage(env, "admin", "create-user", "admin@e2e.test", "--role", "superadmin",

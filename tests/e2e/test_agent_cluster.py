@@ -182,6 +182,7 @@ def test_agent_two_hosts_in_network_namespaces_served_through_one_proxy(
             cluster.start_agent(name, prefix=["ip", "netns", "exec", h["ns"]])
             names.append(name)
         logs = cluster.daemons.logs
+        cluster.wait_agents_alive(names)  # else all four replicas may land on whichever agent registered first
         _upload_echo(cluster)
         # ECHO_HOST: the replica listens on the namespace's address so the proxy (on the host) reaches it.
         moorage(cluster.cli_env, "service", "create", "echo", "4", "--name", "echo-two-hosts", "-r", "cpu=0.1",

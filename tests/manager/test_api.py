@@ -39,7 +39,7 @@ async def manager(tmp_path: Path) -> AsyncIterator[dict]:
         "db": {"url": f"sqlite+aiosqlite:///{tmp_path}/m.db"},
         "secrets": {"cluster_secret": "c" * 32, "jwt_secret": "j" * 32},
         "appproxy": {"port_range": [20000, 20001]},
-        "reconcile": {"interval": 0.2},
+        "reconcile": {"interval": 0.2, "drain_grace": 0.5},
     })
     store = MemoryStore()
     app = build_manager_app(config, store)

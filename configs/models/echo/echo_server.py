@@ -20,7 +20,8 @@ apart, since every sandboxed/containerised replica may run as the same pid in it
 Request bodies are capped at 1 MiB (413); invalid JSON gives 400 with an OpenAI-style error body.
 
 Options: ``--port`` (default $PORT, else 8000), ``--host`` (default $ECHO_HOST, else 127.0.0.1), ``--quiet``.
-Environment for tests: ``ECHO_CHUNK_DELAY`` (seconds between stream chunks), ``ECHO_STARTUP_DELAY`` (sleep
+Environment for tests: ``ECHO_TAG`` (echoed by ``GET /``, to tell revisions apart), ``ECHO_CHUNK_DELAY`` (seconds
+between stream chunks), ``ECHO_STARTUP_DELAY`` (sleep
 before listening), ``ECHO_FAIL_ON_START`` (print this message to stderr and exit 1 at once).
 SIGTERM/SIGINT stop the server cleanly (exit 0).
 """
@@ -271,7 +272,7 @@ class Handler(BaseHTTPRequestHandler):
             "host": STATE.host, "port": STATE.port, "env_port": os.environ.get("PORT"),
             "model_name": os.environ.get("BACKEND_MODEL_NAME"), "started_at": STARTED_AT,
             "uptime_s": round(time.time() - STARTED_AT, 3), "requests": STATE.total_requests(),
-            "healthy": STATE.healthy,
+            "healthy": STATE.healthy, "tag": os.environ.get("ECHO_TAG"),
         })
 
     def get_health(self) -> None:

@@ -1,0 +1,114 @@
+"""Rolling update under steady load: manager, agent and app proxy as processes; the echo fixture as replicas.
+
+A PATCH that changes the environment rolls every replica over to the new revision with zero failed requests;
+a revision that never gets healthy leaves the old one serving; rolling back converges again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import REPO, Cluster, cluster_processes, http_request, moorage, moorage_json, wait_for
+from tests.services import EtcdServer
+
+pytestmark = pytest.mark.e2e
+
+
+class SteadyLoad:
+    """Two client threads sending GET / through the proxy back to back; counts failures and answering tags."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url, self.token = url, token
+        self.failures: list[str] = []
+        self.tags: list[str | None] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, _, raw = http_request(self.url + "/", token=self.token, timeout=10)
+            except OSError as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if status != 200:
+                self.failures.append(f"HTTP {status}: {raw[:200]!r}")
+            else:
+                self.tags.append(json.loads(raw).get("tag"))
+            time.sleep(0.01)
+
+    def __enter__(self) -> SteadyLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(15)
+
+
+def _serving(info: dict, revision: int) -> list[dict]:
+    return [r for r in info["routes"] if r["revision"] == revision and r["lifecycle"] == "running"
+            and r["health"] == "healthy"]
+
+
+def test_rolling_update_under_load_loses_no_request(tmp_path: Path, pg_url: str, etcd_server: EtcdServer) -> None:
+    with cluster_processes(tmp_path, pg_url, etcd_server, heartbeat_timeout=10.0) as cluster:
+        _run_scenario(cluster)
+
+
+def _run_scenario(cluster: Cluster) -> None:
+    env, logs = cluster.cli_env, cluster.daemons.logs
+    cluster.agent_env("roll-agent")
+    cluster.start_agent("roll-agent")
+    cluster.wait_agents_alive(["roll-agent"])
+    moorage(env, "folder", "create", "echo")
+    moorage(env, "folder", "upload", "echo", str(REPO / "configs/models/echo"))
+    moorage(env, "service", "create", "echo", "3", "--name", "echo-roll", "-r", "cpu=0.1", "-r", "mem=32m",
+            "-e", "ECHO_TAG=v1")
+    svc = wait_for(lambda: (i := cluster.info("echo-roll")) and len(_serving(i, 1)) == 3 and i, 90,
+                   "three healthy v1 replicas", on_timeout=logs)
+    token = moorage(env, "service", "token", "echo-roll", "--duration", "1h").stdout.strip()
+    url = svc["service_endpoint"]
+    wait_for(lambda: http_request(url + "/", token=token)[0] == 200, 30, "the proxy serving", on_timeout=logs)
+
+    with SteadyLoad(url, token) as load:
+        time.sleep(1)
+        started = time.monotonic()
+        moorage(env, "service", "update", "echo-roll", "-e", "ECHO_TAG=v2", "--wait", "--timeout", "120",
+                timeout=150)
+        rollout_s = time.monotonic() - started
+        time.sleep(1.5)  # the drained v1 replicas finish their grace period while load continues
+        answered_before_end = len(load.tags)
+        time.sleep(1)
+    print(f"MEASURE rolling update of 3 replicas: {rollout_s:.1f}s; {len(load.tags)} requests, "
+          f"{len(load.failures)} failed; tags {dict(Counter(load.tags))}")
+    assert not load.failures, f"requests failed during the rollout: {load.failures[:5]}"
+    assert set(load.tags[answered_before_end:]) == {"v2"}, "after the rollout only v2 replicas answer"
+    info = cluster.info("echo-roll")
+    assert info["revision"] == 2 and info["rollout"] is None
+    assert len(_serving(info, 2)) == 3 and all(r["revision"] == 2 for r in info["routes"]
+                                                if r["lifecycle"] in ("running", "provisioning"))
+
+    # A revision whose replicas never start: the old ones keep serving, nothing fails.
+    with SteadyLoad(url, token) as load:
+        moorage(env, "service", "update", "echo-roll", "-e", "ECHO_TAG=v3", "-e", "ECHO_FAIL_ON_START=broken")
+        wait_for(lambda: moorage_json(env, "service", "info", "echo-roll")["retries"] >= 2, 60,
+                 "failed starts of the broken revision", on_timeout=logs)
+        info = cluster.info("echo-roll")
+        assert info["revision"] == 3 and info["rollout"]["outdated"] == 3
+        assert len(_serving(info, 2)) == 3, "the old revision must keep all its replicas"
+        moorage(env, "service", "update", "echo-roll", "-e", "ECHO_TAG=v4", "--wait", "--timeout", "120",
+                timeout=150)
+    assert not load.failures, f"requests failed around a broken rollout: {load.failures[:5]}"
+    assert "v3" not in load.tags
+    info = cluster.info("echo-roll")
+    assert info["revision"] == 4 and len(_serving(info, 4)) == 3 and info["rollout"] is None
+    assert info["retries"] == 0, "a new revision starts with a fresh back-off"
