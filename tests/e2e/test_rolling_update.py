@@ -112,3 +112,59 @@ def _run_scenario(cluster: Cluster) -> None:
     info = cluster.info("echo-roll")
     assert info["revision"] == 4 and len(_serving(info, 4)) == 3 and info["rollout"] is None
     assert info["retries"] == 0, "a new revision starts with a fresh back-off"
+
+
+def _stream_chat(url: str, token: str, words: int, out: dict) -> None:
+    """POST a streamed chat completion and collect every SSE data line (runs in a thread)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        body = json.dumps({"model": "echo", "stream": True,
+                           "messages": [{"role": "user", "content": " ".join(f"w{i}" for i in range(words))}]})
+        conn.request("POST", "/v1/chat/completions", body=body,
+                     headers={"Content-Type": "application/json", "Authorization": f"BackendAI {token}"})
+        resp = conn.getresponse()
+        out["status"] = resp.status
+        out["lines"] = [line.decode().strip() for line in resp if line.strip().startswith(b"data:")]
+    except OSError as exc:
+        out["error"] = repr(exc)
+    finally:
+        conn.close()
+
+
+def test_scale_down_lets_in_flight_streams_finish(tmp_path: Path, pg_url: str, etcd_server: EtcdServer) -> None:
+    """A drained route leaves the proxy's table at once but its replica lives ``drain_grace``: streams finish."""
+    with cluster_processes(tmp_path, pg_url, etcd_server, heartbeat_timeout=10.0,
+                           manager_env={"MOORAGE_MANAGER__RECONCILE__DRAIN_GRACE": "8"}) as cluster:
+        env, logs = cluster.cli_env, cluster.daemons.logs
+        cluster.agent_env("drain-agent")
+        cluster.start_agent("drain-agent")
+        cluster.wait_agents_alive(["drain-agent"])
+        moorage(env, "folder", "create", "echo")
+        moorage(env, "folder", "upload", "echo", str(REPO / "configs/models/echo"))
+        moorage(env, "service", "create", "echo", "2", "--name", "echo-drain", "-r", "cpu=0.1", "-r", "mem=32m",
+                "-e", "ECHO_CHUNK_DELAY=0.25")
+        svc = wait_for(lambda: (i := cluster.info("echo-drain")) and len(_serving(i, 1)) == 2 and i, 90,
+                       "two healthy replicas", on_timeout=logs)
+        token = moorage(env, "service", "token", "echo-drain", "--duration", "1h").stdout.strip()
+        url = svc["service_endpoint"]
+        wait_for(lambda: http_request(url + "/", token=token)[0] == 200, 30, "the proxy serving", on_timeout=logs)
+        results: list[dict] = [{}, {}]
+        streams = [threading.Thread(target=_stream_chat, args=(url, token, 16, r)) for r in results]
+        for t in streams:
+            t.start()
+            time.sleep(0.2)  # the second stream sees the first in flight and goes to the other replica
+        time.sleep(0.5)
+        moorage(env, "service", "scale", "echo-drain", "1")
+        wait_for(lambda: (t := cluster.route_table(svc["endpoint_id"])) is not None and len(t["routes"]) == 1, 5,
+                 "the drained route out of the proxy's table", interval=0.1, on_timeout=logs)
+        for t in streams:
+            t.join(30)
+        for r in results:  # 16 words × 0.25 s = 4 s of streaming, well past the moment of the scale-down
+            assert r.get("status") == 200 and "error" not in r, r
+            assert r["lines"][-1] == "data: [DONE]" and len(r["lines"]) >= 17, r["lines"][-3:]
+        info = cluster.info("echo-drain")
+        assert len(_serving(info, 1)) == 1
