@@ -7,6 +7,9 @@ synthesises one for the chosen engine. Pure functions; the manager stores the re
 * A fractional GPU (``cuda.shares`` < 1) becomes the engine's memory fraction where it has one (vLLM
   ``--gpu-memory-utilization``, SGLang ``--mem-fraction-static``): ``shares × 0.9`` so the engine keeps the
   same 10 % headroom it keeps on a whole GPU, inside the MPS memory limit the agent sets.
+* ``llamacpp`` runs llama-cpp-python's server through :mod:`agent.engines.llamacpp_server`, which takes the same
+  flags and adds the Prometheus ``/metrics`` (``llamacpp:*``) that ``inference_framework`` autoscaling reads; the
+  replica's ``python3`` must import Moorage's ``agent`` package (the agent's own venv for the local runtime).
 * Health checks use the variant's path with Backend.AI's seeded timing (interval 10 s, 10 retries) and a long
   initial delay for large models (1800 s; 600 s for llama.cpp, whose GGUF models load in seconds to minutes).
 """
@@ -72,7 +75,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             (), "MAX_EXTRA_ARGS"),
     Variant("cmd", "Predefined Image Command", "image-model", 8000, None, None),
     Variant("llamacpp", "llama.cpp (llama-cpp-python)", "llamacpp-model", 8000, "/v1/models",
-            ("python3", "-m", "llama_cpp.server", "--host", "127.0.0.1", "--port", "{port}"),
+            # --interrupt_requests False: else a new request cuts the stream in progress short (llama-cpp-python
+            # serves one at a time; the others must wait, not truncate each other)
+            ("python3", "-m", "agent.engines.llamacpp_server", "--host", "127.0.0.1", "--port", "{port}",
+             "--interrupt_requests", "False"),
             (("LLAMACPP_N_CTX", "--n_ctx"), ("LLAMACPP_CHAT_FORMAT", "--chat_format"),
              ("LLAMACPP_N_GPU_LAYERS", "--n_gpu_layers"), ("LLAMACPP_N_THREADS", "--n_threads")),
             "LLAMACPP_EXTRA_ARGS", initial_delay=600.0),

@@ -92,7 +92,10 @@ class LocalRuntime(LaunchFiles):
         self._hidden = sorted({os.path.realpath(p) for p in hidden} | {os.path.abspath(p) for p in hidden})
         self.sandboxed = False
         self._bwrap: str | None = None
-        self._software = software_binds([self._local.python, *self._local.extra_path])
+        # the agent package too: engine launchers (agent.engines) run inside the replica, and an editable
+        # install under /tmp (a CI clone) would otherwise be hidden by the sandbox's fresh /tmp
+        self._software = software_binds([self._local.python, *self._local.extra_path,
+                                         os.path.dirname(os.path.dirname(os.path.abspath(__file__)))])
 
     # -- setup -----------------------------------------------------------------------------------------
     async def prepare(self) -> None:

@@ -1,8 +1,10 @@
 """End to end through `moorage up` (embedded mode) with the real SmolLM2-135M-Instruct model: a streamed chat
-completion through the app proxy with the official `openai` client."""
+completion through the app proxy with the official `openai` client, then the same through the llamacpp runtime
+variant, whose replica exports llama.cpp-style engine metrics."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -11,7 +13,17 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.e2e.harness import PYTHON, REPO, Daemons, free_port_block, moorage, moorage_json, wait_for
+from appproxy.scrape import parse_exposition
+from tests.e2e.harness import (
+    PYTHON,
+    REPO,
+    Daemons,
+    free_port_block,
+    http_request,
+    moorage,
+    moorage_json,
+    wait_for,
+)
 from tests.services import free_port, wait_port
 
 pytestmark = pytest.mark.e2e
@@ -78,10 +90,41 @@ def test_streamed_chat_completion_with_openai_client(tmp_path: Path) -> None:
         pieces = stream_chat(variant_client, "llama-variant")
         assert len([p for p in pieces if p]) >= 3 and "".join(pieces).strip(), pieces
 
+        # The variant's launcher exports llama.cpp-style engine metrics on the replica's own port, what the app
+        # proxies scrape for `inference_framework` autoscaling rules.
+        route = next(r for r in variant["routes"] if r["port"])
+        metrics_url = f"http://{route['host'] or '127.0.0.1'}:{route['port']}/metrics"
+
+        def engine_metrics() -> dict[str, float] | None:
+            status, _, body = http_request(metrics_url)
+            values = parse_exposition(body.decode()) if status == 200 else {}
+            idle = values.get("llamacpp:requests_processing") == 0 and values.get("llamacpp:requests_deferred") == 0
+            return values if idle and values.get("llamacpp:request_duration_seconds_count") else None
+
+        values = wait_for(engine_metrics, 10, "the replica's llamacpp metrics", on_timeout=daemons.logs)
+        assert values["llamacpp:tokens_predicted_total"] >= len([p for p in pieces if p]), values
+        assert values["llamacpp:prompt_tokens_total"] > 0 and values["llamacpp:tokens_predicted_seconds_total"] > 0
+
+        # Two concurrent streams on the one replica: the second waits its turn instead of cutting the first
+        # short (llama-cpp-python's default interrupt_requests would end the first stream early).
+        def finish_reason(prompt: str) -> str | None:
+            reason = None
+            for chunk in variant_client.chat.completions.create(
+                    model="llama-variant", stream=True, max_tokens=16, temperature=0,
+                    messages=[{"role": "user", "content": prompt}]):
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    reason = chunk.choices[0].finish_reason
+            return reason
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            reasons = list(pool.map(finish_reason, PROMPTS[:2]))
+        assert all(r in ("stop", "length") for r in reasons), reasons
+
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=info["service_endpoint"] + "/v1", api_key="not-a-token",
                           max_retries=0).models.list()
     finally:
         daemons.stop_all()
     assert not (data_dir / "cluster.json").exists()
-    assert "llama_cpp.server" not in os.popen(f"pgrep -af {data_dir}").read()
+    leftovers = os.popen(f"pgrep -af {data_dir}").read()
+    assert "llama_cpp.server" not in leftovers and "llamacpp_server" not in leftovers

@@ -29,8 +29,8 @@ def _command(variant: str, environ: dict | None = None, shares: str | None = Non
     ("huggingface-tgi", ["text-generation-launcher", "--model-id", "{model_path}", "--hostname", "0.0.0.0",
                          "--port", "{port}"]),
     ("modular-max", ["max", "serve", "--model-path", "{model_path}", "--port", "{port}"]),
-    ("llamacpp", ["python3", "-m", "llama_cpp.server", "--host", "127.0.0.1", "--port", "{port}", "--model",
-                  "{model_path}/model.gguf", "--model_alias", "svc"]),
+    ("llamacpp", ["python3", "-m", "agent.engines.llamacpp_server", "--host", "127.0.0.1", "--port", "{port}",
+                  "--interrupt_requests", "False", "--model", "{model_path}/model.gguf", "--model_alias", "svc"]),
     ("nim", []),
     ("cmd", []),
 ])

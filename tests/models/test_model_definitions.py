@@ -42,11 +42,11 @@ def test_smollm2_definition():
     model = definition.serving_model()
     assert model.name == "smollm2" and model.model_path == "/models"
     argv = model.service.argv(model.service.start_command.format(port=9000))
-    assert argv[:3] == ["python3", "-m", "llama_cpp.server"]
+    assert argv[:3] == ["python3", "-m", "agent.engines.llamacpp_server"]
     flags = dict(zip(argv[3::2], argv[4::2], strict=True))
     assert flags == {
         "--model": f"/models/{GGUF_NAME}", "--host": "127.0.0.1", "--port": "9000", "--n_ctx": "2048",
-        "--chat_format": "chatml", "--model_alias": "smollm2",
+        "--chat_format": "chatml", "--model_alias": "smollm2", "--interrupt_requests": "False",
     }
     check = definition.health_check()
     assert (check.path, check.interval, check.max_retries, check.max_wait_time, check.initial_delay) == (
@@ -61,10 +61,10 @@ def test_no_weights_committed(name):
 
 def test_smollm2_flags_exist_in_llama_cpp_server():
     """When llama-cpp-python[server] is installed here, its CLI really has the flags the definition uses."""
-    result = subprocess.run([sys.executable, "-m", "llama_cpp.server", "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "agent.engines.llamacpp_server", "--help"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for flag in ("--model", "--model_alias", "--host", "--port", "--n_ctx", "--chat_format"):
+    for flag in ("--model", "--model_alias", "--host", "--port", "--n_ctx", "--chat_format", "--interrupt_requests"):
         assert flag in result.stdout
     command = load("smollm2").serving_model().service.start_command
     assert all(flag in shlex.split(command) for flag in ("--model_alias", "--chat_format"))
