@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from pydantic import ValidationError
 
+from common.aio import wait_event
 from common.protocol import AgentHeartbeat, HeartbeatReply
 from common.signing import RPCError, SignedClient
 
@@ -56,10 +57,7 @@ class HeartbeatLoop:
     async def run(self) -> None:
         try:
             while True:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, self._interval)
                 await asyncio.sleep(COALESCE_DELAY)
                 self._wake.clear()
                 try:

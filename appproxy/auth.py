@@ -8,12 +8,18 @@ Unless the endpoint is ``open_to_public``, a request must carry ``Authorization:
 A CORS pre-flight (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``) passes without a token,
 as in Backend.AI: browsers never send credentials on a pre-flight. Any other ``OPTIONS`` needs a token.
 
+Verified tokens are cached (:class:`TokenCache`, bounded LRU keyed by the token string and endpoint): a cache
+hit skips the HMAC and JSON decoding but still checks expiry and revocation against the current table on every
+request, so a revoked token is refused as soon as the table says so. Only successes are cached.
+
 Tokens are never logged, and the ``Authorization`` header is stripped before forwarding (see
 :mod:`appproxy.forward`).
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -65,13 +71,48 @@ def extract_token(authorization: str | None) -> str:
     return token
 
 
-def authenticate(secret: str, table: RouteTable, method: str, headers: Mapping[str, str]
-                 ) -> EndpointToken | None:
+class TokenCache:
+    """Verified tokens by ``(token, endpoint id)``, least recently used dropped beyond ``size`` entries."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._tokens: OrderedDict[tuple[str, object], EndpointToken] = OrderedDict()
+
+    def get(self, token: str, endpoint_id: object) -> EndpointToken | None:
+        key = (token, endpoint_id)
+        verified = self._tokens.get(key)
+        if verified is not None:
+            self._tokens.move_to_end(key)
+        return verified
+
+    def put(self, token: str, endpoint_id: object, verified: EndpointToken) -> None:
+        self._tokens[(token, endpoint_id)] = verified
+        if len(self._tokens) > self.size:
+            self._tokens.popitem(last=False)
+
+    def discard(self, token: str, endpoint_id: object) -> None:
+        self._tokens.pop((token, endpoint_id), None)
+
+
+def authenticate(secret: str, table: RouteTable, method: str, headers: Mapping[str, str],
+                 cache: TokenCache | None = None) -> EndpointToken | None:
     """Return the verified token, or None when the request needs none; raise :class:`EndpointAuthFailed`."""
     if table.open_to_public or is_cors_preflight(method, headers):
         return None
     token = extract_token(headers.get("Authorization"))
+    if cache is not None and (verified := cache.get(token, table.endpoint_id)) is not None:
+        # the signature, issuer and endpoint binding were checked when it was cached; expiry and revocation
+        # can change, so they are checked again (as PyJWT does: expired once exp <= now)
+        if verified.expires_at <= time.time():
+            cache.discard(token, table.endpoint_id)
+            raise EndpointAuthFailed("Endpoint token refused: token expired.")
+        if verified.token_id in table.revoked_token_ids:
+            raise EndpointAuthFailed("Endpoint token refused: token revoked.")
+        return verified
     try:
-        return verify_endpoint_token(secret, token, table.endpoint_id, revoked=set(table.revoked_token_ids))
+        verified = verify_endpoint_token(secret, token, table.endpoint_id, revoked=set(table.revoked_token_ids))
     except TokenInvalid as exc:
         raise EndpointAuthFailed(f"Endpoint token refused: {exc}.") from None
+    if cache is not None:
+        cache.put(token, table.endpoint_id, verified)
+    return verified

@@ -14,6 +14,11 @@ Request side
     ``trust_forwarded_headers`` (only behind a load balancer that sets them) the peer is appended to the
     incoming chain and incoming ``X-Forwarded-Proto``/``-Host`` are kept.
 
+    The request goes out through :mod:`appproxy.upstream` (pooled keep-alive connections on aiohttp's client
+    protocol and response parser; ``aiohttp.ClientSession`` was a third of the CPU per request): request line,
+    ``Host``, the kept header lines as received, ``Content-Length`` when there is a body (or the method has one),
+    and the body, in one write.
+
 Response side
     Status and end-to-end headers are copied; the body is relayed chunk by chunk as it arrives
     (``StreamResponse``, no buffering), except that a body with a ``Content-Length`` of at most
@@ -47,19 +52,29 @@ from collections.abc import Callable, Iterable
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
+from aiohttp.http_exceptions import HttpProcessingError
+from multidict import CIMultiDictProxy
 
 from appproxy.balancer import Candidate, pick
 from appproxy.config import OutlierSection, ProxySection
 from appproxy.errors import BadGateway, GatewayTimeout, NoRouteAvailable, PayloadTooLarge
 from appproxy.metrics import ProxyMetrics
 from appproxy.outlier import OutlierDetector, OutlierPolicy
+from appproxy.upstream import (
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamPool,
+    UpstreamResponse,
+    host_header,
+    request_head,
+)
 from common.protocol import RouteTable, RouteTarget
 
 log = logging.getLogger(__name__)
 
-RouteKey = tuple[uuid.UUID, str, int]  # (route_id, host, port): a new address under the same id starts clean
+# "<route_id> <host>:<port>": a new address under the same id starts clean. A string, not a tuple holding the
+# UUID: it is hashed a dozen times per request, and str caches its hash (UUID.__hash__ is Python code).
+RouteKey = str
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
@@ -68,8 +83,7 @@ HOP_BY_HOP = frozenset({
 # Never sent to the replica: credentials of the caller, and what is recomputed for the upstream hop.
 REQUEST_DROP = HOP_BY_HOP | {"authorization", "cookie", "host", "content-length", "expect"}
 FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
-# Headers aiohttp's client would otherwise invent; the replica should see what the client sent, nothing more.
-NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+_DROP_RAW = frozenset(name.encode() for name in REQUEST_DROP | FORWARDING)  # raw (bytes) header names, lower case
 SMALL_BODY = 64 * 1024  # sized responses up to this are relayed with one write (see Forwarder._relay)
 STATUS_CLIENT_CLOSED = 499  # metrics only (nginx's convention): the client left before the response ended
 
@@ -78,46 +92,71 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
     return {t.strip().lower() for value in headers.getall("Connection", ()) for t in value.split(",") if t.strip()}
 
 
-def upstream_request_headers(request: web.BaseRequest, trust_forwarded: bool = False) -> CIMultiDict[str]:
-    """The headers sent to the replica (see the module docstring)."""
-    named = _connection_tokens(request.headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in request.headers.items():
+def _encode(value: str) -> bytes:
+    return value.encode("utf-8", "surrogateescape")  # the inverse of how aiohttp decoded the request headers
+
+
+def upstream_header_lines(request: web.BaseRequest, trust_forwarded: bool = False) -> bytes:
+    """The header lines sent to the replica (see the module docstring), as ``b"Name: value\r\n"...``.
+
+    The kept headers are copied byte for byte from the request as received (aiohttp's parser has already refused
+    CR/LF in them); ``Host`` and ``Content-Length`` are added by :func:`appproxy.upstream.request_head`."""
+    headers = request.headers
+    named = {n.encode("latin-1") for n in _connection_tokens(headers)} if "Connection" in headers else None
+    parts: list[bytes] = []
+    for name, value in request.raw_headers:
         low = name.lower()
-        if low in REQUEST_DROP or low in named or low.startswith("proxy-") or low in FORWARDING:
+        if low in _DROP_RAW or low.startswith(b"proxy-") or (named and low in named):
             continue
-        out.add(name, value)
+        parts += (name, b": ", value, b"\r\n")
     peer = request.remote or ""
     if trust_forwarded:
-        chain = [v.strip() for v in request.headers.getall("X-Forwarded-For", ()) if v.strip()]
-        out["X-Forwarded-For"] = ", ".join([*chain, peer]) if peer else ", ".join(chain)
-        out["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto") or request.scheme
-        host = request.headers.get("X-Forwarded-Host") or request.headers.get("Host")
+        chain = [v.strip() for v in headers.getall("X-Forwarded-For", ()) if v.strip()]
+        parts += (b"X-Forwarded-For: ", _encode(", ".join([*chain, peer]) if peer else ", ".join(chain)), b"\r\n",
+                  b"X-Forwarded-Proto: ", _encode(headers.get("X-Forwarded-Proto") or request.scheme), b"\r\n")
+        host = headers.get("X-Forwarded-Host") or headers.get("Host")
     else:
         if peer:
-            out["X-Forwarded-For"] = peer
-        out["X-Forwarded-Proto"] = request.scheme
-        host = request.headers.get("Host")
+            parts += (b"X-Forwarded-For: ", peer.encode(), b"\r\n")
+        parts += (b"X-Forwarded-Proto: ", request.scheme.encode(), b"\r\n")
+        host = headers.get("Host")
     if host:
-        out["X-Forwarded-Host"] = host
-    return out
+        parts += (b"X-Forwarded-Host: ", _encode(host), b"\r\n")
+    return b"".join(parts)
 
 
-def client_response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-    named = _connection_tokens(upstream.headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.headers.items():
+_END_TO_END: dict[str, bool] = {}  # response header name as sent → not hop-by-hop (names repeat: memoised)
+
+
+def _end_to_end(name: str) -> bool:
+    keep = _END_TO_END.get(name)
+    if keep is None:
         low = name.lower()
-        if low in HOP_BY_HOP or low in named or low.startswith("proxy-"):
-            continue
-        out.add(name, value)
-    if is_streaming(upstream):
-        out["X-Accel-Buffering"] = "no"
-        out.setdefault("Cache-Control", "no-cache")
-    return out
+        keep = not (low in HOP_BY_HOP or low.startswith("proxy-"))
+        if len(_END_TO_END) < 4096:  # bounded: header names are chosen by the replica
+            _END_TO_END[name] = keep
+    return keep
 
 
-def is_streaming(upstream: aiohttp.ClientResponse) -> bool:
+def client_response_headers(upstream: UpstreamResponse) -> tuple[list[tuple[str, str]], bool]:
+    """The end-to-end headers for the client (a list: ``web.Response`` builds its own multidict from it) and
+    whether the body is a stream (then with ``X-Accel-Buffering: no`` and, by default, ``Cache-Control``)."""
+    headers = upstream.headers
+    streaming = is_streaming(upstream)
+    known = _END_TO_END.get  # inlined fast path of _end_to_end (True: keep, False: drop, None: not seen yet)
+    out = [(name, value) for name, value in headers.items()
+           if known(name) or (known(name) is None and _end_to_end(name))]
+    if "Connection" in headers and (named := _connection_tokens(headers)):
+        out = [(name, value) for name, value in out if name.lower() not in named]
+    if streaming:
+        out = [(name, value) for name, value in out if name.lower() != "x-accel-buffering"]
+        out.append(("X-Accel-Buffering", "no"))
+        if not any(name.lower() == "cache-control" for name, _ in out):
+            out.append(("Cache-Control", "no-cache"))
+    return out, streaming
+
+
+def is_streaming(upstream: UpstreamResponse) -> bool:
     """SSE, or a body of unknown length (chunked / until close)."""
     ctype = upstream.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if ctype == "text/event-stream":
@@ -146,11 +185,25 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
     return bytes(body)
 
 
-def route_url(target: RouteTarget, request: web.BaseRequest) -> URL:
-    rel = request.rel_url  # always relative: an absolute-form target cannot pick the host
-    host = f"[{target.host}]" if ":" in target.host and not target.host.startswith("[") else target.host
-    return URL.build(scheme="http", host=host, port=target.port, path=rel.raw_path or "/",
-                     query_string=rel.raw_query_string, encoded=True)
+def request_target(request: web.BaseRequest) -> str:
+    """Path and query as received; always origin-form (an absolute-form target cannot pick the host)."""
+    rel = request.rel_url
+    query = rel.raw_query_string
+    return f"{rel.raw_path or '/'}?{query}" if query else rel.raw_path or "/"
+
+
+class _Plan:
+    """What forwarding needs from one route table, computed once per table (tables are immutable)."""
+
+    __slots__ = ("endpoint", "routes", "single", "table")
+
+    def __init__(self, table: RouteTable) -> None:
+        self.table = table
+        self.endpoint = str(table.endpoint_id)
+        # (key, target, route id as a string, Host header)
+        by_key = {Forwarder.key(r): r for r in table.routes}  # a duplicated route counts once, as in choose()
+        self.routes = [(k, r, str(r.route_id), host_header(r.host, r.port)) for k, r in by_key.items()]
+        self.single = self.routes[0] if len(self.routes) == 1 else None
 
 
 class Forwarder:
@@ -167,43 +220,57 @@ class Forwarder:
         self._rng = rng or random.Random()
         self._clock = clock
         self._in_flight: Counter[RouteKey] = Counter()
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
+        self._plans: dict[uuid.UUID, _Plan] = {}
 
     async def start(self) -> None:
-        if self._session is not None:
+        if self._pool is not None:
             return
-        keepalive = self._cfg.upstream_keepalive_timeout
-        connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=0,  # bounded by max_concurrency_per_endpoint instead of a pool queue
-            keepalive_timeout=keepalive if keepalive > 0 else None, force_close=keepalive <= 0)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=self._cfg.upstream_connect_timeout,
-                                          sock_read=self._cfg.upstream_read_timeout),
-            cookie_jar=aiohttp.DummyCookieJar(),  # one shared session: a replica's cookies must not leak
-            auto_decompress=False, skip_auto_headers=NO_AUTO_HEADERS, trust_env=False)
+        self._pool = UpstreamPool(
+            connect_timeout=self._cfg.upstream_connect_timeout, read_timeout=self._cfg.upstream_read_timeout,
+            keepalive_timeout=self._cfg.upstream_keepalive_timeout)
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     # -- route state -----------------------------------------------------------------------------------------
     @staticmethod
     def key(target: RouteTarget) -> RouteKey:
-        return (target.route_id, target.host, target.port)
+        return f"{target.route_id} {target.host}:{target.port}"
 
     def retain(self, tables: Iterable[RouteTable]) -> None:
-        """Forget the outlier state of routes that no longer exist."""
+        """Forget the outlier state, plans and idle connections of routes that no longer exist."""
+        tables = list(tables)
         self.outliers.retain(self.key(r) for t in tables for r in t.routes)
+        self._plans = {t.endpoint_id: p for t in tables if (p := self._plans.get(t.endpoint_id)) and p.table is t}
+        if self._pool is not None:
+            self._pool.drop({(r.host, r.port) for t in tables for r in t.routes})
+
+    def plan(self, table: RouteTable) -> _Plan:
+        plan = self._plans.get(table.endpoint_id)
+        if plan is None or plan.table is not table:
+            plan = self._plans[table.endpoint_id] = _Plan(table)
+        return plan
 
     def choose(self, table: RouteTable, exclude: set[RouteKey]) -> RouteTarget | None:
+        chosen = self._choose(self.plan(table), exclude)
+        return None if chosen is None else chosen[1]
+
+    def _choose(self, plan: _Plan, exclude: set[RouteKey]) -> tuple[RouteKey, RouteTarget, str, str] | None:
+        single = plan.single
+        if single is not None:  # what pick() decides for one route, without building candidates
+            return single if single[1].traffic_ratio > 0 and single[0] not in exclude else None
         now = self._clock()
-        targets = {self.key(r): r for r in table.routes}
-        candidates = [Candidate(k, r.traffic_ratio, self._in_flight[k], self.outliers.is_ejected(k, now))
-                      for k, r in targets.items()]
+        by_key = {}
+        candidates = []
+        for entry in plan.routes:
+            k, r = entry[0], entry[1]
+            by_key[k] = entry
+            candidates.append(Candidate(k, r.traffic_ratio, self._in_flight[k], self.outliers.is_ejected(k, now)))
         chosen = pick(candidates, self._rng, exclude=exclude, panic_threshold=self._panic_threshold)
-        return None if chosen is None else targets[chosen.key]
+        return None if chosen is None else by_key[chosen.key]
 
     def _failure(self, table: RouteTable, target: RouteTarget, kind: str) -> None:
         endpoint, route = str(table.endpoint_id), str(target.route_id)
@@ -215,77 +282,84 @@ class Forwarder:
                         route, target.host, target.port, table.name, ejected_for,
                         self.outliers.policy.consecutive_failures, kind)
 
-    def _success(self, target: RouteTarget) -> None:
-        self.outliers.success(self.key(target), self._clock())
+    def _success(self, key: RouteKey) -> None:
+        self.outliers.success(key, 0.0)  # the clock plays no part in a success
 
     # -- forwarding ------------------------------------------------------------------------------------------
     async def forward(self, request: web.BaseRequest, table: RouteTable, body: bytes
                       ) -> tuple[web.StreamResponse, str]:
         """Send the request to a route; return the response sent to the client and the route id that served it."""
-        if self._session is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("Forwarder.start() was not called")
-        headers = upstream_request_headers(request, self._cfg.trust_forwarded_headers)
-        endpoint = str(table.endpoint_id)
+        plan = self.plan(table)
+        method = request.method
+        target_path = request_target(request)
+        lines = upstream_header_lines(request, self._cfg.trust_forwarded_headers)
+        if self._cfg.upstream_keepalive_timeout <= 0:
+            lines += b"Connection: close\r\n"  # no pooling: tell the replica, as aiohttp's force_close did
+        endpoint = plan.endpoint
+        metrics = self.metrics
+        in_flight = self._in_flight
         tried: set[RouteKey] = set()
         last_error = ""
         for attempt in range(self._cfg.max_attempts):
-            target = self.choose(table, tried)
-            if target is None:
+            chosen = self._choose(plan, tried)
+            if chosen is None:
                 break
-            key = self.key(target)
+            key, target, route, host = chosen
             tried.add(key)
-            route = str(target.route_id)
             if attempt:
-                self.metrics.retries[endpoint] += 1
-            self._in_flight[key] += 1
-            self.metrics.route_started(endpoint, route)
+                metrics.retries[endpoint] += 1
+            in_flight[key] += 1
+            metrics.route_started(endpoint, route)
             try:
                 try:
-                    upstream = await self._session.request(
-                        request.method, route_url(target, request), headers=headers, data=body or None,
-                        allow_redirects=False)
-                except aiohttp.ConnectionTimeoutError:
+                    upstream = await pool.request(target.host, target.port, method,
+                                                  request_head(method, target_path, host, lines, len(body)), body)
+                except UpstreamConnectTimeout:
                     kind, last_error = "connect", "connect timeout"
-                except aiohttp.ServerTimeoutError:  # sock_read before the headers: the replica may be working
+                except aiohttp.ServerTimeoutError:  # read timeout before the headers: the replica may be working
                     self._failure(table, target, "timeout")
                     raise GatewayTimeout(f"The replica sent no response within "
                                          f"{self._cfg.upstream_read_timeout:g}s.") from None
-                except aiohttp.ClientConnectorError as exc:
+                except UpstreamConnectError as exc:
                     kind, last_error = "connect", f"connect failed: {exc.os_error.strerror or exc.os_error}"
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                     kind, last_error = "reset", f"connection reset ({type(exc).__name__})"
-                except aiohttp.ClientError as exc:  # e.g. a malformed response: not retried
+                except (HttpProcessingError, aiohttp.ClientError) as exc:  # e.g. a malformed response: not retried
                     self._failure(table, target, "protocol")
                     log.warning("bad response from route %s (%s:%d): %s", route, target.host, target.port, exc)
                     raise BadGateway("The replica sent an invalid response.") from None
                 else:
-                    return await self._relay(request, table, target, upstream), route
+                    return await self._relay(request, table, key, target, upstream), route
                 self._failure(table, target, kind)
                 log.info("route %s (%s:%d) of %s failed before the first byte (%s); %s", route, target.host,
                          target.port, table.name, last_error,
                          "retrying" if attempt + 1 < self._cfg.max_attempts else "giving up")
             finally:
-                self._in_flight[key] -= 1
-                if self._in_flight[key] <= 0:
-                    del self._in_flight[key]
-                self.metrics.route_finished(endpoint, route)
+                if in_flight[key] <= 1:
+                    del in_flight[key]
+                else:
+                    in_flight[key] -= 1
+                metrics.route_finished(endpoint, route)
         if not tried:
             raise NoRouteAvailable(
                 "No replica of this endpoint is ready; try again shortly.", retry_after=self._cfg.retry_after)
         raise BadGateway(f"No replica could be reached ({len(tried)} tried; last error: {last_error}).")
 
-    async def _relay(self, request: web.BaseRequest, table: RouteTable, target: RouteTarget,
-                     upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    async def _relay(self, request: web.BaseRequest, table: RouteTable, key: RouteKey, target: RouteTarget,
+                     upstream: UpstreamResponse) -> web.StreamResponse:
         clean = False
         try:
             if upstream.status >= 500:
                 self._failure(table, target, "5xx")
             else:
-                self._success(target)
-            headers = client_response_headers(upstream)
+                self._success(key)
+            headers, streaming = client_response_headers(upstream)
             length = upstream.content_length
-            if (length is not None and length <= SMALL_BODY and upstream.method != "HEAD"
-                    and upstream.status not in (204, 304) and "X-Accel-Buffering" not in headers):
+            if (length is not None and length <= SMALL_BODY and not streaming and upstream.method != "HEAD"
+                    and upstream.status not in (204, 304)):
                 # A small sized body (the usual non-streaming answer) is relayed in one write together with the
                 # headers: one send() instead of three. Its length is fixed, so nothing is held back that a
                 # client could have used earlier.
@@ -297,11 +371,12 @@ class Forwarder:
                 clean = True
                 return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+            content = upstream.content
             try:
                 await response.prepare(request)
                 while True:
                     try:
-                        chunk = await upstream.content.readany()
+                        chunk = await content.readany()
                     except (TimeoutError, aiohttp.ClientError) as exc:
                         self._failure(table, target, "stream")
                         log.warning("route %s (%s:%d) of %s broke off mid-response (%s); closing the client "
@@ -312,7 +387,7 @@ class Forwarder:
                         return response
                     if not chunk:
                         break
-                    await response.write(chunk)
+                    await response.write(chunk)  # as soon as it arrives: never held back to fill a buffer
                 await response.write_eof()
             except ConnectionResetError:  # the client went away (without handler cancellation noticing first)
                 self.metrics.client_disconnects[str(table.endpoint_id)] += 1
@@ -325,4 +400,3 @@ class Forwarder:
                 upstream.release()
             else:
                 upstream.close()  # drop the connection: the replica sees the disconnect and stops generating
-

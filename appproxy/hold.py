@@ -30,6 +30,7 @@ from appproxy.config import ProxySection
 from appproxy.errors import ColdStartTimeout, EndpointNotFound, HoldQueueFull, NoRouteAvailable
 from appproxy.metrics import ProxyMetrics
 from appproxy.routing import RouteCache
+from common.aio import wait_event
 from common.protocol import DEMAND_PREFIX, DemandSignal, RouteTable
 from common.store import KVStore
 
@@ -122,10 +123,7 @@ class HoldGate:
                     raise ColdStartTimeout(f"No replica of this endpoint became ready within "
                                            f"{cfg.hold_timeout:g}s; try again shortly.", retry_after=cfg.retry_after)
                 waiter = self._changed
-                try:
-                    await asyncio.wait_for(waiter.wait(), min(remaining, cfg.demand_debounce))
-                except TimeoutError:
-                    pass
+                await wait_event(waiter, min(remaining, cfg.demand_debounce))
         finally:
             self._count(endpoint_id, -1)
 

@@ -29,7 +29,7 @@ from typing import Any, Self
 from aiohttp import web
 
 from appproxy.admin import AdminServer
-from appproxy.auth import authenticate
+from appproxy.auth import TokenCache, authenticate
 from appproxy.config import ProxyConfig
 from appproxy.errors import EndpointNotFound, EndpointOverloaded, MethodNotAllowed, RequestHeadersTooLarge
 from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, read_body
@@ -62,7 +62,8 @@ def tune_gc() -> None:
 
 def header_bytes(request: web.BaseRequest) -> int:
     """Size of the request headers as received (name, value, ": " and CRLF per line)."""
-    return sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+    raw = request.raw_headers
+    return sum(len(name) + len(value) for name, value in raw) + 4 * len(raw)
 
 
 class AppProxy:
@@ -98,6 +99,8 @@ class AppProxy:
                 self.registry, self.scraper, known=lambda e: self.routes.get(e) is not None,
                 in_flight=lambda e: self.metrics.in_flight.get(e, 0))
         self._admitted: Counter[uuid.UUID] = Counter()  # endpoint → requests admitted and not finished
+        self._tokens = TokenCache()
+        self._names: dict[uuid.UUID, str] = {}  # endpoint id → str(id), the metrics label (UUID.__str__ is slow)
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -172,16 +175,19 @@ class AppProxy:
         self.frontend.changed()
         self.forwarder.retain(self.routes.tables.values())
         self.metrics.forget([str(e) for e in self.routes.tables])
+        self._names = {e: n for e, n in self._names.items() if e in self.routes.tables}
 
     # -- the request pipeline --------------------------------------------------------------------------------
-    async def handle(self, request: web.Request, endpoint_id: uuid.UUID) -> web.StreamResponse:
-        endpoint = str(endpoint_id)
+    async def handle(self, request: web.BaseRequest, endpoint_id: uuid.UUID) -> web.StreamResponse:
+        endpoint = self._names.get(endpoint_id)
+        if endpoint is None:
+            endpoint = self._names[endpoint_id] = str(endpoint_id)
         loop = asyncio.get_running_loop()
         started = loop.time()
         status, route = 500, NO_ROUTE
         self.metrics.request_started(endpoint)
         try:
-            response, route = await self._pipeline(request, endpoint_id)
+            response, route = await self._pipeline(request, endpoint_id, endpoint)
             status = response.status
             return response
         except ProblemError as exc:
@@ -195,28 +201,33 @@ class AppProxy:
         finally:
             self.metrics.request_finished(endpoint, route, status, loop.time() - started)
 
-    async def _pipeline(self, request: web.Request, endpoint_id: uuid.UUID) -> tuple[web.StreamResponse, str]:
+    async def _pipeline(self, request: web.BaseRequest, endpoint_id: uuid.UUID, endpoint: str
+                        ) -> tuple[web.StreamResponse, str]:
         table = self.routes.get(endpoint_id)
         if table is None:
             raise EndpointNotFound("This endpoint no longer exists.")
-        if request.method in REFUSED_METHODS:
-            raise MethodNotAllowed(f"{request.method} is not proxied.")
-        limit = self.config.proxy.max_header_size
-        if (size := header_bytes(request)) > limit:
-            raise RequestHeadersTooLarge(f"The request headers ({size} bytes) exceed the limit of {limit} bytes.")
-        authenticate(self._secret, table, request.method, request.headers)
-        table = await self.hold.wait_for_route(endpoint_id, table)
-        cap = self.config.proxy.max_concurrency_per_endpoint
-        if self._admitted[endpoint_id] >= cap:
-            raise EndpointOverloaded(f"This endpoint already has {cap} requests in progress; try again shortly.",
-                                     retry_after=self.config.proxy.retry_after)
-        self._admitted[endpoint_id] += 1
+        method = request.method
+        if method in REFUSED_METHODS:
+            raise MethodNotAllowed(f"{method} is not proxied.")
+        cfg = self.config.proxy
+        if (size := header_bytes(request)) > cfg.max_header_size:
+            raise RequestHeadersTooLarge(f"The request headers ({size} bytes) exceed the limit of "
+                                         f"{cfg.max_header_size} bytes.")
+        authenticate(self._secret, table, method, request.headers, self._tokens)
+        if not table.routes:
+            table = await self.hold.wait_for_route(endpoint_id, table)
+        admitted = self._admitted
+        if admitted[endpoint] >= cfg.max_concurrency_per_endpoint:
+            raise EndpointOverloaded(f"This endpoint already has {cfg.max_concurrency_per_endpoint} requests in "
+                                     f"progress; try again shortly.", retry_after=cfg.retry_after)
+        admitted[endpoint] += 1
         try:
-            body = await read_body(request, self.config.proxy.max_body_size)
+            body = await read_body(request, cfg.max_body_size)
             # the table may have changed while the body was uploading: use the newest one
             table = self.routes.get(endpoint_id) or table
             return await self.forwarder.forward(request, table, body)
         finally:
-            self._admitted[endpoint_id] -= 1
-            if self._admitted[endpoint_id] <= 0:
-                del self._admitted[endpoint_id]
+            if admitted[endpoint] <= 1:
+                del admitted[endpoint]
+            else:
+                admitted[endpoint] -= 1

@@ -16,6 +16,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from common.aio import wait_event
+
 TERMINAL = frozenset({"bgtask_done", "bgtask_failed", "bgtask_cancelled"})
 RETENTION = 3600.0  # seconds a finished task stays replayable
 MAX_TASKS = 1024  # bounds memory: oldest finished tasks are dropped first
@@ -82,9 +84,7 @@ class BackgroundTasks:
                 yield event
                 if event[0] in TERMINAL:
                     return
-            try:
-                await asyncio.wait_for(waiter.wait(), keepalive)
-            except TimeoutError:
+            if not await wait_event(waiter, keepalive):
                 yield "", {}
 
     async def close(self) -> None:

@@ -37,7 +37,8 @@ async def _routes_with_sessions(db, endpoint_ids: list[uuid.UUID]):  # type: ign
         return []
     rows = await db.execute(
         sa.select(Route, Session).outerjoin(Session, Session.id == Route.session_id)
-        .where(Route.endpoint_id.in_(endpoint_ids)).order_by(Route.created_at))
+        .where(Route.endpoint_id.in_(endpoint_ids), Route.lifecycle != RouteLifecycle.TERMINATED)  # history grows
+        .order_by(Route.created_at))
     return rows.all()
 
 
@@ -125,9 +126,12 @@ async def list_services(request: web.Request) -> web.Response:
             query = query.where(Endpoint.name == name)
         endpoints = list((await db.execute(query.order_by(Endpoint.created_at))).scalars())
         rows = await _routes_with_sessions(db, [e.id for e in endpoints])
+    by_endpoint: dict[uuid.UUID, list] = {}  # type: ignore[type-arg]
+    for route, session in rows:
+        by_endpoint.setdefault(route.endpoint_id, []).append((route, session))
     out = []
     for endpoint in endpoints:
-        info = serve_info(endpoint, rows)
+        info = serve_info(endpoint, by_endpoint.get(endpoint.id, []))
         out.append(CompactServeInfo(
             id=endpoint.id, name=endpoint.name, replicas=endpoint.replicas,
             desired_session_count=endpoint.replicas, active_route_count=len(info["active_routes"]),

@@ -214,8 +214,11 @@ class Autoscaling:
             if not endpoints:
                 return
             rows = await _enabled_rules(db, [e.id for e in endpoints])
+            rules_of: dict[uuid.UUID, list] = {}  # type: ignore[type-arg]
+            for r in rows:
+                rules_of.setdefault(r.endpoint_id, []).append(r)
             for endpoint in endpoints:
-                own = [r for r in rows if r.endpoint_id == endpoint.id]
+                own = rules_of.get(endpoint.id, [])
                 wake = wake_from_zero([rule_of(r) for r in own], 0, cap=cap)
                 if wake is None:
                     continue
@@ -270,8 +273,11 @@ class Autoscaling:
         wall = time.time()
         waiting = self.waiting()
         decisions: list[tuple[Endpoint, EndpointDecision]] = []
+        rules_by_endpoint: dict[uuid.UUID, list] = {}  # type: ignore[type-arg]
+        for r in rows:
+            rules_by_endpoint.setdefault(r.endpoint_id, []).append(rule_of(r))
         for endpoint_id, endpoint in endpoints.items():
-            own = [rule_of(r) for r in rows if r.endpoint_id == endpoint_id]
+            own = rules_by_endpoint.get(endpoint_id, [])
             observed = {rule.id: observe(rule.metric_source, rule.metric_name,
                                          kernel_samples=samples.get(endpoint_id, []),
                                          reports=reports.get(endpoint_id, []),

@@ -13,14 +13,13 @@ in the meantime (handlers publish directly). For the same reason followers publi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
 import time
 import uuid
 
-from common.aio import cancel_and_wait
+from common.aio import cancel_and_wait, wait_event
 from manager.context import ManagerContext, NoCache
 from manager.control.leader import Election
 from manager.control.loop import ControlLoop
@@ -60,8 +59,7 @@ class WakeRelay:
         last_write = -float("inf")
         failing = False
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ctx.wake.wait(), self.idle_check)
+            await wait_event(ctx.wake, self.idle_check)
             if not ctx.wake.is_set() and not ctx.dirty_endpoints:
                 continue
             pause = last_write + self.min_interval - time.monotonic()

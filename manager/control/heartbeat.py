@@ -96,11 +96,15 @@ async def apply_heartbeat(ctx, hb: AgentHeartbeat) -> tuple[HeartbeatReply, set[
             changed.add(route.endpoint_id)
 
         # Kernels we started on this agent that it no longer lists: gone (e.g. the host rebooted).
+        # The grace counts from the agent's answer to the start call (session.port set), not from placement: a
+        # burst of placements can keep start calls queued for a while. A call that never got answered is given
+        # rpc_timeout on top (the loop's own failure path normally ends it first).
         grace = timedelta(seconds=rc.kernel_report_grace)
+        unanswered_grace = grace + timedelta(seconds=rc.rpc_timeout)
         for session in sessions.values():
             if (session.agent_id == hb.agent_id and session.id not in reported
                     and session.status in ACTIVE_SESSION_STATES and session.created_at
-                    and _aware(session.created_at) < now - grace):
+                    and _aware(session.created_at) < now - (grace if session.port is not None else unanswered_grace)):
                 session.status = "lost"
                 session.terminated_at = now
                 route = routes.get(session.route_id)

@@ -18,7 +18,6 @@ A manager that is alone by construction (``moorage up``, in-memory store) uses :
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import enum
 import json
@@ -27,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common.aio import cancel_and_wait
+from common.aio import cancel_and_wait, wait_event
 from common.lease import LeaseKeeper
 from common.store import EtcdStore, KVStore
 
@@ -194,8 +193,7 @@ class LeaderElection:
             timeout = self.ttl / 3
             if self.is_leader:
                 timeout = min(timeout, max(self._valid_until() - now, 0.0))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout)
+            await wait_event(self._kick, timeout)
 
     async def _campaign(self) -> None:
         lease_id = self._keeper.lease_id

@@ -10,12 +10,15 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import aiohttp
 import sqlalchemy as sa
+from sqlalchemy.orm import defer, load_only
 
+from common.aio import wait_event
 from common.protocol import KernelReport, KernelSpec
 from common.signing import RPCError
 from common.slots import ResourceSlots
@@ -40,6 +43,8 @@ from manager.control.scheduler import (
 from manager.db.models import Agent, Endpoint, Event, ModelFolder, Route, Session
 
 log = logging.getLogger(__name__)
+PLANNING_COLUMNS = (Endpoint.lifecycle, Endpoint.replicas, Endpoint.next_retry_at, Endpoint.revision,
+                    Endpoint.max_surge, Endpoint.destroyed_at)
 FULL_RESYNC_EVERY = 30.0  # seconds between forced republishing of every live route table
 
 
@@ -59,10 +64,7 @@ class ControlLoop:
                 raise
             except Exception:
                 log.exception("control loop tick failed")
-            try:
-                await asyncio.wait_for(ctx.wake.wait(), ctx.config.reconcile.interval)
-            except TimeoutError:
-                pass
+            await wait_event(ctx.wake, ctx.config.reconcile.interval)
 
     async def tick(self) -> None:
         await self.mark_lost_agents()
@@ -119,16 +121,21 @@ class ControlLoop:
         ctx = self.ctx
         now = datetime.now(UTC)
         async with ctx.db() as db:
-            endpoints = list((await db.execute(sa.select(Endpoint).where(
+            # only the columns planning reads: the JSON ones (definition, environ, ...) would be decoded for
+            # every endpoint on every tick (bench/control_plane)
+            endpoints = list((await db.execute(sa.select(Endpoint).options(load_only(*PLANNING_COLUMNS)).where(
                 Endpoint.lifecycle != EndpointLifecycle.DESTROYED))).scalars())
             if not endpoints:
                 return
-            routes = list((await db.execute(sa.select(Route).where(
+            routes = list((await db.execute(sa.select(Route).options(defer(Route.error_data)).where(
                 Route.endpoint_id.in_([e.id for e in endpoints]),
                 Route.lifecycle.in_([RouteLifecycle.PROVISIONING, RouteLifecycle.RUNNING,
                                      RouteLifecycle.TERMINATING])))).scalars())
+            by_endpoint: dict[uuid.UUID, list[Route]] = defaultdict(list)
+            for r in routes:
+                by_endpoint[r.endpoint_id].append(r)
             for endpoint in endpoints:
-                own = [r for r in routes if r.endpoint_id == endpoint.id]
+                own = by_endpoint.get(endpoint.id, [])
                 desired = endpoint.replicas if endpoint.lifecycle == EndpointLifecycle.CREATED else 0
                 can_start = endpoint.next_retry_at is None or _aware(endpoint.next_retry_at) <= now
                 plan = plan_replicas(desired, [RouteView(r.id, r.lifecycle, r.health, _aware(r.created_at),
@@ -187,14 +194,17 @@ class ControlLoop:
                 per_agent_endpoint[key] = per_agent_endpoint.get(key, 0) + 1
             folders = {f.id: f for f in (await db.execute(sa.select(ModelFolder).where(
                 ModelFolder.id.in_([e.model_folder_id for _, e in pending])))).scalars()}
+            placed: list[tuple[Route, Session]] = []
+            available = {a.id: ResourceSlots.parse(a.available_slots) for a in agents}
+            architectures = {a.id: normalize_architecture(a.architecture) for a in agents}
+            agents_by_id = {a.id: a for a in agents}
             for route, endpoint in pending:
                 if route.revision != endpoint.revision:
                     continue  # superseded before it was placed; the planner retires it
                 request = ResourceSlots.parse(endpoint.resource_slots)
-                capacities = [AgentCapacity(a.id, a.scaling_group, normalize_architecture(a.architecture),
-                                            ResourceSlots.parse(a.available_slots), occupied[a.id],
-                                            per_agent_endpoint.get((a.id, endpoint.id), 0), device_free[a.id])
-                              for a in agents]
+                capacities = [AgentCapacity(a.id, a.scaling_group, architectures[a.id], available[a.id],
+                                            occupied[a.id], per_agent_endpoint.get((a.id, endpoint.id), 0),
+                                            device_free[a.id]) for a in agents]
                 # an image is built for one architecture; a local-runtime process runs on whatever the host is
                 arch = normalize_architecture(endpoint.architecture) if endpoint.image else None
                 placement = select_agent(request, capacities, endpoint.scaling_group, arch,
@@ -208,13 +218,12 @@ class ControlLoop:
                         db.add(Event(endpoint_id=endpoint.id, route_id=route.id, kind="unschedulable",
                                      data={"reason": reason}))
                     continue
-                agent = next(a for a in agents if a.id == placement.agent_id)
+                agent = agents_by_id[placement.agent_id]
                 session = Session(id=uuid.uuid4(), endpoint_id=endpoint.id, route_id=route.id, agent_id=agent.id,
                                   occupied_slots=request.to_json(), status="starting",
                                   status_history=[{"status": "starting", "at": datetime.now(UTC).isoformat()}])
                 db.add(session)
-                await db.flush()
-                route.session_id = session.id
+                placed.append((route, session))
                 route.error_data = None
                 occupied[agent.id] = occupied[agent.id] + request
                 if device_free[agent.id] is not None:
@@ -228,6 +237,10 @@ class ControlLoop:
                     model_definition=endpoint.model_definition, environ=dict(endpoint.environ or {}),
                     resource_slots=request.to_json(), image=endpoint.image, runtime_variant=endpoint.runtime_variant)
                 starts.append((agent, spec, session.id))
+            if placed:  # one flush inserts every session; only then may the routes point at them (foreign key)
+                await db.flush()
+                for route, session in placed:
+                    route.session_id = session.id
             await db.commit()
         if starts:
             await asyncio.gather(*(self._start_kernel(agent.id, agent.rpc_url, spec) for agent, spec, _ in starts))

@@ -14,7 +14,7 @@ def _endpoint(replicas: int, retries: int = 0, lifecycle: EndpointLifecycle = En
 
 
 def _routes(*lifecycles: RouteLifecycle) -> list:
-    return [(Route(id=uuid.uuid4(), lifecycle=lc, health=RouteHealth.NOT_CHECKED), None) for lc in lifecycles]
+    return [Route(id=uuid.uuid4(), lifecycle=lc, health=RouteHealth.NOT_CHECKED) for lc in lifecycles]
 
 
 def test_hold_only_when_a_replica_is_coming() -> None:

@@ -138,9 +138,12 @@ async def _endpoint_views(db: Any, endpoints: Sequence[Endpoint]) -> list[dict[s
         .order_by(Route.created_at, Route.id))).scalars())
     user_ids = {e.owner_id for e in endpoints} | {e.created_user_id for e in endpoints}
     emails = {row[0]: row[1] for row in await db.execute(sa.select(User.id, User.email).where(User.id.in_(user_ids)))}
+    by_endpoint: dict[Any, list[Route]] = {}
+    for r in routes:
+        by_endpoint.setdefault(r.endpoint_id, []).append(r)
     views = []
     for e in endpoints:
-        own = [r for r in routes if r.endpoint_id == e.id]
+        own = by_endpoint.get(e.id, [])
         status = derive_endpoint_status(e.lifecycle, e.replicas, [(r.lifecycle, r.health) for r in own])
         views.append({
             "id": str(e.id), "endpoint_id": e.id, "name": e.name, "image": e.image, "image_object": _image_view(e),
