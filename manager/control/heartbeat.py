@@ -73,7 +73,9 @@ async def apply_heartbeat(ctx, hb: AgentHeartbeat) -> tuple[HeartbeatReply, set[
             session.host, session.port, session.runtime_handle = report.host, report.port, report.handle
             if report.allocation and session.allocation != report.allocation:
                 session.allocation = report.allocation  # which GPUs (and how much of each) the kernel holds
-            if report.stats is not None:  # input of `kernel` autoscaling rules, stamped with the manager's clock
+            if report.stats is not None and _stats_due(session.stats, now, ctx.config.autoscale.evaluation_interval):
+                # input of `kernel` autoscaling rules, stamped with the manager's clock; written at most once per
+                # evaluation interval, not on every beat (one UPDATE per kernel per beat otherwise)
                 session.stats = {**report.stats, "reported_at": now.timestamp()}
             if report.status in TERMINAL_KERNEL and session.terminated_at is None:
                 session.terminated_at = now
@@ -126,3 +128,9 @@ def _aware(value: datetime) -> datetime:
 
 
 __all__ = ["KernelStatus", "apply_heartbeat"]
+
+
+def _stats_due(stored: dict | None, now: datetime, interval: float) -> bool:  # type: ignore[type-arg]
+    """Whether a kernel's stored utilisation is older than ``interval`` (or missing) and should be rewritten."""
+    reported_at = (stored or {}).get("reported_at")
+    return not isinstance(reported_at, int | float) or now.timestamp() - reported_at >= interval
