@@ -11,15 +11,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from common.status import UserRole
 from common.store import MemoryStore
 from manager.bootstrap import create_user
-from manager.config import ManagerConfig
 from manager.context import CTX
 from manager.server import build_manager_app
 from tests.manager.apiclient import APIClient
+from tests.manager.inprocess import manager_config, serving
 from tests.services import free_port
 
 ECHO_DEF = """models:
@@ -34,26 +33,17 @@ ECHO_DEF = """models:
 @pytest.fixture
 async def manager(tmp_path: Path) -> AsyncIterator[dict]:
     port = free_port()
-    config = ManagerConfig.model_validate({
-        "manager": {"listen_port": port, "storage_root": str(tmp_path / "storage"), "auto_migrate": True},
-        "db": {"url": f"sqlite+aiosqlite:///{tmp_path}/m.db"},
-        "secrets": {"cluster_secret": "c" * 32, "jwt_secret": "j" * 32},
-        "appproxy": {"port_range": [20000, 20001]},
-        "reconcile": {"interval": 0.2, "drain_grace": 0.5},
-    })
+    config = manager_config(tmp_path, port, appproxy={"port_range": [20000, 20001]},
+                            reconcile={"interval": 0.2, "drain_grace": 0.5})
     store = MemoryStore()
-    app = build_manager_app(config, store)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    db = app[CTX].db
-    _, ak1, sk1 = await create_user(db, "alice@example.com", UserRole.USER)
-    _, ak2, sk2 = await create_user(db, "bob@example.com", UserRole.USER)
-    async with aiohttp.ClientSession() as session:
-        yield {"url": f"http://127.0.0.1:{port}", "alice": APIClient(session, f"http://127.0.0.1:{port}", ak1, sk1),
-               "bob": APIClient(session, f"http://127.0.0.1:{port}", ak2, sk2), "session": session, "app": app,
-               "store": store, "ak1": ak1}
-    await runner.cleanup()
+    async with serving(build_manager_app(config, store), port) as app:
+        db = app[CTX].db
+        _, ak1, sk1 = await create_user(db, "alice@example.com", UserRole.USER)
+        _, ak2, sk2 = await create_user(db, "bob@example.com", UserRole.USER)
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{port}"
+            yield {"url": url, "alice": APIClient(session, url, ak1, sk1), "bob": APIClient(session, url, ak2, sk2),
+                   "session": session, "app": app, "store": store, "ak1": ak1}
 
 
 async def _folder_with(client: APIClient, name: str, files: dict[str, str]) -> None:

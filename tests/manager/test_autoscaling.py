@@ -21,11 +21,11 @@ from common.signing import SignedClient, signed_request_middleware
 from common.status import RouteLifecycle, UserRole
 from common.store import MemoryStore
 from manager.bootstrap import create_user
-from manager.config import ManagerConfig
 from manager.context import CTX
 from manager.db.models import Endpoint, Event, Route, Session
 from manager.server import build_manager_app
 from tests.manager.apiclient import APIClient
+from tests.manager.inprocess import manager_config, serving
 from tests.services import free_port
 
 CLUSTER_SECRET = "c" * 32
@@ -69,32 +69,26 @@ class FakeProxyAdmin:
 @pytest.fixture
 async def manager(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     port = free_port()
-    config = ManagerConfig.model_validate({
-        "manager": {"listen_port": port, "storage_root": str(tmp_path / "storage"), "auto_migrate": True},
-        "db": {"url": f"sqlite+aiosqlite:///{tmp_path}/m.db"},
-        "secrets": {"cluster_secret": CLUSTER_SECRET, "jwt_secret": "j" * 32},
-        "appproxy": {"port_range": [20000, 20009]},
-        "reconcile": {"interval": 0.2},
-        "autoscale": {"evaluation_interval": 0.2, "demand_window": 2.0, "blocked_event_interval": 30},
-    })
+    config = manager_config(
+        tmp_path, port, secrets={"cluster_secret": CLUSTER_SECRET, "jwt_secret": "j" * 32},
+        reconcile={"interval": 0.2},
+        autoscale={"evaluation_interval": 0.2, "demand_window": 2.0, "blocked_event_interval": 30})
     store = MemoryStore()
-    app = build_manager_app(config, store)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    db = app[CTX].db
-    _, ak1, sk1 = await create_user(db, "alice@example.com", UserRole.USER)
-    _, ak2, sk2 = await create_user(db, "bob@example.com", UserRole.USER)
-    proxy = FakeProxyAdmin()
-    await proxy.start()
-    await store.put(PROXIES_PREFIX + "fake", ProxyRegistration(proxy_id="fake", admin_url=proxy.url).model_dump_json())
-    async with aiohttp.ClientSession() as session:
-        url = f"http://127.0.0.1:{port}"
-        yield {"url": url, "alice": APIClient(session, url, ak1, sk1), "bob": APIClient(session, url, ak2, sk2),
-               "session": session, "app": app, "store": store, "proxy": proxy}
-    assert proxy.runner is not None
-    await proxy.runner.cleanup()
-    await runner.cleanup()
+    async with serving(build_manager_app(config, store), port) as app:
+        db = app[CTX].db
+        _, ak1, sk1 = await create_user(db, "alice@example.com", UserRole.USER)
+        _, ak2, sk2 = await create_user(db, "bob@example.com", UserRole.USER)
+        proxy = FakeProxyAdmin()
+        await proxy.start()
+        await store.put(PROXIES_PREFIX + "fake",
+                        ProxyRegistration(proxy_id="fake", admin_url=proxy.url).model_dump_json())
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{port}"
+            yield {"url": url, "alice": APIClient(session, url, ak1, sk1),
+                   "bob": APIClient(session, url, ak2, sk2), "session": session, "app": app, "store": store,
+                   "proxy": proxy}
+        assert proxy.runner is not None
+        await proxy.runner.cleanup()
 
 
 async def create_service(client: APIClient, name: str, replicas: int) -> str:

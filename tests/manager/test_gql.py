@@ -15,17 +15,16 @@ from typing import Any
 import aiohttp
 import pytest
 import sqlalchemy as sa
-from aiohttp import web
 
 from common.status import EndpointLifecycle, RouteHealth, RouteLifecycle, RouteTraffic, UserRole
 from common.store import MemoryStore
 from manager.api import gql
 from manager.bootstrap import create_user
-from manager.config import ManagerConfig
 from manager.context import CTX
 from manager.db.models import AutoScalingRule, Endpoint, Event, Route
 from manager.server import build_manager_app
 from tests.manager.apiclient import APIClient
+from tests.manager.inprocess import manager_config, serving
 from tests.manager.test_api import ECHO_DEF, _create_body, _folder_with
 from tests.services import free_port
 
@@ -140,28 +139,20 @@ mutation($rule_id: String!) {
 @pytest.fixture
 async def mgr(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     port = free_port()
-    config = ManagerConfig.model_validate({
-        "manager": {"listen_port": port, "storage_root": str(tmp_path / "storage"), "auto_migrate": True},
-        "db": {"url": f"sqlite+aiosqlite:///{tmp_path}/m.db"},
-        "secrets": {"cluster_secret": "c" * 32, "jwt_secret": "j" * 32},
-        "appproxy": {"port_range": [20000, 20009]},
-    })
+    config = manager_config(tmp_path, port)
     app = build_manager_app(config, MemoryStore(), run_loops=False)  # routes are placed by the tests
     gql.install(app)
     gql.install(app)  # idempotent
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    db = app[CTX].db
-    url = f"http://127.0.0.1:{port}"
-    users = {}
-    async with aiohttp.ClientSession() as session:
-        for name, role in (("alice", UserRole.USER), ("bob", UserRole.USER), ("root", UserRole.SUPERADMIN)):
-            user_id, ak, sk = await create_user(db, f"{name}@example.com", role)
-            users[name] = APIClient(session, url, ak, sk)
-            users[name + "_id"] = user_id
-        yield {"app": app, "db": db, "url": url, "session": session, **users}
-    await runner.cleanup()
+    async with serving(app, port):
+        db = app[CTX].db
+        url = f"http://127.0.0.1:{port}"
+        users = {}
+        async with aiohttp.ClientSession() as session:
+            for name, role in (("alice", UserRole.USER), ("bob", UserRole.USER), ("root", UserRole.SUPERADMIN)):
+                user_id, ak, sk = await create_user(db, f"{name}@example.com", role)
+                users[name] = APIClient(session, url, ak, sk)
+                users[name + "_id"] = user_id
+            yield {"app": app, "db": db, "url": url, "session": session, **users}
 
 
 async def gq(client: APIClient, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -6,16 +6,15 @@ import json
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 from common.status import UserRole
 from common.store import ROUTES_PREFIX, MemoryStore
 from manager.bootstrap import create_user
-from manager.config import ManagerConfig
 from manager.context import CTX
 from manager.endpoints import subdomain_base
 from manager.server import build_manager_app
 from tests.manager.apiclient import APIClient
+from tests.manager.inprocess import manager_config, serving
 from tests.manager.test_api import ECHO_DEF, _create_body, _folder_with
 from tests.services import free_port
 
@@ -28,19 +27,10 @@ def test_subdomain_base() -> None:
 
 async def test_two_users_same_name_get_distinct_stable_subdomains(tmp_path: Path) -> None:
     port = free_port()
-    config = ManagerConfig.model_validate({
-        "manager": {"listen_port": port, "storage_root": str(tmp_path / "s"), "auto_migrate": True},
-        "db": {"url": f"sqlite+aiosqlite:///{tmp_path}/m.db"},
-        "secrets": {"cluster_secret": "c" * 32, "jwt_secret": "j" * 32},
-        "appproxy": {"frontend": "wildcard", "wildcard_domain": ".apps.example.test", "wildcard_port": 8443,
-                     "scheme": "https"},
-    })
+    config = manager_config(tmp_path, port, appproxy={
+        "frontend": "wildcard", "wildcard_domain": ".apps.example.test", "wildcard_port": 8443, "scheme": "https"})
     store = MemoryStore()
-    app = build_manager_app(config, store)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with serving(build_manager_app(config, store), port) as app:
         urls = []
         async with aiohttp.ClientSession() as session:
             for email in ("a@x.test", "b@x.test"):
@@ -57,5 +47,3 @@ async def test_two_users_same_name_get_distinct_stable_subdomains(tmp_path: Path
                 assert table["port"] is None and info["service_endpoint"].startswith(f"https://{table['subdomain']}.")
         assert urls[0] == "https://chat-bot.apps.example.test:8443"
         assert urls[1].startswith("https://chat-bot-") and urls[1] != urls[0]
-    finally:
-        await runner.cleanup()
