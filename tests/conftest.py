@@ -18,6 +18,17 @@ def etcd_server() -> Iterator[EtcdServer]:
 
 
 @pytest.fixture
+def private_etcd() -> Iterator[EtcdServer]:
+    """An etcd of the test's own, for tests that stop and restart it (the session one is shared)."""
+    server = EtcdServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
 def pg_url() -> Iterator[str]:
     with postgres_database() as url:
         yield url

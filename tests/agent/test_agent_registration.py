@@ -7,7 +7,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,17 +17,6 @@ from common.lease import LeaseKeeper
 from common.store import AGENTS_PREFIX, EtcdStore, WatchEvent
 from tests.agent.conftest import make_config, running_agent, wait_for
 from tests.services import EtcdServer
-
-
-@pytest.fixture
-def etcd() -> Iterator[EtcdServer]:
-    """A private etcd: these tests stop and restart it."""
-    server = EtcdServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
@@ -63,7 +52,7 @@ def _apply(view: dict[str, str], ev: WatchEvent) -> None:
         view.pop(ev.key, None)
 
 
-async def test_lease_keeper_survives_etcd_restart_and_regrants_a_lost_lease(etcd: EtcdServer,
+async def test_lease_keeper_survives_etcd_restart_and_regrants_a_lost_lease(private_etcd: EtcdServer,
                                                                               namespace: str) -> None:
     granted: list[int] = []
     lost: list[float] = []
@@ -72,21 +61,21 @@ async def test_lease_keeper_survives_etcd_restart_and_regrants_a_lost_lease(etcd
         granted.append(lease_id)
         await store.put_with_lease("/k", "v", lease_id)
 
-    keeper = LeaseKeeper(lambda: EtcdStore(port=etcd.client_port, namespace=namespace), 3, attach,
+    keeper = LeaseKeeper(lambda: EtcdStore(port=private_etcd.client_port, namespace=namespace), 3, attach,
                          on_lost=lambda: lost.append(time.monotonic()), name="test")
     task = asyncio.create_task(keeper.run())
-    other = EtcdStore(port=etcd.client_port, namespace=namespace)
+    other = EtcdStore(port=private_etcd.client_port, namespace=namespace)
     try:
         await asyncio.wait_for(keeper.registered.wait(), 20)
         first = keeper.lease_id
         assert await other.get("/k") == "v"
 
         # etcd restarts (same data dir): the lease survives, the key stays, the keeper carries on.
-        etcd.stop()
+        private_etcd.stop()
         await asyncio.sleep(1.5)
-        etcd.start()
+        private_etcd.start()
         await other.close()
-        other = EtcdStore(port=etcd.client_port, namespace=namespace)
+        other = EtcdStore(port=private_etcd.client_port, namespace=namespace)
         await wait_for(lambda: keeper.holding, 20, "the keeper to refresh again")
         assert keeper.lease_id == first and not lost
         assert await other.get("/k") == "v"
@@ -113,12 +102,12 @@ async def _get_is(store: EtcdStore, key: str, value: str) -> bool:
     return await store.get(key) == value
 
 
-async def test_agent_registers_in_etcd_and_recovers_after_an_etcd_restart(tmp_path: Path, etcd: EtcdServer,
+async def test_agent_registers_in_etcd_and_recovers_after_an_etcd_restart(tmp_path: Path, private_etcd: EtcdServer,
                                                                             namespace: str) -> None:
-    config = make_config(tmp_path, {"etcd": {"host": "127.0.0.1", "port": etcd.client_port,
+    config = make_config(tmp_path, {"etcd": {"host": "127.0.0.1", "port": private_etcd.client_port,
                                              "namespace": namespace, "lease_ttl": 3}})
     key = AGENTS_PREFIX + "test-agent"
-    observer = EtcdStore(port=etcd.client_port, namespace=namespace)
+    observer = EtcdStore(port=private_etcd.client_port, namespace=namespace)
     try:
         async with watching(observer, AGENTS_PREFIX) as view:
             async with running_agent(config) as agent:
@@ -128,13 +117,13 @@ async def test_agent_registers_in_etcd_and_recovers_after_an_etcd_restart(tmp_pa
                 assert (await agent.rpc("GET", "/rpc/health"))["registered"]
 
                 # etcd restarts while the agent runs: the watch and the registration recover.
-                etcd.stop()
+                private_etcd.stop()
                 await asyncio.sleep(1.0)
-                etcd.start()
+                private_etcd.start()
                 agent_obj = agent.app[AGENT_KEY]
                 await wait_for(lambda: agent_obj.lease.holding, 20, "the agent to refresh its lease again")
                 # Lease lost meanwhile (expired): the agent re-registers; the watcher sees it come back.
-                fresh = EtcdStore(port=etcd.client_port, namespace=namespace)
+                fresh = EtcdStore(port=private_etcd.client_port, namespace=namespace)
                 await fresh.revoke_lease(agent_obj.lease.lease_id)
                 await wait_for(lambda: key not in view, 20, "the watcher to see the registration vanish")
                 await wait_for(lambda: key in view, 20, "the re-registration to reach the watcher")

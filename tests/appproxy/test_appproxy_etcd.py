@@ -9,24 +9,10 @@ import random
 import time
 import uuid
 
-import pytest
-
 from appproxy.server import AppProxy
 from common.store import ROUTES_PREFIX, EtcdStore
 from tests.appproxy.appproxy_testkit import eventually, free_port, make_table
 from tests.appproxy.conftest import proxy_config
-from tests.services import EtcdServer
-
-
-@pytest.fixture
-def own_etcd():
-    """A private etcd (the session one is shared with other tests; this one gets stopped and started)."""
-    server = EtcdServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def put_until_done(store: EtcdStore, key: str, value: str, timeout: float = 20.0) -> None:
@@ -42,14 +28,14 @@ async def put_until_done(store: EtcdStore, key: str, value: str, timeout: float 
             await asyncio.sleep(0.1)
 
 
-async def test_etcd_restart_during_traffic(own_etcd, upstreams, http):
+async def test_etcd_restart_during_traffic(private_etcd, upstreams, http):
     a, b, c = await upstreams("a"), await upstreams("b"), await upstreams("c")
     namespace = f"/t-{uuid.uuid4().hex[:8]}"
-    writer = EtcdStore("127.0.0.1", own_etcd.client_port, namespace)
+    writer = EtcdStore("127.0.0.1", private_etcd.client_port, namespace)
     table = make_table(port=free_port(), routes=[a.target()], open_to_public=True)
     key = ROUTES_PREFIX + str(table.endpoint_id)
     await writer.put(key, table.model_dump_json())
-    store = EtcdStore("127.0.0.1", own_etcd.client_port, namespace)
+    store = EtcdStore("127.0.0.1", private_etcd.client_port, namespace)
     proxy = AppProxy(proxy_config(), store, rng=random.Random(3))
     await proxy.start()
     url = f"http://127.0.0.1:{table.port}/echo"
@@ -72,12 +58,12 @@ async def test_etcd_restart_during_traffic(own_etcd, upstreams, http):
     load = asyncio.create_task(traffic())
     try:
         await eventually(lambda: served.count("a") >= 5, what="traffic flowing")
-        own_etcd.stop()  # etcd goes away mid-traffic
+        private_etcd.stop()  # etcd goes away mid-traffic
         during = len(served)
         await eventually(lambda: len(served) >= during + 30, timeout=15, what="serving while etcd is down")
         assert proxy.routes.get(table.endpoint_id) == table
 
-        own_etcd.start()  # same ports, same data dir
+        private_etcd.start()  # same ports, same data dir
         changed = table.model_copy(update={"routes": [b.target()], "updated_at": time.time() + 1})
         await put_until_done(writer, key, changed.model_dump_json())
         await eventually(lambda: served[-3:] == ["b", "b", "b"], timeout=20, what="change applied after restart")
@@ -91,7 +77,7 @@ async def test_etcd_restart_during_traffic(own_etcd, upstreams, http):
     # a restarted proxy re-syncs at start: a change made while no proxy ran is served at once
     moved = changed.model_copy(update={"routes": [c.target()], "updated_at": time.time() + 2})
     await put_until_done(writer, key, moved.model_dump_json())
-    store = EtcdStore("127.0.0.1", own_etcd.client_port, namespace)
+    store = EtcdStore("127.0.0.1", private_etcd.client_port, namespace)
     proxy = AppProxy(proxy_config(), store)
     try:
         await proxy.start()

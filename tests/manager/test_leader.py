@@ -9,7 +9,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -41,17 +41,6 @@ MARGIN = 0.75
 @pytest.fixture
 def namespace() -> str:
     return f"/leader-{secrets.token_hex(4)}"
-
-
-@pytest.fixture
-def etcd() -> Iterator[EtcdServer]:
-    """A private etcd for the test that stops and restarts it."""
-    server = EtcdServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> float:
@@ -180,17 +169,17 @@ async def wait_until_claim(store: EtcdStore, predicate: Callable[[dict[str, Any]
     raise AssertionError("no matching leader claim")
 
 
-async def test_etcd_outage_leader_steps_down_then_one_leader_again(etcd: EtcdServer, namespace: str) -> None:
-    async with electing(etcd.client_port, namespace) as elections:
+async def test_etcd_outage_leader_steps_down_then_one_leader_again(private_etcd: EtcdServer, namespace: str) -> None:
+    async with electing(private_etcd.client_port, namespace) as elections:
         await wait_until(lambda: leaders(elections), 10, "a leader")
-        etcd.stop()
+        private_etcd.stop()
         # Nobody can refresh: the leader stops acting before its lease could expire (ttl - margin after the last
         # refresh was sent), not only when it notices a failure.
         took = await wait_until(lambda: not leaders(elections), TTL + 1, "the leader to step down")
         assert took <= TTL - MARGIN + 0.2
         await asyncio.sleep(0.5)
         assert not leaders(elections)
-        etcd.start()
+        private_etcd.start()
         await wait_until(lambda: len(leaders(elections)) == 1, 20, "one leader after etcd is back")
         for _ in range(20):
             await asyncio.sleep(0.05)
