@@ -24,7 +24,7 @@ from typing import Any
 from manager.cli.client import Client
 from manager.cli.connection import CLIError, connection_from_args, connection_parent
 from manager.cli.output import print_json, print_table
-from manager.cli.service import _service_path, resolve_service_id
+from manager.cli.service import _service_path, non_negative_int, resolve_service_id
 
 SOURCES = ("kernel", "proxy", "inference_framework")
 COMPARATORS = ("greater_than", "greater_than_or_equal", "less_than", "less_than_or_equal")
@@ -61,16 +61,6 @@ def step(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value == 0:
         raise argparse.ArgumentTypeError("must not be 0 (positive scales out, negative scales in)")
-    return value
-
-
-def non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -181,11 +171,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--comparator", required=True, choices=COMPARATORS)
     add.add_argument("--threshold", required=True, type=float)
     add.add_argument("--step", required=True, type=step, help="+N scales out, -N scales in")
-    add.add_argument("--min", dest="min_replicas", type=non_negative, default=None,
+    add.add_argument("--min", dest="min_replicas", type=non_negative_int, default=None,
                      help="lowest replica count this rule scales to (0 allows scale to zero)")
-    add.add_argument("--max", dest="max_replicas", type=non_negative, default=None,
+    add.add_argument("--max", dest="max_replicas", type=non_negative_int, default=None,
                      help="highest replica count this rule scales to")
-    add.add_argument("--cooldown", type=non_negative, default=300,
+    add.add_argument("--cooldown", type=non_negative_int, default=300,
                      help="seconds after an autoscaling change before this rule may fire (default 300)")
     add.add_argument("--disabled", action="store_true", help="create the rule disabled")
     add.add_argument("--json", action="store_true", help="print the created rule as JSON")

@@ -64,20 +64,28 @@ def test_rolling_update_under_load_loses_no_request(tmp_path: Path, pg_url: str,
         _run_scenario(cluster)
 
 
-def _run_scenario(cluster: Cluster) -> None:
+def _serve_echo(cluster: Cluster, name: str, replicas: int, env_var: str) -> tuple[dict, str]:
+    """One agent, the echo folder, a service of ``replicas`` healthy replicas served by the proxy → (info, token)."""
     env, logs = cluster.cli_env, cluster.daemons.logs
-    cluster.agent_env("roll-agent")
-    cluster.start_agent("roll-agent")
-    cluster.wait_agents_alive(["roll-agent"])
+    cluster.agent_env(f"{name}-agent")
+    cluster.start_agent(f"{name}-agent")
+    cluster.wait_agents_alive([f"{name}-agent"])
     moorage(env, "folder", "create", "echo")
     moorage(env, "folder", "upload", "echo", str(REPO / "configs/models/echo"))
-    moorage(env, "service", "create", "echo", "3", "--name", "echo-roll", "-r", "cpu=0.1", "-r", "mem=32m",
-            "-e", "ECHO_TAG=v1")
-    svc = wait_for(lambda: (i := cluster.info("echo-roll")) and len(_serving(i, 1)) == 3 and i, 90,
-                   "three healthy v1 replicas", on_timeout=logs)
-    token = moorage(env, "service", "token", "echo-roll", "--duration", "1h").stdout.strip()
+    moorage(env, "service", "create", "echo", str(replicas), "--name", name, "-r", "cpu=0.1", "-r", "mem=32m",
+            "-e", env_var)
+    svc = wait_for(lambda: (i := cluster.info(name)) and len(_serving(i, 1)) == replicas and i, 90,
+                   f"{replicas} healthy replicas", on_timeout=logs)
+    token = moorage(env, "service", "token", name, "--duration", "1h").stdout.strip()
     url = svc["service_endpoint"]
     wait_for(lambda: http_request(url + "/", token=token)[0] == 200, 30, "the proxy serving", on_timeout=logs)
+    return svc, token
+
+
+def _run_scenario(cluster: Cluster) -> None:
+    env, logs = cluster.cli_env, cluster.daemons.logs
+    svc, token = _serve_echo(cluster, "echo-roll", 3, "ECHO_TAG=v1")
+    url = svc["service_endpoint"]
 
     with SteadyLoad(url, token) as load:
         time.sleep(1)
@@ -140,18 +148,8 @@ def test_scale_down_lets_in_flight_streams_finish(tmp_path: Path, pg_url: str, e
     with cluster_processes(tmp_path, pg_url, etcd_server, heartbeat_timeout=10.0,
                            manager_env={"MOORAGE_MANAGER__RECONCILE__DRAIN_GRACE": "8"}) as cluster:
         env, logs = cluster.cli_env, cluster.daemons.logs
-        cluster.agent_env("drain-agent")
-        cluster.start_agent("drain-agent")
-        cluster.wait_agents_alive(["drain-agent"])
-        moorage(env, "folder", "create", "echo")
-        moorage(env, "folder", "upload", "echo", str(REPO / "configs/models/echo"))
-        moorage(env, "service", "create", "echo", "2", "--name", "echo-drain", "-r", "cpu=0.1", "-r", "mem=32m",
-                "-e", "ECHO_CHUNK_DELAY=0.25")
-        svc = wait_for(lambda: (i := cluster.info("echo-drain")) and len(_serving(i, 1)) == 2 and i, 90,
-                       "two healthy replicas", on_timeout=logs)
-        token = moorage(env, "service", "token", "echo-drain", "--duration", "1h").stdout.strip()
+        svc, token = _serve_echo(cluster, "echo-drain", 2, "ECHO_CHUNK_DELAY=0.25")
         url = svc["service_endpoint"]
-        wait_for(lambda: http_request(url + "/", token=token)[0] == 200, 30, "the proxy serving", on_timeout=logs)
         results: list[dict] = [{}, {}]
         streams = [threading.Thread(target=_stream_chat, args=(url, token, 16, r)) for r in results]
         for t in streams:
