@@ -15,7 +15,7 @@ from common.errors import InvalidAPIParameters
 from common.status import EndpointLifecycle
 from manager.api.auth import Caller, caller_of
 from manager.api.schemas import UpdateServiceRequest
-from manager.api.services import _routes_with_sessions, load_endpoint, serve_info
+from manager.api.services import _routes_with_sessions, check_replica_limit, load_endpoint, serve_info
 from manager.api.util import json_response, parse_body
 from manager.context import CTX
 from manager.db.models import Endpoint, Event, ModelFolder
@@ -50,8 +50,8 @@ async def update_service(request: web.Request) -> web.Response:
     given = body.model_fields_set - {"redeploy"}
     if not given and not body.redeploy:
         raise InvalidAPIParameters("body: nothing to update (give at least one field, or redeploy: true)")
-    if body.replicas is not None and body.replicas > ctx.config.limits.max_replicas:
-        raise InvalidAPIParameters(f"replicas: at most {ctx.config.limits.max_replicas}")
+    if body.replicas is not None:
+        check_replica_limit(ctx, body.replicas, "replicas")
     async with ctx.db() as db:
         endpoint = await load_endpoint(db, caller, request.match_info["service_id"])
         if endpoint.lifecycle != EndpointLifecycle.CREATED or endpoint.kind != "service":
@@ -62,9 +62,12 @@ async def update_service(request: web.Request) -> web.Response:
             folder = await _folder(db, caller, endpoint, body.model)
             same_folder = folder.id == endpoint.model_folder_id
             variant = body.runtime_variant or endpoint.runtime_variant
-            definition_path = (body.model_definition_path if "model_definition_path" in given
-                               else endpoint.model_definition_path if same_folder and variant ==
-                               endpoint.runtime_variant else None)
+            if "model_definition_path" in given:
+                definition_path = body.model_definition_path
+            elif same_folder and variant == endpoint.runtime_variant:
+                definition_path = endpoint.model_definition_path  # the file it was created with
+            else:
+                definition_path = None  # another folder or variant: look for the default file names again
             resolved = resolve_service(
                 ctx.config, folder, variant, definition_path, body.image or endpoint.image, endpoint.architecture,
                 body.resources if body.resources is not None else endpoint.resource_slots,
