@@ -48,6 +48,23 @@ PLANNING_COLUMNS = (Endpoint.lifecycle, Endpoint.replicas, Endpoint.next_retry_a
 FULL_RESYNC_EVERY = 30.0  # seconds between forced republishing of every live route table
 
 
+async def live_holdings(db) -> dict[str, list[tuple[dict[str, str] | None, ResourceSlots]]]:  # type: ignore[no-untyped-def]
+    """Per agent id, what each of its live sessions holds: (reported GPU allocation or None, requested slots)."""
+    held: dict[str, list[tuple[dict[str, str] | None, ResourceSlots]]] = defaultdict(list)
+    for agent_id, slots, allocation in (await db.execute(
+            sa.select(Session.agent_id, Session.occupied_slots, Session.allocation).where(
+                Session.status.in_(ACTIVE_SESSION_STATES), Session.agent_id.is_not(None)))).all():
+        held[agent_id].append((allocation, ResourceSlots.parse(slots)))
+    return held
+
+
+def total_slots(holdings: list[tuple[dict[str, str] | None, ResourceSlots]]) -> ResourceSlots:
+    total = ResourceSlots()
+    for _, request in holdings:
+        total = total + request
+    return total
+
+
 class ControlLoop:
     def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
         self.ctx = ctx
@@ -164,16 +181,9 @@ class ControlLoop:
     async def _capacities(self, db):  # type: ignore[no-untyped-def]
         """Alive agents, the slots their live sessions hold, and their free share per GPU (if they have GPUs)."""
         agents = list((await db.execute(sa.select(Agent).where(Agent.status == AgentStatus.ALIVE))).scalars())
-        occupied: dict[str, ResourceSlots] = {a.id: ResourceSlots() for a in agents}
-        held: dict[str, list] = {a.id: [] for a in agents}  # type: ignore[type-arg]
-        for agent_id, slots, allocation in (await db.execute(
-                sa.select(Session.agent_id, Session.occupied_slots, Session.allocation).where(
-                    Session.status.in_(ACTIVE_SESSION_STATES), Session.agent_id.is_not(None)))).all():
-            if agent_id in occupied:
-                request = ResourceSlots.parse(slots)
-                occupied[agent_id] = occupied[agent_id] + request
-                held[agent_id].append((allocation, request))
-        device_free = {a.id: device_free_of(a.devices, held[a.id]) for a in agents}
+        held = await live_holdings(db)
+        occupied = {a.id: total_slots(held.get(a.id, [])) for a in agents}
+        device_free = {a.id: device_free_of(a.devices, held.get(a.id, [])) for a in agents}
         return agents, occupied, device_free
 
     async def schedule_pending(self) -> None:
