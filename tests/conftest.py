@@ -7,25 +7,24 @@ import pytest
 from tests.services import EtcdServer, postgres_database
 
 
-@pytest.fixture(scope="session")
-def etcd_server() -> Iterator[EtcdServer]:
+def _running_etcd() -> Iterator[EtcdServer]:
     server = EtcdServer()
     server.start()
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    yield from _running_etcd()
 
 
 @pytest.fixture
 def private_etcd() -> Iterator[EtcdServer]:
     """An etcd of the test's own, for tests that stop and restart it (the session one is shared)."""
-    server = EtcdServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _running_etcd()
 
 
 @pytest.fixture

@@ -26,16 +26,10 @@ from manager.db.models import Endpoint, Event, Route, Session
 from manager.server import build_manager_app
 from tests.manager.apiclient import APIClient
 from tests.manager.inprocess import manager_config, serving
+from tests.manager.test_api import ECHO_DEF
 from tests.services import free_port
 
 CLUSTER_SECRET = "c" * 32
-ECHO_DEF = """models:
-  - name: echo
-    model_path: /models
-    service:
-      start_command: python3 /models/echo_server.py --port {port}
-      port: 8000
-"""
 CREATE_RULE = """mutation($endpoint: String!, $props: EndpointAutoScalingRuleInput!) {
   create_endpoint_auto_scaling_rule_node(endpoint: $endpoint, props: $props) { ok rule { row_id } } }"""
 
