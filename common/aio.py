@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+
+log = logging.getLogger(__name__)
+
+
+# A task still running this long after being cancelled is cancelled again. On Python 3.11 a task awaiting
+# ``asyncio.wait_for`` loses a cancellation that arrives just as the awaited future completes (CPython gh-86296);
+# in a retry loop it then runs on and a plain ``await task`` hangs for good (seen in CI: a proxy stop never
+# returned). Long enough that cleanup in a ``finally`` (bounded store closes, lease revokes) is not cut short.
+RECANCEL_AFTER = 5.0
 
 
 async def cancel_and_wait(task: asyncio.Task | None) -> None:
-    """Cancel ``task`` (if any) and wait until it has finished, swallowing its cancellation."""
+    """Cancel ``task`` (if any) and wait until it has finished, swallowing its cancellation; a task that lost
+    the cancellation is cancelled again every :data:`RECANCEL_AFTER` seconds."""
     if task is None:
         return
     task.cancel()
+    while not task.done():
+        await asyncio.wait({task}, timeout=RECANCEL_AFTER)
+        if not task.done():
+            log.warning("task %s is still running %.0fs after being cancelled; cancelling it again",
+                        task.get_name(), RECANCEL_AFTER)
+            task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
 
