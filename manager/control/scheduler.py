@@ -40,10 +40,23 @@ class AgentCapacity:
     endpoint_replicas: int = 0  # replicas of the endpoint being placed that already run there
     # free cuda.shares per GPU (uuid → 0..1) where known; None: the agent reported no devices (aggregate only)
     device_free: Mapping[str, Decimal] | None = None
+    # derived once (select_agent reads them for every agent and every replica it places)
+    free: ResourceSlots = dataclasses.field(init=False, repr=False, compare=False)
+    room: Decimal = dataclasses.field(init=False, repr=False, compare=False)  # scarcest free slot, as a fraction
 
-    @property
-    def free(self) -> ResourceSlots:
-        return self.available - self.occupied
+    def __post_init__(self) -> None:
+        free = self.available - self.occupied
+        fractions = [free.get(k, Decimal(0)) / v for k, v in self.available.items() if v > 0]
+        object.__setattr__(self, "free", free)
+        object.__setattr__(self, "room", min(fractions) if fractions else Decimal(0))
+
+    def taking(self, request: ResourceSlots) -> AgentCapacity:
+        """This agent once ``request`` is placed on it (its GPUs taken the way the agent's allocator would)."""
+        device_free = None
+        if self.device_free is not None:
+            device_free = dict(self.device_free)
+            reserve_devices(device_free, request)
+        return dataclasses.replace(self, occupied=self.occupied + request, device_free=device_free)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,12 +75,6 @@ def normalize_architecture(name: str) -> str:
 
 def _fmt(slot: str, qty: Decimal) -> str:
     return format_binary_size(qty) if slot == "mem" else format(qty.normalize(), "f")
-
-
-def _room(agent: AgentCapacity) -> Decimal:
-    free = agent.free
-    fractions = [free.get(k, Decimal(0)) / v for k, v in agent.available.items() if v > 0]
-    return min(fractions) if fractions else Decimal(0)
 
 
 def place_shares(device_free: Mapping[str, Decimal], shares: Decimal) -> dict[str, Decimal] | None:
@@ -105,8 +112,10 @@ def _fits_devices(request: ResourceSlots, agent: AgentCapacity) -> str | None:
 
 def select_agent(request: ResourceSlots, agents: Sequence[AgentCapacity], scaling_group: str,
                  architecture: str | None = None, strategy: str = "dispersed",
-                 last_agent_id: str | None = None) -> Placement:
-    """Pick the agent for one replica; ``last_agent_id`` is the group's previous choice (``roundrobin``)."""
+                 last_agent_id: str | None = None, endpoint_replicas: Mapping[str, int] | None = None) -> Placement:
+    """Pick the agent for one replica; ``last_agent_id`` is the group's previous choice (``roundrobin``).
+    ``endpoint_replicas`` (agent id → replicas of this endpoint there), when given, replaces each capacity's
+    ``endpoint_replicas``, so one set of capacities serves every endpoint placed in a tick."""
     in_group = [a for a in agents if a.scaling_group == scaling_group]
     if not in_group:
         return Placement(None, f"no alive agent in scaling group {scaling_group!r}")
@@ -124,15 +133,17 @@ def select_agent(request: ResourceSlots, agents: Sequence[AgentCapacity], scalin
     fitting = [a for a in fitting if device_reasons[a.agent_id] is None]
     if not fitting:
         return Placement(None, sorted(r for r in device_reasons.values() if r)[0] + " (fragmented)")
-    spread = min(a.endpoint_replicas for a in fitting)
-    candidates = sorted((a for a in fitting if a.endpoint_replicas == spread), key=lambda a: a.agent_id)
+    replicas = {a.agent_id: a.endpoint_replicas if endpoint_replicas is None else endpoint_replicas.get(a.agent_id, 0)
+                for a in fitting}
+    spread = min(replicas.values())
+    candidates = sorted((a for a in fitting if replicas[a.agent_id] == spread), key=lambda a: a.agent_id)
     if strategy == "concentrated":
-        best = min(candidates, key=lambda a: (_room(a), a.agent_id))
+        best = min(candidates, key=lambda a: (a.room, a.agent_id))
     elif strategy == "roundrobin":
         after = [a for a in candidates if last_agent_id is not None and a.agent_id > last_agent_id]
         best = (after or candidates)[0]
     else:
-        best = min(candidates, key=lambda a: (-_room(a), a.agent_id))
+        best = min(candidates, key=lambda a: (-a.room, a.agent_id))
     return Placement(best.agent_id)
 
 
