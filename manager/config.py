@@ -73,6 +73,9 @@ class ReconcileSection(BaseModel):
     # flight (a long generation, a stream) can finish. Kubernetes' terminationGracePeriodSeconds is 30 s; LLM
     # answers are usually shorter, and scale-down should free the GPU promptly.
     drain_grace: float = Field(default=10.0, ge=0)
+    # Every route table is compared with what the store holds once per this period (heals a store that lost
+    # data or was written by someone else), one sixteenth of the endpoints at a time so no tick pays for all.
+    route_resync_period: float = Field(default=30.0, gt=0)
 
 
 class SchedulerSection(BaseModel):

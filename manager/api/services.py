@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from typing import Any
 
 import sqlalchemy as sa
@@ -115,27 +116,34 @@ def _serve_info_fields(endpoint: Endpoint, rows: list) -> dict[str, Any]:  # typ
 
 @routes.get("/services")
 async def list_services(request: web.Request) -> web.Response:
+    """The compact list. Reads only the columns it shows (2,000 full ServeInfo objects took 1.4 s of the
+    manager's event loop in bench/control_plane, stalling the control loop and every other request)."""
     caller = caller_of(request)
     name = request.query.get("name")
     async with request.app[CTX].db() as db:
-        query = sa.select(Endpoint).where(Endpoint.lifecycle != EndpointLifecycle.DESTROYED,
-                                          Endpoint.kind == "service")
+        query = sa.select(Endpoint.id, Endpoint.name, Endpoint.replicas, Endpoint.url, Endpoint.open_to_public,
+                          Endpoint.lifecycle).where(Endpoint.lifecycle != EndpointLifecycle.DESTROYED,
+                                                    Endpoint.kind == "service")
         query = query.where(Endpoint.owner_id == caller.user_id if request.query.get("all") != "true"
                             else endpoint_visibility(caller))
         if name is not None:
             query = query.where(Endpoint.name == name)
-        endpoints = list((await db.execute(query.order_by(Endpoint.created_at))).scalars())
-        rows = await _routes_with_sessions(db, [e.id for e in endpoints])
-    by_endpoint: dict[uuid.UUID, list] = {}  # type: ignore[type-arg]
-    for route, session in rows:
-        by_endpoint.setdefault(route.endpoint_id, []).append((route, session))
+        endpoints = (await db.execute(query.order_by(Endpoint.created_at))).all()
+        routes_of: dict[uuid.UUID, list[tuple[RouteLifecycle, RouteHealth, RouteTraffic]]] = defaultdict(list)
+        if endpoints:
+            for endpoint_id, lifecycle, health, traffic in (await db.execute(
+                    sa.select(Route.endpoint_id, Route.lifecycle, Route.health, Route.traffic).where(
+                        Route.endpoint_id.in_([e.id for e in endpoints]),
+                        Route.lifecycle != RouteLifecycle.TERMINATED))).all():
+                routes_of[endpoint_id].append((lifecycle, health, traffic))
     out = []
-    for endpoint in endpoints:
-        info = serve_info(endpoint, by_endpoint.get(endpoint.id, []))
+    for endpoint_id, endpoint_name, replicas, url, is_public, lifecycle in endpoints:
+        own = routes_of.get(endpoint_id, [])
+        status = derive_endpoint_status(lifecycle, replicas, [(lc, health) for lc, health, _ in own])
+        active = sum(1 for lc, _, traffic in own if lc == RouteLifecycle.RUNNING and traffic == RouteTraffic.ACTIVE)
         out.append(CompactServeInfo(
-            id=endpoint.id, name=endpoint.name, replicas=endpoint.replicas,
-            desired_session_count=endpoint.replicas, active_route_count=len(info["active_routes"]),
-            service_endpoint=endpoint.url, is_public=endpoint.open_to_public, status=info["status"],
+            id=endpoint_id, name=endpoint_name, replicas=replicas, desired_session_count=replicas,
+            active_route_count=active, service_endpoint=url, is_public=is_public, status=status.value,
         ).model_dump(mode="json"))
     return json_response(out)
 

@@ -28,6 +28,7 @@ from common.status import (
     RouteLifecycle,
     RouteTraffic,
 )
+from common.store import ROUTES_PREFIX
 from manager.control.autoscale import Autoscaling
 from manager.control.heartbeat import ACTIVE_SESSION_STATES, _aware
 from manager.control.planner import RouteView, backoff_delay, plan_replicas
@@ -38,7 +39,7 @@ from manager.db.models import Agent, Endpoint, Event, ModelFolder, Route, Sessio
 log = logging.getLogger(__name__)
 PLANNING_COLUMNS = (Endpoint.lifecycle, Endpoint.replicas, Endpoint.next_retry_at, Endpoint.revision,
                     Endpoint.max_surge, Endpoint.destroyed_at)
-FULL_RESYNC_EVERY = 30.0  # seconds between forced republishing of every live route table
+HEX_DIGITS = "0123456789abcdef"
 
 
 async def live_holdings(db) -> dict[str, list[tuple[dict[str, str] | None, ResourceSlots]]]:  # type: ignore[no-untyped-def]
@@ -62,6 +63,7 @@ class ControlLoop:
     def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
         self.ctx = ctx
         self._last_resync = 0.0
+        self._resync_digit: int | None = None  # None: check every table at the next publish (a new leader)
         self._last_placed: dict[str, str] = {}  # scaling group → agent chosen last (roundrobin's cursor)
 
     async def run(self) -> None:
@@ -90,16 +92,30 @@ class ControlLoop:
         await Autoscaling.of(self.ctx).tick()
 
     async def publish(self) -> None:
+        """Publish the dirty endpoints' tables, and re-check one slice of all tables against the store.
+
+        The resync heals a store that lost data or was written by someone else. All 2,000 tables of
+        bench/control_plane at once took 1–3 s of one tick, so it goes by id: every sixteenth of
+        ``reconcile.route_resync_period`` the endpoints whose id starts with the next hex digit (one range read
+        of the store each). A new leader's first tick checks every table."""
         ctx = self.ctx
-        force = time.monotonic() - self._last_resync > FULL_RESYNC_EVERY
-        if force:
+        resync: set[uuid.UUID] = set()
+        now = time.monotonic()
+        step = ctx.config.reconcile.route_resync_period / len(HEX_DIGITS)
+        if self._resync_digit is None or now - self._last_resync > step:
+            digit = "" if self._resync_digit is None else HEX_DIGITS[self._resync_digit]
             async with ctx.db() as db:
-                live = set((await db.execute(sa.select(Endpoint.id).where(
-                    Endpoint.lifecycle != EndpointLifecycle.DESTROYED))).scalars())
-            ctx.dirty_endpoints.update(live)
-            self._last_resync = time.monotonic()
+                # a uuid's text starts with the same hex digit in both databases (SQLite: 32 hex, PostgreSQL: dashed)
+                resync = set((await db.execute(sa.select(Endpoint.id).where(
+                    Endpoint.lifecycle != EndpointLifecycle.DESTROYED,
+                    sa.cast(Endpoint.id, sa.String).like(digit + "%")))).scalars())
+            self._resync_digit = (0 if self._resync_digit is None
+                                  else (self._resync_digit + 1) % len(HEX_DIGITS))
+            self._last_resync = now
+            ctx.dirty_endpoints -= resync
+            await publish_endpoints(ctx, resync, force=True, stored_prefix=ROUTES_PREFIX + digit)
         dirty, ctx.dirty_endpoints = ctx.dirty_endpoints, set()
-        await publish_endpoints(ctx, dirty, force=force)
+        await publish_endpoints(ctx, dirty)
 
     async def mark_lost_agents(self) -> None:
         ctx = self.ctx

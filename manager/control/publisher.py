@@ -71,12 +71,14 @@ TABLE_COLUMNS = (Endpoint.name, Endpoint.kind, Endpoint.lifecycle, Endpoint.repl
 WRITE_CONCURRENCY = 32
 
 
-async def publish_endpoints(ctx, endpoint_ids: set[uuid.UUID], force: bool = False) -> None:  # type: ignore[no-untyped-def]
+async def publish_endpoints(ctx, endpoint_ids: set[uuid.UUID], force: bool = False,  # type: ignore[no-untyped-def]
+                            stored_prefix: str = ROUTES_PREFIX) -> None:
     """Publish (or remove) the tables of these endpoints. Safe to call from handlers and loops.
 
-    Unchanged tables are not rewritten. With ``force`` (the periodic full resync, which heals a store that lost
-    data or was written by someone else) "unchanged" is judged against what the store holds — one range read —
-    rather than against what this process last wrote.
+    Unchanged tables are not rewritten. With ``force`` (the periodic resync, which heals a store that lost
+    data or was written by someone else) "unchanged" is judged against what the store holds — one range read of
+    ``stored_prefix``, which must cover every key of ``endpoint_ids`` — rather than against what this process
+    last wrote.
     """
     if not endpoint_ids:
         return
@@ -104,7 +106,7 @@ async def publish_endpoints(ctx, endpoint_ids: set[uuid.UUID], force: bool = Fal
     stored: dict[str, str] | None = None
     if force:
         try:
-            stored = await ctx.store.get_prefix(ROUTES_PREFIX)
+            stored = await ctx.store.get_prefix(stored_prefix)
         except Exception as exc:  # store down: write everything, the failures keep their endpoints dirty
             log.warning("cannot read the route tables for the resync: %s", exc)
     writes: list[tuple[uuid.UUID, str, str | None]] = []

@@ -59,6 +59,9 @@ def test_echo_service_through_three_processes(cluster: dict) -> None:
     ports = {r["port"] for r in _healthy_routes(svc)}
     assert len(ports) == 2, "two replicas of one endpoint on one agent need two ports"
     wait_for(lambda: info("echo-two")["status"] == "HEALTHY", 60, "echo-two healthy", on_timeout=logs)
+    listed = {s["name"]: s for s in moorage_json(env, "service", "list")}  # the compact list agrees with info
+    assert (listed["echo-svc"]["active_route_count"], listed["echo-svc"]["status"]) == (2, "HEALTHY"), listed
+    assert (listed["echo-two"]["active_route_count"], listed["echo-two"]["status"]) == (1, "HEALTHY"), listed
 
     token = moorage(env, "service", "token", "echo-svc", "--duration", "1h").stdout.strip()
     other_token = moorage(env, "service", "token", "echo-two", "--duration", "1h").stdout.strip()

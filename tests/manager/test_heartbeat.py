@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from common.protocol import KernelReport
 from common.signing import SignedClient
-from common.status import AgentStatus, UserRole, KernelStatus, RouteHealth, RouteLifecycle, RouteTraffic
+from common.status import AgentStatus, KernelStatus, RouteHealth, RouteLifecycle, RouteTraffic, UserRole
 from common.store import MemoryStore
 from manager.bootstrap import create_user
 from manager.context import CTX
@@ -163,7 +163,8 @@ async def test_heartbeats_move_routes_and_unchanged_beats_only_touch_last_heartb
         first = (await db.get(Agent, "hb-agent")).last_heartbeat  # type: ignore[union-attr]
 
     async def same_beat() -> None:
-        assert await client.call("POST", url, "/internal/heartbeat", beat("hb-agent", [kernel])) == {"ok": True, "destroy": []}
+        reply = await client.call("POST", url, "/internal/heartbeat", beat("hb-agent", [kernel]))
+        assert reply == {"ok": True, "destroy": []}
 
     writes = [s for s in await statements_during(app, same_beat) if not s.startswith("SELECT")]
     assert [w.split(" WHERE")[0] for w in writes] == ["UPDATE agents SET last_heartbeat=?"], writes
