@@ -17,6 +17,7 @@ from common.signing import SignedClient
 from common.store import KVStore
 from manager.bgtasks import BackgroundTasks
 from manager.config import ManagerConfig
+from manager.control.agent_beats import AgentBeats
 
 
 def new_manager_id() -> str:
@@ -45,10 +46,12 @@ class ManagerContext:
     wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     bgtasks: BackgroundTasks = dataclasses.field(default_factory=BackgroundTasks)
     # endpoints whose route table must be (re)published; filled by handlers and loops, drained by the publisher
+    # what each agent last reported and its queued beat times (set up with the app; see control/agent_beats.py)
+    agent_beats: AgentBeats | None = None
+    # Publishers (handlers, the loop) do not lock each other out: one whose read is older may write last, but
+    # every handler that publishes also pokes, so the loop republishes those endpoints from a fresh read after it.
     dirty_endpoints: set[uuid.UUID] = dataclasses.field(default_factory=set)
 
-    # serialises publishing so a slower publisher never overwrites a fresher table with an older read
-    publish_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     # last value written per route-table key (None = deleted), so unchanged tables are not rewritten
     # (a NoCache while this manager follows another: see manager.control.duties)
     published: dict[str, str | None] = dataclasses.field(default_factory=dict)

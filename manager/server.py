@@ -30,6 +30,7 @@ from manager.api import (
 from manager.api.auth import auth_middleware
 from manager.config import ManagerConfig
 from manager.context import CTX, ManagerContext
+from manager.control.agent_beats import AgentBeats
 from manager.control.duties import ManagerDuties
 from manager.control.leader import Candidate, make_election
 from manager.db import engine as db_engine
@@ -56,6 +57,8 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
                              http=http, agents=SignedClient(http, cluster_secret), cluster_secret=cluster_secret,
                              jwt_secret=jwt_secret)
         app[CTX] = ctx
+        ctx.agent_beats = AgentBeats(ctx.db, config.reconcile.agent_heartbeat_timeout)
+        ctx.agent_beats.start()
         # The control loops run only while this manager is the leader (alone on an in-memory store: always).
         duties_task = None
         if run_loops:
@@ -66,6 +69,7 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
             yield
         finally:
             await cancel_and_wait(duties_task)  # stops the loops, then hands leadership over (revokes the lease)
+            await ctx.agent_beats.close()  # the beats received last are written
             await ctx.bgtasks.close()
             await http.close()
             await engine.dispose()

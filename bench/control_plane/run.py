@@ -684,7 +684,7 @@ async def measure(args: argparse.Namespace, db_url: str, etcd: str | None, tmp: 
     resync = [t for p in bench.phases for t in ticks if p.start <= t["t"] < p.end and not t["profiled"]
               and t["phases"].get("publish", 0) > 0.5 * t["dur"]]
     if resync:
-        print(f"  ticks dominated by publish (the full republish every 30 s): {len(resync)}, "
+        print(f"  ticks more than half spent in publish (dirty tables plus one resync slice): {len(resync)}, "
               f"{', '.join(format(t['dur'], '.3f') for t in resync[:6])} s")
     busy = sum(p.machine_cpu for p in bench.phases) / sum(p.end - p.start for p in bench.phases)
     print(f"  machine CPU busy during the measured phases: {100 * busy / (os.cpu_count() or 1):.0f}% of "

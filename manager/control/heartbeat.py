@@ -119,7 +119,7 @@ async def apply_heartbeat(ctx, hb: AgentHeartbeat) -> tuple[HeartbeatReply, set[
                   timedelta(seconds=rc.kernel_report_grace + rc.rpc_timeout), ctx.config.autoscale.evaluation_interval)
     changed: set[uuid.UUID] = set()
     async with ctx.db() as db:
-        await _record_agent(db, hb, now)
+        agent_row = await _record_agent(ctx, db, hb, now)
         reported = {k.kernel_id: k for k in hb.kernels}
         rows = [SessionRow(*row) for row in (await db.execute(
             sa.select(*SESSION_ROW).outerjoin(Route, Route.id == Session.route_id).where(
@@ -129,31 +129,40 @@ async def apply_heartbeat(ctx, hb: AgentHeartbeat) -> tuple[HeartbeatReply, set[
         if found.work:
             changed = await _apply_changes(db, hb.agent_id, reported, found.work, now, grace, rc)
         await db.commit()
+    if agent_row is not None and ctx.agent_beats is not None:
+        ctx.agent_beats.confirm(hb.agent_id, agent_row)  # committed: the next beats may skip the agent row
     return HeartbeatReply(destroy=found.destroy), changed
 
 
-async def _record_agent(db, hb: AgentHeartbeat, now: datetime) -> None:  # type: ignore[no-untyped-def]
-    """Register the agent or refresh its row; an unchanged, alive agent costs one UPDATE of last_heartbeat."""
+async def _record_agent(ctx, db, hb: AgentHeartbeat, now: datetime) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
+    """Register the agent or refresh its row; returns what it reported when the row was read or written (to be
+    remembered once committed). An unchanged agent whose row is known to be alive costs nothing here: its beat
+    time is queued and written with the others' (manager.control.agent_beats)."""
+    beats = ctx.agent_beats
     reported = {"rpc_url": hb.rpc_url, "replica_host": hb.replica_host, "scaling_group": hb.scaling_group,
                 "architecture": hb.architecture, "runtime": hb.runtime, "available_slots": hb.available_slots,
                 "devices": list(hb.devices) or None, "version": hb.version}
+    if beats is not None and beats.unchanged(hb.agent_id, reported):
+        beats.beat(hb.agent_id, now)
+        return None
     stored = (await db.execute(sa.select(Agent.status, *(getattr(Agent, f) for f in AGENT_REPORTED)).where(
         Agent.id == hb.agent_id))).first()
     if stored is not None and stored[0] == AgentStatus.ALIVE and dict(zip(AGENT_REPORTED, stored[1:],
                                                                            strict=True)) == reported:
         await db.execute(sa.update(Agent).where(Agent.id == hb.agent_id).values(last_heartbeat=now))
-        return
-    agent = await db.get(Agent, hb.agent_id)
-    if agent is None:
-        agent = Agent(id=hb.agent_id, first_contact=now)
-        db.add(agent)
-        log.info("agent %s registered (%s)", hb.agent_id, hb.rpc_url)
-    elif agent.status == AgentStatus.LOST:
-        log.info("agent %s is back", hb.agent_id)
-    for field, value in reported.items():
-        setattr(agent, field, value)
-    agent.status = AgentStatus.ALIVE
-    agent.last_heartbeat = now
+    else:
+        agent = await db.get(Agent, hb.agent_id)
+        if agent is None:
+            agent = Agent(id=hb.agent_id, first_contact=now)
+            db.add(agent)
+            log.info("agent %s registered (%s)", hb.agent_id, hb.rpc_url)
+        elif agent.status == AgentStatus.LOST:
+            log.info("agent %s is back", hb.agent_id)
+        for field, value in reported.items():
+            setattr(agent, field, value)
+        agent.status = AgentStatus.ALIVE
+        agent.last_heartbeat = now
+    return reported
 
 
 async def _apply_changes(db, agent_id: str, reported: Mapping[uuid.UUID, KernelReport],  # type: ignore[no-untyped-def]
