@@ -135,10 +135,6 @@ class LeaderSection(BaseModel):
     # A follower forwards wake-ups (API changes, heartbeats) to the leader through etcd at once, then at most once
     # per this interval: a burst of API calls becomes a few writes per second, and a scale still acts within one.
     wake_interval: float = Field(default=0.2, gt=0)
-    # The election and the control loops run on a thread with its own event loop, so bursts of API requests and
-    # heartbeats do not queue in front of every step of a tick or of a lease refresh (manager/control/
-    # duties_thread.py). Only with etcd: the in-memory store of embedded mode keeps one loop.
-    own_thread: bool = True
 
     @model_validator(mode="after")
     def _margin(self) -> LeaderSection:

@@ -8,7 +8,6 @@ import os
 import secrets
 import socket
 import uuid
-from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -57,15 +56,10 @@ class ManagerContext:
     # (a NoCache while this manager follows another: see manager.control.duties)
     published: dict[str, str | None] = dataclasses.field(default_factory=dict)
     manager_id: str = dataclasses.field(default_factory=new_manager_id)
-    # where pokes go when the loops run on their own thread (manager.control.duties_thread); None: this context's
-    pokes_to: Callable[..., None] | None = None
 
     def poke(self, *endpoint_ids: uuid.UUID) -> None:
         """Mark endpoints for republishing and wake the control loops now. On a follower the wake relay forwards
         both to the leader (manager.control.duties)."""
-        if self.pokes_to is not None:
-            self.pokes_to(*endpoint_ids)
-            return
         self.dirty_endpoints.update(endpoint_ids)
         self.wake.set()
 

@@ -29,10 +29,9 @@ from manager.api import (
 )
 from manager.api.auth import auth_middleware
 from manager.config import ManagerConfig
-from manager.context import CTX, ManagerContext, NoCache
+from manager.context import CTX, ManagerContext
 from manager.control.agent_beats import AgentBeats
 from manager.control.duties import ManagerDuties
-from manager.control.duties_thread import DutiesThread
 from manager.control.leader import Candidate, make_election
 from manager.db import engine as db_engine
 
@@ -62,24 +61,14 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
         ctx.agent_beats.start()
         # The control loops run only while this manager is the leader (alone on an in-memory store: always).
         duties_task = None
-        duties_thread = None
-        clone = getattr(store, "clone", None)
-        if run_loops and config.leader.own_thread and clone is not None:
-            duties_thread = DutiesThread(config, clone(), ctx.manager_id, cluster_secret, jwt_secret)
-            await duties_thread.start()
-            ctx.pokes_to = duties_thread.poke
-            ctx.published = NoCache()  # the loops' thread keeps its own record of what it wrote
-        elif run_loops:
+        if run_loops:
             election = make_election(store, Candidate(ctx.manager_id, config.public_url), config.leader.ttl,
                                      config.leader.step_down_margin)
             duties_task = asyncio.create_task(ManagerDuties(ctx, election).run(), name="manager-duties")
         try:
             yield
         finally:
-            # stops the loops, then hands leadership over (revokes the lease)
-            if duties_thread is not None:
-                await duties_thread.stop()
-            await cancel_and_wait(duties_task)
+            await cancel_and_wait(duties_task)  # stops the loops, then hands leadership over (revokes the lease)
             await ctx.agent_beats.close()  # the beats received last are written
             await ctx.bgtasks.close()
             await http.close()

@@ -33,12 +33,12 @@ from typing import Any
 
 from aiohttp import web
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from common.store import EtcdStore, KVStore, MemoryStore  # noqa: E402
 from manager.config import ManagerConfig  # noqa: E402
+from manager.context import CTX  # noqa: E402
 from manager.control.loop import ControlLoop  # noqa: E402
 from manager.server import build_manager_app  # noqa: E402
 
@@ -62,16 +62,15 @@ def shape(statement: str) -> str:
     return _SQL_SHAPE.sub(lambda m: " " if m.group(0).isspace() else "$n", statement).strip()[:160]
 
 
-def instrument_sql() -> None:
-    """Count statements (and the time until their result) issued inside a tick, including its child tasks. On
-    every engine: the control loops may run on their own thread with their own engine."""
+def instrument_sql(engine: Any) -> None:
+    """Count statements (and the time until their result) issued inside a tick, including its child tasks."""
 
-    @event.listens_for(Engine, "before_cursor_execute")
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _before(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
         if CURRENT.get() is not None:
             conn.info.setdefault("bench_t0", []).append(time.perf_counter())
 
-    @event.listens_for(Engine, "after_cursor_execute")
+    @event.listens_for(engine.sync_engine, "after_cursor_execute")
     def _after(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
         stats = CURRENT.get()
         if stats is None or not conn.info.get("bench_t0"):
@@ -197,7 +196,7 @@ async def main(args: argparse.Namespace) -> None:
     app = build_manager_app(config, store)
 
     async def instrument(app: web.Application) -> AsyncIterator[None]:
-        instrument_sql()
+        instrument_sql(app[CTX].engine)
         tasks = [asyncio.create_task(timer.commands(), name="bench-commands"),
                  asyncio.create_task(lag_monitor(), name="bench-lag-monitor")]
         yield

@@ -318,7 +318,6 @@ async def start_manager(tmp: Path, db_url: str, etcd: str | None, args: argparse
         "appproxy": {"port_range": [10300, 19999]},
         "secrets": {"cluster_secret": args.cluster_secret, "jwt_secret": secrets.token_hex(16)},
         "reconcile": {"interval": args.interval, "agent_heartbeat_timeout": args.heartbeat_timeout},
-        "leader": {"own_thread": not args.same_loop},
     }
     (tmp / "manager.json").write_text(json.dumps(config))
     cmd = [PYTHON, str(HERE / "manager_proc.py"), "--config", str(tmp / "manager.json"),
@@ -744,8 +743,6 @@ def main() -> int:
                         help="seed: insert the replicas as running (seconds); manager: let the manager place them")
     parser.add_argument("--batch", type=int, default=250, help="with --fill manager: endpoints inserted at a time, "
                         "each batch placed before the next (0: all at once, a stress test of its own)")
-    parser.add_argument("--same-loop", action="store_true",
-                        help="run the control loops on the API's event loop ([leader] own_thread = false)")
     parser.add_argument("--top", type=int, default=12, help="profile lines per list")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (manager log, profiles)")
     args = parser.parse_args()
