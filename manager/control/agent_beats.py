@@ -8,8 +8,9 @@ one statement, once per ``FLUSH_INTERVAL``.
 
 Why this is safe: the leader marks an agent lost only when ``last_heartbeat`` is older than
 ``agent_heartbeat_timeout``; queued times reach the database within ``FLUSH_INTERVAL``, far inside it. The row is
-trusted as alive for at most half the timeout after it was last read, so an agent that was marked lost (it
-stopped beating for longer than the timeout) is always read again, and put back alive, when it returns.
+trusted as alive for at most half the timeout after it was last read, and each flush forgets the agents it finds
+not alive, so an agent that was marked lost (it stopped beating for longer than the timeout) is read again, and
+put back alive, at its next beat or the one after.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from common.aio import cancel_and_wait
+from common.status import AgentStatus
 from manager.db.models import Agent
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,14 @@ class AgentBeats:
         try:
             async with self._db() as db:
                 connection = await db.connection()  # Core executemany: one prepared UPDATE for the batch
-                await connection.execute(BEAT_UPDATE, [{"b_id": agent, "b_at": at} for agent, at in batch.items()])
+                # in id order, as every writer of several agent rows should: no deadlock between two batches
+                await connection.execute(BEAT_UPDATE, [{"b_id": a, "b_at": batch[a]} for a in sorted(batch)])
+                # an agent the leader marked lost meanwhile is read again on its next beat (and put back alive)
+                not_alive = (await connection.execute(sa.select(_agents.c.id).where(
+                    _agents.c.id.in_(list(batch)), _agents.c.status != AgentStatus.ALIVE))).scalars().all()
                 await db.commit()
+            for agent_id in not_alive:
+                self.forget(agent_id)
         except Exception as exc:  # the database is down: keep them for the next try
             log.warning("cannot record %d agents' heartbeats: %s", len(batch), exc)
             self._pending = {**batch, **self._pending}

@@ -195,6 +195,19 @@ async def test_heartbeats_move_routes_and_unchanged_beats_only_touch_last_heartb
         assert time.monotonic() < deadline, "the queued beat time was never written"
         await asyncio.sleep(0.1)
 
+    # marked lost by the leader while this manager trusted its row: the next flush notices, a later beat revives it
+    async with app[CTX].db() as db:
+        await db.execute(sa.update(Agent).where(Agent.id == "hb-agent").values(status=AgentStatus.LOST))
+        await db.commit()
+    deadline = time.monotonic() + 5
+    while True:
+        await same_beat()
+        async with app[CTX].db() as db:
+            if (await db.get(Agent, "hb-agent")).status == AgentStatus.ALIVE:  # type: ignore[union-attr]
+                break
+        assert time.monotonic() < deadline, "the agent stayed lost although it kept beating"
+        await asyncio.sleep(0.3)
+
     # what the agent reports about itself is written when it changes (here: its RPC URL)
     await client.call("POST", url, "/internal/heartbeat", beat("hb-agent", [kernel], rpc_url="http://127.0.0.1:10"))
     async with app[CTX].db() as db:
