@@ -18,6 +18,7 @@ from common.store import KVStore
 from manager.bgtasks import BackgroundTasks
 from manager.config import ManagerConfig
 from manager.control.agent_beats import AgentBeats
+from manager.control.publish_soon import PublishSoon
 
 
 def new_manager_id() -> str:
@@ -48,6 +49,8 @@ class ManagerContext:
     # endpoints whose route table must be (re)published; filled by handlers and loops, drained by the publisher
     # what each agent last reported and its queued beat times (set up with the app; see control/agent_beats.py)
     agent_beats: AgentBeats | None = None
+    # heartbeat handlers' route-table publishes, coalesced (control/publish_soon.py; set up with the app)
+    publish_soon: PublishSoon | None = None
     # Publishers (handlers, the loop) do not lock each other out: one whose read is older may write last, but
     # every handler that publishes also pokes, so the loop republishes those endpoints from a fresh read after it.
     dirty_endpoints: set[uuid.UUID] = dataclasses.field(default_factory=set)

@@ -33,6 +33,7 @@ from manager.context import CTX, ManagerContext
 from manager.control.agent_beats import AgentBeats
 from manager.control.duties import ManagerDuties
 from manager.control.leader import Candidate, make_election
+from manager.control.publish_soon import PublishSoon
 from manager.db import engine as db_engine
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
         app[CTX] = ctx
         ctx.agent_beats = AgentBeats(ctx.db, config.reconcile.agent_heartbeat_timeout)
         ctx.agent_beats.start()
+        ctx.publish_soon = PublishSoon(ctx)
+        ctx.publish_soon.start()
         # The control loops run only while this manager is the leader (alone on an in-memory store: always).
         duties_task = None
         if run_loops:
@@ -70,6 +73,7 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
         finally:
             await cancel_and_wait(duties_task)  # stops the loops, then hands leadership over (revokes the lease)
             await ctx.agent_beats.close()  # the beats received last are written
+            await ctx.publish_soon.close()
             await ctx.bgtasks.close()
             await http.close()
             await engine.dispose()

@@ -11,7 +11,6 @@ from common.signing import read_signed_json
 from manager.api.util import json_response
 from manager.context import CTX
 from manager.control.heartbeat import apply_heartbeat
-from manager.control.publisher import publish_endpoints
 
 routes = web.RouteTableDef()
 
@@ -28,8 +27,9 @@ async def heartbeat(request: web.Request) -> web.Response:
         raise invalid_params_from_validation(exc) from None
     reply, changed = await apply_heartbeat(ctx, hb)
     if changed:
-        # Health changes reach the app proxies now, not at the next tick: unhealthy routes leave at once.
-        await publish_endpoints(ctx, changed)
+        # Health changes reach the app proxies now, not at the next tick: unhealthy routes leave at once
+        # (coalesced with other beats' changes: manager.control.publish_soon).
+        ctx.publish_soon.add(changed)
         # Wake the loops (on a follower: the leader's, which also republishes these tables from a fresh read).
         ctx.poke(*changed)
     return json_response(reply.model_dump(mode="json"))
