@@ -22,7 +22,8 @@ Request side
 Response side
     Status and end-to-end headers are copied; the body is relayed chunk by chunk as it arrives
     (``StreamResponse``, no buffering), except that a body with a ``Content-Length`` of at most
-    ``SMALL_BODY`` is read first and sent with the headers in one write (a few packets anyway).
+    ``SMALL_BODY`` is read first and sent with the headers in one write (a few packets anyway): a
+    :class:`~appproxy.httpserver.SizedResponse` carrying the replica's end-to-end header lines byte for byte.
     ``text/event-stream`` and responses without a length get ``X-Accel-Buffering: no`` and, unless the
     replica set one, ``Cache-Control: no-cache`` so that a reverse proxy in front of us does not buffer them
     either. Bytes are relayed undecoded (no decompression).
@@ -58,6 +59,7 @@ from multidict import CIMultiDictProxy
 from appproxy.balancer import Candidate, pick
 from appproxy.config import OutlierSection, ProxySection
 from appproxy.errors import BadGateway, GatewayTimeout, NoRouteAvailable, PayloadTooLarge
+from appproxy.httpserver import SizedResponse
 from appproxy.metrics import ProxyMetrics
 from appproxy.outlier import OutlierDetector, OutlierPolicy
 from appproxy.upstream import (
@@ -154,6 +156,41 @@ def client_response_headers(upstream: UpstreamResponse) -> tuple[list[tuple[str,
         if not any(name.lower() == "cache-control" for name, _ in out):
             out.append(("Cache-Control", "no-cache"))
     return out, streaming
+
+
+_CONNECTION_OPTIONS = HOP_BY_HOP | {"close"}  # Connection tokens that name no end-to-end header
+_KEEP_RAW: dict[bytes, bool] = {}  # response header name as received → not hop-by-hop (memoised, bounded)
+_PLAIN_CONNECTION: dict[str, bool] = {}  # Connection header value → names only hop-by-hop headers
+
+
+def _keep_raw(name: bytes) -> bool:
+    low = name.lower()
+    keep = not (low.decode("latin-1") in HOP_BY_HOP or low.startswith(b"proxy-"))
+    if len(_KEEP_RAW) < 4096:
+        _KEEP_RAW[name] = keep
+    return keep
+
+
+def sized_header_lines(upstream: UpstreamResponse) -> bytes | None:
+    """The replica's end-to-end header lines as received (``b"Name: value\r\n"...``), or None when its
+    ``Connection`` header names end-to-end headers to drop too (rare; then :func:`client_response_headers`)."""
+    headers = upstream.headers
+    if "Connection" in headers:
+        value = ",".join(headers.getall("Connection"))
+        plain = _PLAIN_CONNECTION.get(value)
+        if plain is None:
+            plain = _connection_tokens(headers) <= _CONNECTION_OPTIONS
+            if len(_PLAIN_CONNECTION) < 256:
+                _PLAIN_CONNECTION[value] = plain
+        if not plain:
+            return None
+    known = _KEEP_RAW.get
+    parts: list[bytes] = []
+    for name, value in upstream.raw_headers:
+        keep = known(name)
+        if keep or (keep is None and _keep_raw(name)):
+            parts += (name, b": ", value, b"\r\n")
+    return b"".join(parts)
 
 
 def is_streaming(upstream: UpstreamResponse) -> bool:
@@ -287,7 +324,7 @@ class Forwarder:
 
     # -- forwarding ------------------------------------------------------------------------------------------
     async def forward(self, request: web.BaseRequest, table: RouteTable, body: bytes
-                      ) -> tuple[web.StreamResponse, str]:
+                      ) -> tuple[web.StreamResponse | SizedResponse, str]:
         """Send the request to a route; return the response sent to the client and the route id that served it."""
         pool = self._pool
         if pool is None:
@@ -349,17 +386,17 @@ class Forwarder:
         raise BadGateway(f"No replica could be reached ({len(tried)} tried; last error: {last_error}).")
 
     async def _relay(self, request: web.BaseRequest, table: RouteTable, key: RouteKey, target: RouteTarget,
-                     upstream: UpstreamResponse) -> web.StreamResponse:
+                     upstream: UpstreamResponse) -> web.StreamResponse | SizedResponse:
         clean = False
         try:
-            if upstream.status >= 500:
+            status = upstream.status
+            if status >= 500:
                 self._failure(table, target, "5xx")
             else:
                 self._success(key)
-            headers, streaming = client_response_headers(upstream)
             length = upstream.content_length
-            if (length is not None and length <= SMALL_BODY and not streaming and upstream.method != "HEAD"
-                    and upstream.status not in (204, 304)):
+            if (length is not None and length <= SMALL_BODY and upstream.method != "HEAD"
+                    and status not in (204, 304) and not is_streaming(upstream)):
                 # A small sized body (the usual non-streaming answer) is relayed in one write together with the
                 # headers: one send() instead of three. Its length is fixed, so nothing is held back that a
                 # client could have used earlier.
@@ -369,7 +406,12 @@ class Forwarder:
                     self._failure(table, target, "stream")
                     raise BadGateway(f"The replica broke off its response ({type(exc).__name__}).") from None
                 clean = True
-                return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+                lines = sized_header_lines(upstream)
+                if lines is not None:
+                    return SizedResponse(status, upstream.reason, lines, upstream.headers, body)
+                return web.Response(status=status, reason=upstream.reason,
+                                    headers=client_response_headers(upstream)[0], body=body)
+            headers, _ = client_response_headers(upstream)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
             content = upstream.content
             try:

@@ -35,6 +35,7 @@ from appproxy.errors import EndpointNotFound, EndpointOverloaded, MethodNotAllow
 from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, read_body
 from appproxy.frontend import make_frontend
 from appproxy.hold import HoldGate
+from appproxy.httpserver import SizedResponse
 from appproxy.metrics import NO_ROUTE, ProxyMetrics, make_registry
 from appproxy.registration import Registration, admin_url, default_proxy_id, registration_info
 from appproxy.routing import RouteCache
@@ -178,7 +179,7 @@ class AppProxy:
         self._names = {e: n for e, n in self._names.items() if e in self.routes.tables}
 
     # -- the request pipeline --------------------------------------------------------------------------------
-    async def handle(self, request: web.BaseRequest, endpoint_id: uuid.UUID) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest, endpoint_id: uuid.UUID) -> web.StreamResponse | SizedResponse:
         endpoint = self._names.get(endpoint_id)
         if endpoint is None:
             endpoint = self._names[endpoint_id] = str(endpoint_id)
@@ -202,7 +203,7 @@ class AppProxy:
             self.metrics.request_finished(endpoint, route, status, loop.time() - started)
 
     async def _pipeline(self, request: web.BaseRequest, endpoint_id: uuid.UUID, endpoint: str
-                        ) -> tuple[web.StreamResponse, str]:
+                        ) -> tuple[web.StreamResponse | SizedResponse, str]:
         table = self.routes.get(endpoint_id)
         if table is None:
             raise EndpointNotFound("This endpoint no longer exists.")

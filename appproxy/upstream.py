@@ -128,7 +128,8 @@ class UpstreamResponse:
     """One response being read; ``release()`` (whole body read) returns the connection to the pool, ``close()``
     drops it. Attribute names follow ``aiohttp.ClientResponse`` (status, reason, headers, content, ...)."""
 
-    __slots__ = ("_key", "_pool", "_proto", "content", "content_length", "headers", "method", "reason", "status")
+    __slots__ = ("_key", "_pool", "_proto", "content", "content_length", "headers", "method", "raw_headers", "reason",
+                 "status")
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, int], proto: ResponseHandler, method: str,
                  message: RawResponseMessage, content: StreamReader) -> None:
@@ -137,6 +138,7 @@ class UpstreamResponse:
         self.status: int = message.code
         self.reason: str = message.reason
         self.headers: CIMultiDictProxy[str] = message.headers
+        self.raw_headers: tuple[tuple[bytes, bytes], ...] = message.raw_headers  # as received, in order
         self.content = content
         length = message.headers.get("Content-Length")
         self.content_length = int(length) if length is not None and length.isdigit() else None
