@@ -49,11 +49,13 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
 from multidict import CIMultiDictProxy
 
 from appproxy.balancer import Candidate, pick
@@ -99,28 +101,32 @@ def _encode(value: str) -> bytes:
 
 
 def upstream_header_lines(request: web.BaseRequest, trust_forwarded: bool = False) -> bytes:
-    """The header lines sent to the replica (see the module docstring), as ``b"Name: value\r\n"...``.
+    """The header lines sent to the replica (see the module docstring), as ``b"Name: value\r\n"...``."""
+    return header_lines(request.headers, request.raw_headers, request.remote or "", request.scheme, trust_forwarded)
+
+
+def header_lines(headers: CIMultiDictProxy[str], raw_headers: tuple[tuple[bytes, bytes], ...], peer: str,
+                 scheme: str, trust_forwarded: bool = False) -> bytes:
+    """:func:`upstream_header_lines` from the parsed request's parts (``peer``: the client address, no port).
 
     The kept headers are copied byte for byte from the request as received (aiohttp's parser has already refused
     CR/LF in them); ``Host`` and ``Content-Length`` are added by :func:`appproxy.upstream.request_head`."""
-    headers = request.headers
     named = {n.encode("latin-1") for n in _connection_tokens(headers)} if "Connection" in headers else None
     parts: list[bytes] = []
-    for name, value in request.raw_headers:
+    for name, value in raw_headers:
         low = name.lower()
         if low in _DROP_RAW or low.startswith(b"proxy-") or (named and low in named):
             continue
         parts += (name, b": ", value, b"\r\n")
-    peer = request.remote or ""
     if trust_forwarded:
         chain = [v.strip() for v in headers.getall("X-Forwarded-For", ()) if v.strip()]
         parts += (b"X-Forwarded-For: ", _encode(", ".join([*chain, peer]) if peer else ", ".join(chain)), b"\r\n",
-                  b"X-Forwarded-Proto: ", _encode(headers.get("X-Forwarded-Proto") or request.scheme), b"\r\n")
+                  b"X-Forwarded-Proto: ", _encode(headers.get("X-Forwarded-Proto") or scheme), b"\r\n")
         host = headers.get("X-Forwarded-Host") or headers.get("Host")
     else:
         if peer:
             parts += (b"X-Forwarded-For: ", peer.encode(), b"\r\n")
-        parts += (b"X-Forwarded-Proto: ", request.scheme.encode(), b"\r\n")
+        parts += (b"X-Forwarded-Proto: ", scheme.encode(), b"\r\n")
         host = headers.get("Host")
     if host:
         parts += (b"X-Forwarded-Host: ", _encode(host), b"\r\n")
@@ -229,6 +235,26 @@ def request_target(request: web.BaseRequest) -> str:
     return f"{rel.raw_path or '/'}?{query}" if query else rel.raw_path or "/"
 
 
+def message_target(message: RawRequestMessage) -> str:
+    """:func:`request_target` of a parsed request: the target itself when it is a plain origin-form one."""
+    path = message.path
+    if path[:1] == "/" and path[1:2] != "/" and "#" not in path and path[-1] != "?":
+        return path
+    url = message.url
+    rel = url.relative() if url.absolute else url
+    query = rel.raw_query_string
+    return f"{rel.raw_path or '/'}?{query}" if query else rel.raw_path or "/"
+
+
+class Resumed(Protocol):
+    """An attempt the fast path (:mod:`appproxy.fastpath`) started and hands over: its route (already counted in
+    flight) and its outcome, the response or the error re-raised (see :meth:`Forwarder.forward`)."""
+
+    chosen: tuple[RouteKey, RouteTarget, str, str]
+
+    def outcome(self) -> Awaitable[UpstreamResponse]: ...
+
+
 class _Plan:
     """What forwarding needs from one route table, computed once per table (tables are immutable)."""
 
@@ -323,9 +349,12 @@ class Forwarder:
         self.outliers.success(key, 0.0)  # the clock plays no part in a success
 
     # -- forwarding ------------------------------------------------------------------------------------------
-    async def forward(self, request: web.BaseRequest, table: RouteTable, body: bytes
+    async def forward(self, request: web.BaseRequest, table: RouteTable, body: bytes, resumed: Resumed | None = None
                       ) -> tuple[web.StreamResponse | SizedResponse, str]:
-        """Send the request to a route; return the response sent to the client and the route id that served it."""
+        """Send the request to a route; return the response sent to the client and the route id that served it.
+
+        ``resumed``: the first attempt was started by the fast path (same route choice, counters and retry rules;
+        only its response or error comes from there)."""
         pool = self._pool
         if pool is None:
             raise RuntimeError("Forwarder.start() was not called")
@@ -341,19 +370,26 @@ class Forwarder:
         tried: set[RouteKey] = set()
         last_error = ""
         for attempt in range(self._cfg.max_attempts):
-            chosen = self._choose(plan, tried)
-            if chosen is None:
-                break
-            key, target, route, host = chosen
-            tried.add(key)
-            if attempt:
-                metrics.retries[endpoint] += 1
-            in_flight[key] += 1
-            metrics.route_started(endpoint, route)
+            if attempt == 0 and resumed is not None:
+                key, target, route, host = resumed.chosen
+                tried.add(key)  # counted in flight and started by the fast path
+            else:
+                chosen = self._choose(plan, tried)
+                if chosen is None:
+                    break
+                key, target, route, host = chosen
+                tried.add(key)
+                if attempt:
+                    metrics.retries[endpoint] += 1
+                in_flight[key] += 1
+                metrics.route_started(endpoint, route)
             try:
                 try:
-                    upstream = await pool.request(target.host, target.port, method,
-                                                  request_head(method, target_path, host, lines, len(body)), body)
+                    if attempt == 0 and resumed is not None:
+                        upstream = await resumed.outcome()
+                    else:
+                        upstream = await pool.request(target.host, target.port, method,
+                                                      request_head(method, target_path, host, lines, len(body)), body)
                 except UpstreamConnectTimeout:
                     kind, last_error = "connect", "connect timeout"
                 except aiohttp.ServerTimeoutError:  # read timeout before the headers: the replica may be working

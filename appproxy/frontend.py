@@ -35,10 +35,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 
 from appproxy.config import ProxySection
 from appproxy.errors import EndpointNotFound
-from appproxy.httpserver import HttpServer, Listener, SizedResponse
+from appproxy.httpserver import HttpConnection, HttpServer, Listener, SizedResponse
 from appproxy.routing import RouteCache
 from common.aio import cancel_and_wait
 
@@ -59,6 +61,8 @@ def log_new_conflicts(claims: dict[Any, list[uuid.UUID]], winners: dict[Any, uui
     return {(k, e) for k, e in known if e in claims.get(k, ())}
 
 Handler = Callable[[web.BaseRequest, uuid.UUID], Awaitable[web.StreamResponse | SizedResponse]]
+# appproxy.fastpath.FastPath.take: a complete request for an endpoint, taken (True) or left to Handler
+FastHandler = Callable[[HttpConnection, RawRequestMessage, StreamReader, uuid.UUID], bool]
 
 
 def unknown_expect(request: web.BaseRequest) -> web.Response | None:
@@ -78,7 +82,8 @@ def local_port(request: web.BaseRequest) -> int | None:
 
 
 def _make_server(config: ProxySection,
-                 handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse | SizedResponse]]) -> HttpServer:
+                 handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse | SizedResponse]],
+                 fast: Callable[[HttpConnection, RawRequestMessage, StreamReader], bool] | None) -> HttpServer:
     async def serve(request: web.BaseRequest) -> web.StreamResponse | SizedResponse:
         if "Expect" in request.headers and (refused := unknown_expect(request)) is not None:
             return refused
@@ -86,6 +91,7 @@ def _make_server(config: ProxySection,
 
     return HttpServer(
         serve,
+        fast=fast,
         # Off by default: a log line per request costs more than the rest of the hot path (metrics count instead).
         access_log_enabled=config.access_log,
         max_line_size=config.max_request_line,
@@ -105,13 +111,14 @@ def host_key(host: str) -> str:
 
 class WildcardFrontend:
     def __init__(self, config: ProxySection, routes: RouteCache, handler: Handler, *,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, fast: FastHandler | None = None) -> None:
         self._cfg = config
         self._routes = routes
         self._handler = handler
+        self._fast_handler = fast
         self._reuse_port = reuse_port
         self._domain = config.wildcard_domain.lower().rstrip(".")
-        self._server = _make_server(config, self._handle)
+        self._server = _make_server(config, self._handle, self._fast if fast is not None else None)
         self._site: Listener | None = None
         self._host_map: dict[str, uuid.UUID] = {}  # what the handler reads: lower-case host → endpoint
         self._conflicts: set[tuple[str, uuid.UUID]] = set()
@@ -164,15 +171,20 @@ class WildcardFrontend:
             return EndpointNotFound("No endpoint is served at this host name.").to_response()
         return await self._handler(request, endpoint_id)
 
+    def _fast(self, conn: HttpConnection, message: RawRequestMessage, payload: StreamReader) -> bool:
+        endpoint_id = self._host_map.get(host_key(message.headers.get("Host", "")))
+        return endpoint_id is not None and self._fast_handler(conn, message, payload, endpoint_id)  # type: ignore[misc]
+
 
 class PortFrontend:
     def __init__(self, config: ProxySection, routes: RouteCache, handler: Handler, *,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, fast: FastHandler | None = None) -> None:
         self._cfg = config
         self._routes = routes
         self._handler = handler
+        self._fast_handler = fast
         self._reuse_port = reuse_port
-        self._server = _make_server(config, self._handle)
+        self._server = _make_server(config, self._handle, self._fast if fast is not None else None)
         self._sites: dict[int, tuple[uuid.UUID, Listener]] = {}
         self._port_map: dict[int, uuid.UUID] = {}  # what the handler reads: bound port → endpoint
         self._bind_errors: dict[int, str] = {}  # port → last error, to log each new error once
@@ -285,11 +297,16 @@ class PortFrontend:
             return EndpointNotFound("No endpoint is served on this port.").to_response()
         return await self._handler(request, endpoint_id)
 
+    def _fast(self, conn: HttpConnection, message: RawRequestMessage, payload: StreamReader) -> bool:
+        sockname = conn.sockname
+        endpoint_id = self._port_map.get(sockname[1]) if isinstance(sockname, tuple) else None
+        return endpoint_id is not None and self._fast_handler(conn, message, payload, endpoint_id)  # type: ignore[misc]
+
 
 Frontend = PortFrontend | WildcardFrontend
 
 
-def make_frontend(config: ProxySection, routes: RouteCache, handler: Handler, *, reuse_port: bool = False
-                  ) -> Frontend:
+def make_frontend(config: ProxySection, routes: RouteCache, handler: Handler, *, reuse_port: bool = False,
+                  fast: FastHandler | None = None) -> Frontend:
     cls = WildcardFrontend if config.frontend == "wildcard" else PortFrontend
-    return cls(config, routes, handler, reuse_port=reuse_port)
+    return cls(config, routes, handler, reuse_port=reuse_port, fast=fast)

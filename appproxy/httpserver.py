@@ -34,13 +34,14 @@ import socket
 from collections import deque
 from http import HTTPStatus
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.helpers import rfc822_formatted_time, set_exception
 from aiohttp.http import SERVER_SOFTWARE, HttpProcessingError, HttpRequestParser, HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMethod
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.tcp_helpers import tcp_keepalive
 from aiohttp.web_exceptions import HTTPException
@@ -61,6 +62,15 @@ _SERVER_LINE: Final = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 _OCTET_STREAM: Final = b"Content-Type: application/octet-stream\r\n"
 
 Handler = Callable[[web.BaseRequest], Awaitable["web.StreamResponse | SizedResponse"]]
+# The fast path: takes a complete request (True) and answers it through finish_fast/continue_with, or declines.
+FastHandler = Callable[["HttpConnection", RawRequestMessage, StreamReader], bool]
+
+
+class FastRequest(Protocol):
+    """A request the fast path took and has not answered yet."""
+
+    def abort(self) -> None:
+        """The client went away: stop (close the upstream connection, count the disconnect)."""
 
 
 class SizedResponse:
@@ -94,9 +104,9 @@ class _ErrInfo:
 class HttpConnection(BaseProtocol):
     """One client connection (see the module docstring)."""
 
-    __slots__ = ("_close_after", "_closed", "_done_waiter", "_idle_close_at", "_idle_handle", "_in_progress",
-                 "_queue", "_read_paused_for_queue", "_request", "_server", "_tail", "_task", "peername",
-                 "request_count", "sockname", "ssl_context")
+    __slots__ = ("_close_after", "_closed", "_done_waiter", "_fast", "_idle_close_at", "_idle_handle",
+                 "_in_progress", "_queue", "_read_paused_for_queue", "_request", "_server", "_tail", "_task",
+                 "peername", "remote", "request_count", "scheme", "sockname", "ssl_context")
 
     def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
         parser = HttpRequestParser(self, loop, READ_BUFSIZE, max_line_size=server.max_line_size,
@@ -107,6 +117,7 @@ class HttpConnection(BaseProtocol):
         self._queue: deque[tuple[Any, StreamReader]] = deque()
         self._task: asyncio.Task[None] | None = None  # serving the queued requests; None while idle
         self._request: web.BaseRequest | None = None
+        self._fast: FastRequest | None = None  # taken by the fast path, not answered yet
         self._in_progress = False  # a request is being handled (its response not finished)
         self._close_after = False  # close once the request in progress is answered
         self._closed = False  # closed or closing now: nothing more is read or answered
@@ -119,11 +130,13 @@ class HttpConnection(BaseProtocol):
         self.peername: Any = None
         self.sockname: Any = None
         self.ssl_context: Any = None
+        self.remote = ""  # the client's address without the port (BaseRequest.remote)
+        self.scheme = "http"
 
     # -- what aiohttp's BaseRequest and PortFrontend read --------------------------------------------------
     @property
     def request_in_progress(self) -> bool:
-        return self._in_progress
+        return self._in_progress or self._fast is not None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,6 +146,9 @@ class HttpConnection(BaseProtocol):
         self.peername = tr.get_extra_info("peername")
         self.sockname = tr.get_extra_info("sockname")
         self.ssl_context = tr.get_extra_info("sslcontext")
+        self.scheme = "https" if self.ssl_context else "http"
+        peer = self.peername
+        self.remote = str(peer[0]) if isinstance(peer, (list, tuple)) else (peer or "")
         self._server.connections.add(self)
         self._arm_idle()
 
@@ -146,6 +162,9 @@ class HttpConnection(BaseProtocol):
         request = self._request
         if request is not None:
             set_exception(request.content, exc or ConnectionResetError("Connection lost"))
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            fast.abort()
         task = self._task
         if task is not None:
             task.cancel()  # the client left: stop the handler (and with it the upstream request)
@@ -172,8 +191,16 @@ class HttpConnection(BaseProtocol):
             return
         self.request_count += len(messages)
         queue = self._queue
+        fast = self._server.fast
+        if (fast is not None and self._task is None and self._fast is None and not queue and not upgraded
+                and type(messages[0][0]) is not _ErrInfo and fast(self, messages[0][0], messages[0][1])):
+            if len(messages) == 1:
+                return
+            messages = messages[1:]  # pipelined behind it: answered once it is
         queue.extend(messages)
-        if self._task is None:
+        if self._fast is not None:
+            pass  # finish_fast() starts on the queue
+        elif self._task is None:
             self._task = self._loop.create_task(self._serve())
         elif len(queue) >= MAX_QUEUED and not self._read_paused_for_queue:
             self._read_paused_for_queue = True
@@ -186,7 +213,7 @@ class HttpConnection(BaseProtocol):
     def close(self) -> None:
         """Close after the request in progress (at once when there is none)."""
         self._close_after = True
-        if not self._in_progress and self._task is None:
+        if not self._in_progress and self._task is None and self._fast is None:
             self.force_close()
 
     def force_close(self) -> None:
@@ -210,7 +237,7 @@ class HttpConnection(BaseProtocol):
         self._idle_handle = None
         if self._closed:
             return
-        if self._task is not None or self._in_progress:
+        if self._task is not None or self._in_progress or self._fast is not None:
             return  # busy; re-armed when it goes idle
         now = self._loop.time()
         if now < self._idle_close_at:
@@ -220,7 +247,7 @@ class HttpConnection(BaseProtocol):
 
     async def wait_done(self, timeout: float | None) -> None:
         """Wait (at most ``timeout``) for the request in progress to be answered (shutdown)."""
-        if not self._in_progress:
+        if not self.request_in_progress:
             return
         self._done_waiter = self._loop.create_future()
         try:
@@ -232,9 +259,46 @@ class HttpConnection(BaseProtocol):
             self._done_waiter = None
 
     # -- serving -------------------------------------------------------------------------------------------
-    async def _serve(self) -> None:
+    # -- the fast path's side -------------------------------------------------------------------------------
+    def fast_started(self, request: FastRequest) -> None:
+        self._fast = request
+
+    def finish_fast(self, message: RawRequestMessage, response: SizedResponse) -> None:
+        """Send the fast path's answer; then the next queued request, or wait for one."""
+        self._fast = None
+        transport = self.transport
+        if transport is None or self._closed:
+            return
+        keep_alive = not message.should_close
+        transport.write(self._sized_bytes(response, message.version, keep_alive))
+        logger = self._server.access_logger
+        if logger is not None:
+            logger.log(web.BaseRequest(message, EMPTY_PAYLOAD, self, StreamWriter(self, self._loop), None,
+                                       self._loop), response, 0.0)  # type: ignore[arg-type]
+        if self._done_waiter is not None and not self._done_waiter.done():
+            self._done_waiter.set_result(None)
+        if not keep_alive or self._close_after:
+            self.force_close()
+        elif self._queue:
+            self._task = self._loop.create_task(self._serve())
+        else:
+            self._arm_idle()
+
+    def continue_with(self, message: RawRequestMessage, payload: StreamReader, handler: Handler) -> None:
+        """The fast path hands its request over: ``handler`` answers it in a task, like any other request."""
+        self._fast = None
+        if self.transport is None or self._closed:
+            return
+        self._task = self._loop.create_task(self._serve((message, payload, handler)))
+
+    # -- serving -------------------------------------------------------------------------------------------
+    async def _serve(self, first: tuple[Any, StreamReader, Handler] | None = None) -> None:
         queue = self._queue
         try:
+            if first is not None:
+                if not await self._handle(first[0], first[1], first[2]) or self._close_after:
+                    self.force_close()
+                    return
             while queue and not self._closed:
                 message, payload = queue.popleft()
                 if self._read_paused_for_queue and len(queue) <= MAX_QUEUED // 2:
@@ -262,7 +326,7 @@ class HttpConnection(BaseProtocol):
         if tail:
             self.data_received(tail)
 
-    async def _handle(self, message: Any, payload: StreamReader) -> bool:
+    async def _handle(self, message: Any, payload: StreamReader, handler: Handler | None = None) -> bool:
         """Answer one request; True when the connection stays open for the next one."""
         loop = self._loop
         server = self._server
@@ -276,7 +340,7 @@ class HttpConnection(BaseProtocol):
             else:
                 self._request = request
                 try:
-                    response = await server.handler(request)
+                    response = await (handler or server.handler)(request)
                 except HTTPException as exc:
                     response = exc
                 except asyncio.CancelledError:
@@ -385,10 +449,11 @@ class Listener:
 class HttpServer:
     """Listening sockets and the connections they accepted, all answered by one ``handler``."""
 
-    def __init__(self, handler: Handler, *, max_line_size: int = 8190, max_field_size: int = 8190,
-                 max_headers: int = 128, access_log_enabled: bool = False,
+    def __init__(self, handler: Handler, *, fast: FastHandler | None = None, max_line_size: int = 8190,
+                 max_field_size: int = 8190, max_headers: int = 128, access_log_enabled: bool = False,
                  keepalive_timeout: float = KEEPALIVE_TIMEOUT, lingering_time: float = LINGERING_TIME) -> None:
         self.handler = handler
+        self.fast = fast
         self.max_line_size, self.max_field_size, self.max_headers = max_line_size, max_field_size, max_headers
         self.keepalive_timeout = keepalive_timeout
         self.lingering_time = lingering_time
