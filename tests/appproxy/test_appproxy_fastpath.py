@@ -128,3 +128,65 @@ async def test_client_leaving_during_the_fast_path_reaches_the_replica(make_prox
     await eventually(lambda: proxy.metrics.client_disconnects[str(table.endpoint_id)] == 1, what="disconnect")
     await eventually(lambda: not proxy.metrics.in_flight and not proxy._admitted, what="counters released")
     assert not proxy.forwarder._in_flight
+
+
+class OneShotUpstream:
+    """Answers the first request on each connection (keep-alive), then closes the connection when the next one
+    arrives, without answering: an idle pooled connection that closes under a request."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> OneShotUpstream:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if b"content-length: " in head.lower():
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")  # the second request: dropped
+        except Exception:
+            pass
+        writer.close()
+
+    def target(self):
+        import uuid
+
+        from common.protocol import RouteTarget
+
+        return RouteTarget(route_id=uuid.uuid4(), host="127.0.0.1", port=self.port)
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def test_connection_closed_under_a_fast_request(make_proxy, serve, http):
+    up = await OneShotUpstream().start()
+    try:
+        proxy = await make_proxy()
+        table = make_table(port=free_port(), routes=[up.target()], open_to_public=True)
+        url = await serve(proxy, table)
+        async with http.get(url + "/") as resp:  # ordinary path; leaves an idle connection
+            assert await resp.read() == b"ok"
+        async with http.get(url + "/") as resp:  # fast path; closed under it; sent again on a new connection
+            assert resp.status == 200 and await resp.read() == b"ok"
+        assert proxy.fastpath.taken == 1 and proxy.fastpath.handed_over == 1
+        assert not proxy.metrics.upstream_failures and up.connections == 2
+        async with http.post(url + "/", data=b"x") as resp:  # not idempotent: a failure, no other route: 502
+            assert resp.status == 502
+        assert proxy.fastpath.taken == 2
+        assert any(k[2] == "reset" for k in proxy.metrics.upstream_failures)
+        assert not proxy.metrics.in_flight and not proxy._admitted and not proxy.forwarder._in_flight
+    finally:
+        await up.stop()
