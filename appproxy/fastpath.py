@@ -39,7 +39,7 @@ from appproxy.forward import (
     STATUS_CLIENT_CLOSED,
     RouteKey,
     header_lines,
-    is_streaming,
+    is_stream,
     message_target,
     sized_header_lines,
 )
@@ -87,21 +87,24 @@ class FastPath:
                 return False
         else:
             return False
-        try:
-            authenticate(proxy._secret, table, method, headers, proxy._tokens)
-        except ProblemError:
-            return False  # the ordinary path answers it (and counts it)
-        endpoint = proxy.endpoint_name(endpoint_id)
+        if not table.open_to_public:
+            try:
+                authenticate(proxy._secret, table, method, headers, proxy._tokens)
+            except ProblemError:
+                return False  # the ordinary path answers it (and counts it)
+        forwarder = proxy.forwarder
+        plan = forwarder.plan(table)
+        endpoint = plan.endpoint  # str(endpoint_id), the metrics label
         if proxy._admitted[endpoint] >= cfg.max_concurrency_per_endpoint:
             return False
-        forwarder = proxy.forwarder
         pool = forwarder._pool
         if pool is None or cfg.upstream_keepalive_timeout <= 0:
             return False
-        plan = forwarder.plan(table)
-        chosen = forwarder._choose(plan, _NOTHING)  # type: ignore[arg-type]
-        if chosen is None:
-            return False
+        chosen = plan.single
+        if chosen is None or chosen[1].traffic_ratio <= 0:  # what _choose() decides for a single route
+            chosen = forwarder._choose(plan, _NOTHING)  # type: ignore[arg-type]
+            if chosen is None:
+                return False
         key, target, route, host = chosen
         proto = pool.take(target.host, target.port)
         if proto is None:
@@ -146,29 +149,32 @@ class FastExchange:
 
     # -- from the replica connection ---------------------------------------------------------------------------
     def on_response(self, message: RawResponseMessage, payload: StreamReader) -> None:
-        proxy = self.proxy
-        forwarder = proxy.forwarder
-        key, target, route, _ = self.chosen
-        upstream = UpstreamResponse(forwarder._pool, (target.host, target.port), self.proto,  # type: ignore[arg-type]
-                                    self.message.method, message, payload)
-        status = upstream.status
-        length = upstream.content_length
-        if (length is None or length > SMALL_BODY or upstream.method == "HEAD" or status in (204, 304)
-                or not payload.is_eof() or payload.exception() is not None or is_streaming(upstream)
-                or (lines := sized_header_lines(upstream)) is None):
-            self.upstream = upstream
+        headers = message.headers
+        status = message.code
+        method = self.message.method
+        length = headers.get("Content-Length")
+        if (length is None or not length.isdigit() or int(length) > SMALL_BODY or method == "HEAD"
+                or status in (204, 304) or not payload.is_eof() or payload.exception() is not None
+                or is_stream(headers, status, method)
+                or (lines := sized_header_lines(headers, message.raw_headers)) is None):
+            target = self.chosen[1]
+            self.upstream = UpstreamResponse(self.proxy.forwarder._pool, (target.host, target.port),  # type: ignore
+                                             self.proto, method, message, payload)  # type: ignore[arg-type]
             self._hand_over()
             return
         # what Forwarder._relay does for a small sized body, then the counters of forward/_pipeline/handle
+        proxy = self.proxy
+        forwarder = proxy.forwarder
+        key, target, route, _ = self.chosen
         if status >= 500:
             forwarder._failure(self.table, target, "5xx")
         else:
             forwarder._success(key)
         body = payload.read_nowait()
-        upstream.release()
+        forwarder._pool.release((target.host, target.port), self.proto, payload)  # type: ignore[union-attr,arg-type]
         self._finished(route)
         proxy.metrics.request_finished(self.endpoint, route, status, self.conn._loop.time() - self.started)
-        self.conn.finish_fast(self.message, SizedResponse(status, upstream.reason, lines, upstream.headers, body))
+        self.conn.finish_fast(self.message, SizedResponse(status, message.reason, lines, headers, body))
 
     def on_error(self, exc: BaseException) -> None:
         if self.proto is not None:

@@ -177,10 +177,10 @@ def _keep_raw(name: bytes) -> bool:
     return keep
 
 
-def sized_header_lines(upstream: UpstreamResponse) -> bytes | None:
+def sized_header_lines(headers: CIMultiDictProxy[str], raw_headers: tuple[tuple[bytes, bytes], ...]
+                       ) -> bytes | None:
     """The replica's end-to-end header lines as received (``b"Name: value\r\n"...``), or None when its
     ``Connection`` header names end-to-end headers to drop too (rare; then :func:`client_response_headers`)."""
-    headers = upstream.headers
     if "Connection" in headers:
         value = ",".join(headers.getall("Connection"))
         plain = _PLAIN_CONNECTION.get(value)
@@ -192,7 +192,7 @@ def sized_header_lines(upstream: UpstreamResponse) -> bytes | None:
             return None
     known = _KEEP_RAW.get
     parts: list[bytes] = []
-    for name, value in upstream.raw_headers:
+    for name, value in raw_headers:
         keep = known(name)
         if keep or (keep is None and _keep_raw(name)):
             parts += (name, b": ", value, b"\r\n")
@@ -201,12 +201,16 @@ def sized_header_lines(upstream: UpstreamResponse) -> bytes | None:
 
 def is_streaming(upstream: UpstreamResponse) -> bool:
     """SSE, or a body of unknown length (chunked / until close)."""
-    ctype = upstream.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    return is_stream(upstream.headers, upstream.status, upstream.method)
+
+
+def is_stream(headers: CIMultiDictProxy[str], status: int, method: str) -> bool:
+    ctype = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if ctype == "text/event-stream":
         return True
-    if upstream.status in (204, 304) or upstream.status < 200 or upstream.method == "HEAD":
+    if status in (204, 304) or status < 200 or method == "HEAD":
         return False
-    return "Content-Length" not in upstream.headers
+    return "Content-Length" not in headers
 
 
 async def read_body(request: web.BaseRequest, limit: int) -> bytes:
@@ -442,7 +446,7 @@ class Forwarder:
                     self._failure(table, target, "stream")
                     raise BadGateway(f"The replica broke off its response ({type(exc).__name__}).") from None
                 clean = True
-                lines = sized_header_lines(upstream)
+                lines = sized_header_lines(upstream.headers, upstream.raw_headers)
                 if lines is not None:
                     return SizedResponse(status, upstream.reason, lines, upstream.headers, body)
                 return web.Response(status=status, reason=upstream.reason,

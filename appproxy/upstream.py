@@ -122,6 +122,16 @@ class ReplicaProtocol(ResponseHandler):
             self.listener = None
             listener.on_error(exc)
 
+    def keep_parser(self, skip_payload: bool, read_timeout: float | None) -> bool:
+        """Use the response parser of the previous exchange again (True) instead of a new one per request, as
+        ``set_response_params`` makes. Only on a pooled connection: the previous response was read to its end,
+        so the parser stands between two messages, as with pipelined responses. Every pool's connections are
+        set up with the same limits; a ``HEAD`` (no body to parse) needs a parser of its own."""
+        if self._parser is None or self._tail or skip_payload != self._skip_payload:
+            return False
+        self._read_timeout = read_timeout
+        return True
+
     def _reschedule_timeout(self) -> None:
         timeout = self._read_timeout
         if not timeout:
@@ -187,12 +197,8 @@ class UpstreamResponse:
 
     def release(self) -> None:
         proto, self._proto = self._proto, None
-        if proto is None:
-            return
-        if self.content.is_eof() and not proto.should_close and proto.is_connected():
-            self._pool.put_idle(self._key, proto)
-        else:
-            proto.close()
+        if proto is not None:
+            self._pool.release(self._key, proto, self.content)
 
     def close(self) -> None:
         proto, self._proto = self._proto, None
@@ -214,6 +220,13 @@ class UpstreamPool:
         self._closed = False
 
     # -- the pool --------------------------------------------------------------------------------------------
+    def release(self, key: tuple[str, int], proto: ResponseHandler, content: StreamReader) -> None:
+        """Back to the pool when the response was read to its end and the connection can be reused."""
+        if content.is_eof() and not proto.should_close and proto.is_connected():
+            self.put_idle(key, proto)
+        else:
+            proto.close()
+
     def put_idle(self, key: tuple[str, int], proto: ResponseHandler) -> None:
         if self._closed or self._keepalive <= 0:
             proto.close()
@@ -313,9 +326,11 @@ class UpstreamPool:
         proto.start_timeout()
 
     def _write(self, proto: ResponseHandler, method: str, head: bytes, body: bytes) -> None:
-        proto.set_response_params(
-            skip_payload=method == "HEAD", auto_decompress=False, read_timeout=self._read_timeout,
-            read_bufsize=READ_BUFSIZE, max_line_size=self._max_line_size, max_field_size=self._max_field_size)
+        skip_payload = method == "HEAD"
+        if not (type(proto) is ReplicaProtocol and proto.keep_parser(skip_payload, self._read_timeout)):
+            proto.set_response_params(
+                skip_payload=skip_payload, auto_decompress=False, read_timeout=self._read_timeout,
+                read_bufsize=READ_BUFSIZE, max_line_size=self._max_line_size, max_field_size=self._max_field_size)
         transport = proto.transport
         if transport is None:
             raise aiohttp.ServerDisconnectedError()
