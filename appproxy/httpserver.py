@@ -198,11 +198,9 @@ class HttpConnection(BaseProtocol):
                 return
             messages = messages[1:]  # pipelined behind it: answered once it is
         queue.extend(messages)
-        if self._fast is not None:
-            pass  # finish_fast() starts on the queue
-        elif self._task is None:
+        if self._task is None and self._fast is None:  # (with a fast request in flight, finish_fast() starts it)
             self._task = self._loop.create_task(self._serve())
-        elif len(queue) >= MAX_QUEUED and not self._read_paused_for_queue:
+        if len(queue) >= MAX_QUEUED and not self._read_paused_for_queue:
             self._read_paused_for_queue = True
             self._pause_transport()
 
@@ -258,7 +256,6 @@ class HttpConnection(BaseProtocol):
         finally:
             self._done_waiter = None
 
-    # -- serving -------------------------------------------------------------------------------------------
     # -- the fast path's side -------------------------------------------------------------------------------
     def fast_started(self, request: FastRequest) -> None:
         self._fast = request
@@ -370,6 +367,7 @@ class HttpConnection(BaseProtocol):
                 keep_alive = await self._linger(payload)
             return keep_alive
         finally:
+            request._task = None  # type: ignore[assignment]  # a cancelled task's traceback holds the request
             self._in_progress = False
             if self._done_waiter is not None and not self._done_waiter.done():
                 self._done_waiter.set_result(None)
