@@ -174,7 +174,7 @@ class FastExchange:
         forwarder._pool.release((target.host, target.port), self.proto, payload)  # type: ignore[union-attr,arg-type]
         self._finished(route)
         proxy.metrics.request_finished(self.endpoint, route, status, self.conn._loop.time() - self.started)
-        self.conn.finish_fast(self.message, SizedResponse(status, message.reason, lines, headers, body))
+        self.conn.finish_fast(self.message, SizedResponse(status, message.reason, lines, headers, body), self.started)
 
     def on_error(self, exc: BaseException) -> None:
         if self.proto is not None:

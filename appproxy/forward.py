@@ -37,9 +37,10 @@ Failures
     without the final chunk, so the client sees a truncated response rather than a complete-looking one.
 
 Client disconnect
-    The server runs with ``handler_cancellation``: when the client goes away the handler is cancelled and the
-    upstream response is closed (not returned to the pool), which closes the connection to the replica so the
-    inference server stops generating. This holds for non-streaming requests too.
+    When the client goes away the handler is cancelled (:mod:`appproxy.httpserver`; on the fast path,
+    :mod:`appproxy.fastpath`, the pending exchange is aborted) and the upstream response is closed (not returned to
+    the pool), which closes the connection to the replica so the inference server stops generating. This holds for
+    non-streaming requests too.
 """
 
 from __future__ import annotations

@@ -260,8 +260,9 @@ class HttpConnection(BaseProtocol):
     def fast_started(self, request: FastRequest) -> None:
         self._fast = request
 
-    def finish_fast(self, message: RawRequestMessage, response: SizedResponse) -> None:
-        """Send the fast path's answer; then the next queued request, or wait for one."""
+    def finish_fast(self, message: RawRequestMessage, response: SizedResponse, started: float = 0.0) -> None:
+        """Send the fast path's answer (``started``: loop time the request began, for the access log); then the
+        next queued request, or wait for one."""
         self._fast = None
         transport = self.transport
         if transport is None or self._closed:
@@ -271,7 +272,7 @@ class HttpConnection(BaseProtocol):
         logger = self._server.access_logger
         if logger is not None:
             logger.log(web.BaseRequest(message, EMPTY_PAYLOAD, self, StreamWriter(self, self._loop), None,
-                                       self._loop), response, 0.0)  # type: ignore[arg-type]
+                                       self._loop), response, self._loop.time() - started)  # type: ignore[arg-type]
         if self._done_waiter is not None and not self._done_waiter.done():
             self._done_waiter.set_result(None)
         if not keep_alive or self._close_after:

@@ -190,3 +190,20 @@ async def test_connection_closed_under_a_fast_request(make_proxy, serve, http):
         assert not proxy.metrics.in_flight and not proxy._admitted and not proxy.forwarder._in_flight
     finally:
         await up.stop()
+
+
+async def test_access_log_covers_both_paths(make_proxy, serve, upstreams, http, caplog):
+    up = await upstreams("a")
+    proxy = await make_proxy(proxy={"access_log": True})
+    table = make_table(port=free_port(), routes=[up.target()], open_to_public=True)
+    url = await serve(proxy, table)
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+        await warm(http, url)  # ordinary path
+        async with http.get(url + "/echo?fast=1") as resp:  # fast path
+            assert resp.status == 200
+    assert proxy.fastpath.taken == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert any('"GET /echo HTTP/1.1" 200' in line for line in lines), lines
+    assert any('"GET /echo?fast=1 HTTP/1.1" 200' in line for line in lines), lines
