@@ -32,8 +32,8 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from http import HTTPStatus
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any, Final, Protocol
 
 from aiohttp import web
@@ -42,12 +42,12 @@ from aiohttp.helpers import rfc822_formatted_time, set_exception
 from aiohttp.http import SERVER_SOFTWARE, HttpProcessingError, HttpRequestParser, HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.http_parser import RawRequestMessage
+from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.tcp_helpers import tcp_keepalive
 from aiohttp.web_exceptions import HTTPException
 from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import ERROR, RequestPayloadError
-from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDictProxy
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from appproxy.admin import AdminServer
 from appproxy.auth import TokenCache, authenticate
 from appproxy.config import ProxyConfig
 from appproxy.errors import EndpointNotFound, EndpointOverloaded, MethodNotAllowed, RequestHeadersTooLarge
-from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, Resumed, read_body
 from appproxy.fastpath import FastPath
+from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, Resumed, read_body
 from appproxy.frontend import make_frontend
 from appproxy.hold import HoldGate
 from appproxy.httpserver import SizedResponse

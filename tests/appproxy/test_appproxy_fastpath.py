@@ -4,11 +4,15 @@ from callbacks; whatever it cannot finish (streams, errors, a client leaving) en
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import uuid
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from common.protocol import RouteTarget
 from tests.appproxy.appproxy_testkit import auth, eventually, free_port, make_table
 
 
@@ -74,8 +78,6 @@ async def test_idle_connection_closed_by_the_replica_is_retried(make_proxy, serv
     port = up.port
     await up.stop()
     up._runner = None
-    from aiohttp import web
-
     app = web.Application()
     app.router.add_route("*", "/{path:.*}", up._dispatch)
     runner = web.AppRunner(app, access_log=None)
@@ -158,11 +160,7 @@ class OneShotUpstream:
             pass
         writer.close()
 
-    def target(self):
-        import uuid
-
-        from common.protocol import RouteTarget
-
+    def target(self) -> RouteTarget:
         return RouteTarget(route_id=uuid.uuid4(), host="127.0.0.1", port=self.port)
 
     async def stop(self) -> None:
@@ -197,8 +195,6 @@ async def test_access_log_covers_both_paths(make_proxy, serve, upstreams, http, 
     proxy = await make_proxy(proxy={"access_log": True})
     table = make_table(port=free_port(), routes=[up.target()], open_to_public=True)
     url = await serve(proxy, table)
-    import logging
-
     with caplog.at_level(logging.INFO, logger="aiohttp.access"):
         await warm(http, url)  # ordinary path
         async with http.get(url + "/echo?fast=1") as resp:  # fast path

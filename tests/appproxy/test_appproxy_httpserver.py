@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import uuid
 
 import pytest
 from aiohttp import web
 
 from appproxy.httpserver import HttpServer
+from common.protocol import RouteTarget
 from tests.appproxy.appproxy_testkit import auth, free_port, make_table
 
 
@@ -40,10 +42,7 @@ class RawUpstream:
                 await writer.drain()
         writer.close()
 
-    def target(self):
-        from common.protocol import RouteTarget
-        import uuid
-
+    def target(self) -> RouteTarget:
         return RouteTarget(route_id=uuid.uuid4(), host="127.0.0.1", port=self.port)
 
     async def stop(self) -> None:
