@@ -2,8 +2,8 @@
 
 Most requests are a complete small request (no body, or a body already received) for an endpoint with a ready
 route and an idle pooled connection to it, answered with a small body of known length. For those, everything
-:meth:`appproxy.server.AppProxy.handle` does is done synchronously when the request is parsed — the same checks,
-in the same order, with the same counters — then the request goes to the replica (:meth:`UpstreamPool.send`) and
+:meth:`appproxy.server.AppProxy.handle` does is done synchronously when the request is parsed — the same checks
+(any that fails leaves the request to the ordinary path untouched) and the same counters — then the request goes to the replica (:meth:`UpstreamPool.send`) and
 the answer is written from the replica connection's ``data_received`` as a :class:`SizedResponse`. No task, no
 future, no ``BaseRequest`` (a task per request and its wake-ups were a large part of the CPU per request).
 
@@ -14,7 +14,7 @@ Anything else takes the ordinary path, so behaviour is the same by construction:
   large for one write, a compressed body, no route (hold), the concurrency limit reached, no idle connection:
   the connection runs :meth:`AppProxy.handle` in a task, which answers (404, 401, 503, ...) or connects;
 * handed over after the request was sent (:class:`FastExchange`): the replica's answer is a stream, large,
-  not yet complete, or informational, or the wait ended in an error (connection closed, read timeout, a malformed
+  not complete in the first read, bodiless (``HEAD``, 204, 304) or ``101``, or the wait ended in an error (connection closed, read timeout, a malformed
   answer): :meth:`AppProxy.resumed` continues in a task exactly where :meth:`Forwarder.forward` would be after
   its first attempt, with its counters (the retry on a fresh connection for an idempotent request, retries on
   other routes, 502/504, relaying a stream);
