@@ -193,6 +193,7 @@ class HttpConnection(BaseProtocol):
         queue = self._queue
         fast = self._server.fast
         if (fast is not None and self._task is None and self._fast is None and not queue and not upgraded
+                and not self._paused  # the client is not reading: the ordinary path waits for it (drain)
                 and type(messages[0][0]) is not _ErrInfo and fast(self, messages[0][0], messages[0][1])):
             if len(messages) == 1:
                 return
@@ -355,6 +356,11 @@ class HttpConnection(BaseProtocol):
             if type(response) is SizedResponse:
                 keep_alive = not message.should_close
                 transport.write(self._sized_bytes(response, message.version, keep_alive))
+                if self._paused:  # a client that does not read gets no more answers until it does
+                    try:
+                        await self._drain_helper()
+                    except ConnectionError:
+                        return False
             else:
                 try:
                     await response.prepare(request)

@@ -252,3 +252,24 @@ async def test_shutdown_lets_a_request_finish_then_cancels():
     assert cancelled.is_set() and await closed(r2)
     for w in (w1, w2, w3):
         w.close()
+
+
+async def test_a_client_that_does_not_read_is_not_answered_without_bound(make_proxy, serve, raw_upstreams):
+    """Pipelined requests from a client that never reads its answers: the proxy stops taking requests once the
+    answers back up (as aiohttp's drain did), instead of buffering every answer."""
+    up = await raw_upstreams(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 60000\r\n\r\n",
+                             b"z" * 60000)
+    proxy = await make_proxy()
+    table = make_table(port=free_port(), routes=[up.target()], open_to_public=True)
+    await serve(proxy, table)
+    reader, writer = await asyncio.open_connection("127.0.0.1", table.port)
+    try:
+        writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        await read_response(reader)  # warm: an idle pooled connection, so the next ones can go the fast way
+        writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n" * 2000)  # 117 MB of answers, never read
+        await asyncio.sleep(2)
+        assert len(up.requests) < 1000, len(up.requests)
+        for _ in range(20):  # reading again lets it go on
+            await read_response(reader)
+    finally:
+        writer.close()
