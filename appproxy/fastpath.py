@@ -3,21 +3,23 @@
 Most requests are a complete small request (no body, or a body already received) for an endpoint with a ready
 route and an idle pooled connection to it, answered with a small body of known length. For those, everything
 :meth:`appproxy.server.AppProxy.handle` does is done synchronously when the request is parsed — the same checks
-(any that fails leaves the request to the ordinary path untouched) and the same counters — then the request goes to the replica (:meth:`UpstreamPool.send`) and
-the answer is written from the replica connection's ``data_received`` as a :class:`SizedResponse`. No task, no
-future, no ``BaseRequest`` (a task per request and its wake-ups were a large part of the CPU per request).
+(any that fails leaves the request to the ordinary path untouched) and the same counters — then the request goes
+to the replica (:meth:`UpstreamPool.send`) and the answer is written from the replica connection's
+``data_received`` as a :class:`SizedResponse`. No task, no future, no ``BaseRequest`` (a task per request and its
+wake-ups were a large part of the CPU per request).
 
 Anything else takes the ordinary path, so behaviour is the same by construction:
 
 * declined before anything was counted or sent (:meth:`FastPath.take` returns False) — an unknown endpoint,
   a refused method, headers over the limit, a token check that fails, ``Expect``, a body still arriving or too
-  large for one write, a compressed body, no route (hold), the concurrency limit reached, no idle connection:
-  the connection runs :meth:`AppProxy.handle` in a task, which answers (404, 401, 503, ...) or connects;
-* handed over after the request was sent (:class:`FastExchange`): the replica's answer is a stream, large,
-  not complete in the first read, bodiless (``HEAD``, 204, 304) or ``101``, or the wait ended in an error (connection closed, read timeout, a malformed
-  answer): :meth:`AppProxy.resumed` continues in a task exactly where :meth:`Forwarder.forward` would be after
-  its first attempt, with its counters (the retry on a fresh connection for an idempotent request, retries on
-  other routes, 502/504, relaying a stream);
+  large for one write, a compressed body, no route (hold), the concurrency limit reached, no idle connection,
+  a client not reading its answers: the connection runs :meth:`AppProxy.handle` in a task, which answers
+  (404, 401, 503, ...) or connects;
+* handed over after the request was sent (:class:`FastExchange`): the replica's answer is a stream, large, not
+  complete in the first read, bodiless (``HEAD``, 204, 304) or ``101``, or the wait ended in an error (connection
+  closed, read timeout, a malformed answer): :meth:`AppProxy.resumed` continues in a task exactly where
+  :meth:`Forwarder.forward` would be after its first attempt, with its counters (the resend on a fresh
+  connection for an idempotent request, retries on other routes, 502/504, relaying a stream);
 * the client goes away while the replica works: the replica connection is closed (it stops generating) and the
   request is counted as a client disconnect (499), as handler cancellation does on the ordinary path.
 """
