@@ -22,7 +22,8 @@ Request side
 Response side
     Status and end-to-end headers are copied; the body is relayed chunk by chunk as it arrives
     (``StreamResponse``, no buffering), except that a body with a ``Content-Length`` of at most
-    ``SMALL_BODY`` is read first and sent with the headers in one write (a few packets anyway).
+    ``SMALL_BODY`` is read first and sent with the headers in one write (a few packets anyway): a
+    :class:`~appproxy.httpserver.SizedResponse` carrying the replica's end-to-end header lines byte for byte.
     ``text/event-stream`` and responses without a length get ``X-Accel-Buffering: no`` and, unless the
     replica set one, ``Cache-Control: no-cache`` so that a reverse proxy in front of us does not buffer them
     either. Bytes are relayed undecoded (no decompression).
@@ -36,9 +37,10 @@ Failures
     without the final chunk, so the client sees a truncated response rather than a complete-looking one.
 
 Client disconnect
-    The server runs with ``handler_cancellation``: when the client goes away the handler is cancelled and the
-    upstream response is closed (not returned to the pool), which closes the connection to the replica so the
-    inference server stops generating. This holds for non-streaming requests too.
+    When the client goes away the handler is cancelled (:mod:`appproxy.httpserver`; on the fast path,
+    :mod:`appproxy.fastpath`, the pending exchange is aborted) and the upstream response is closed (not returned to
+    the pool), which closes the connection to the replica so the inference server stops generating. This holds for
+    non-streaming requests too.
 """
 
 from __future__ import annotations
@@ -48,16 +50,19 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
 from multidict import CIMultiDictProxy
 
 from appproxy.balancer import Candidate, pick
 from appproxy.config import OutlierSection, ProxySection
 from appproxy.errors import BadGateway, GatewayTimeout, NoRouteAvailable, PayloadTooLarge
+from appproxy.httpserver import SizedResponse
 from appproxy.metrics import ProxyMetrics
 from appproxy.outlier import OutlierDetector, OutlierPolicy
 from appproxy.upstream import (
@@ -97,28 +102,32 @@ def _encode(value: str) -> bytes:
 
 
 def upstream_header_lines(request: web.BaseRequest, trust_forwarded: bool = False) -> bytes:
-    """The header lines sent to the replica (see the module docstring), as ``b"Name: value\r\n"...``.
+    """The header lines sent to the replica (see the module docstring), as ``b"Name: value\r\n"...``."""
+    return header_lines(request.headers, request.raw_headers, request.remote or "", request.scheme, trust_forwarded)
+
+
+def header_lines(headers: CIMultiDictProxy[str], raw_headers: tuple[tuple[bytes, bytes], ...], peer: str,
+                 scheme: str, trust_forwarded: bool = False) -> bytes:
+    """:func:`upstream_header_lines` from the parsed request's parts (``peer``: the client address, no port).
 
     The kept headers are copied byte for byte from the request as received (aiohttp's parser has already refused
     CR/LF in them); ``Host`` and ``Content-Length`` are added by :func:`appproxy.upstream.request_head`."""
-    headers = request.headers
     named = {n.encode("latin-1") for n in _connection_tokens(headers)} if "Connection" in headers else None
     parts: list[bytes] = []
-    for name, value in request.raw_headers:
+    for name, value in raw_headers:
         low = name.lower()
         if low in _DROP_RAW or low.startswith(b"proxy-") or (named and low in named):
             continue
         parts += (name, b": ", value, b"\r\n")
-    peer = request.remote or ""
     if trust_forwarded:
         chain = [v.strip() for v in headers.getall("X-Forwarded-For", ()) if v.strip()]
         parts += (b"X-Forwarded-For: ", _encode(", ".join([*chain, peer]) if peer else ", ".join(chain)), b"\r\n",
-                  b"X-Forwarded-Proto: ", _encode(headers.get("X-Forwarded-Proto") or request.scheme), b"\r\n")
+                  b"X-Forwarded-Proto: ", _encode(headers.get("X-Forwarded-Proto") or scheme), b"\r\n")
         host = headers.get("X-Forwarded-Host") or headers.get("Host")
     else:
         if peer:
             parts += (b"X-Forwarded-For: ", peer.encode(), b"\r\n")
-        parts += (b"X-Forwarded-Proto: ", request.scheme.encode(), b"\r\n")
+        parts += (b"X-Forwarded-Proto: ", scheme.encode(), b"\r\n")
         host = headers.get("Host")
     if host:
         parts += (b"X-Forwarded-Host: ", _encode(host), b"\r\n")
@@ -156,14 +165,53 @@ def client_response_headers(upstream: UpstreamResponse) -> tuple[list[tuple[str,
     return out, streaming
 
 
+_CONNECTION_OPTIONS = HOP_BY_HOP | {"close"}  # Connection tokens that name no end-to-end header
+_KEEP_RAW: dict[bytes, bool] = {}  # response header name as received → not hop-by-hop (memoised, bounded)
+_PLAIN_CONNECTION: dict[str, bool] = {}  # Connection header value → names only hop-by-hop headers
+
+
+def _keep_raw(name: bytes) -> bool:
+    low = name.lower()
+    keep = not (low.decode("latin-1") in HOP_BY_HOP or low.startswith(b"proxy-"))
+    if len(_KEEP_RAW) < 4096:
+        _KEEP_RAW[name] = keep
+    return keep
+
+
+def sized_header_lines(headers: CIMultiDictProxy[str], raw_headers: tuple[tuple[bytes, bytes], ...]
+                       ) -> bytes | None:
+    """The replica's end-to-end header lines as received (``b"Name: value\r\n"...``), or None when its
+    ``Connection`` header names end-to-end headers to drop too (rare; then :func:`client_response_headers`)."""
+    if "Connection" in headers:
+        value = ",".join(headers.getall("Connection"))
+        plain = _PLAIN_CONNECTION.get(value)
+        if plain is None:
+            plain = _connection_tokens(headers) <= _CONNECTION_OPTIONS
+            if len(_PLAIN_CONNECTION) < 256:
+                _PLAIN_CONNECTION[value] = plain
+        if not plain:
+            return None
+    known = _KEEP_RAW.get
+    parts: list[bytes] = []
+    for name, value in raw_headers:
+        keep = known(name)
+        if keep or (keep is None and _keep_raw(name)):
+            parts += (name, b": ", value, b"\r\n")
+    return b"".join(parts)
+
+
 def is_streaming(upstream: UpstreamResponse) -> bool:
     """SSE, or a body of unknown length (chunked / until close)."""
-    ctype = upstream.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    return is_stream(upstream.headers, upstream.status, upstream.method)
+
+
+def is_stream(headers: CIMultiDictProxy[str], status: int, method: str) -> bool:
+    ctype = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if ctype == "text/event-stream":
         return True
-    if upstream.status in (204, 304) or upstream.status < 200 or upstream.method == "HEAD":
+    if status in (204, 304) or status < 200 or method == "HEAD":
         return False
-    return "Content-Length" not in upstream.headers
+    return "Content-Length" not in headers
 
 
 async def read_body(request: web.BaseRequest, limit: int) -> bytes:
@@ -190,6 +238,26 @@ def request_target(request: web.BaseRequest) -> str:
     rel = request.rel_url
     query = rel.raw_query_string
     return f"{rel.raw_path or '/'}?{query}" if query else rel.raw_path or "/"
+
+
+def message_target(message: RawRequestMessage) -> str:
+    """:func:`request_target` of a parsed request: the target itself when it is a plain origin-form one."""
+    path = message.path
+    if path[:1] == "/" and path[1:2] != "/" and "#" not in path and path[-1] != "?":
+        return path
+    url = message.url
+    rel = url.relative() if url.absolute else url
+    query = rel.raw_query_string
+    return f"{rel.raw_path or '/'}?{query}" if query else rel.raw_path or "/"
+
+
+class Resumed(Protocol):
+    """An attempt the fast path (:mod:`appproxy.fastpath`) started and hands over: its route (already counted in
+    flight) and its outcome, the response or the error re-raised (see :meth:`Forwarder.forward`)."""
+
+    chosen: tuple[RouteKey, RouteTarget, str, str]
+
+    def outcome(self) -> Awaitable[UpstreamResponse]: ...
 
 
 class _Plan:
@@ -286,9 +354,12 @@ class Forwarder:
         self.outliers.success(key, 0.0)  # the clock plays no part in a success
 
     # -- forwarding ------------------------------------------------------------------------------------------
-    async def forward(self, request: web.BaseRequest, table: RouteTable, body: bytes
-                      ) -> tuple[web.StreamResponse, str]:
-        """Send the request to a route; return the response sent to the client and the route id that served it."""
+    async def forward(self, request: web.BaseRequest, table: RouteTable, body: bytes, resumed: Resumed | None = None
+                      ) -> tuple[web.StreamResponse | SizedResponse, str]:
+        """Send the request to a route; return the response sent to the client and the route id that served it.
+
+        ``resumed``: the first attempt was started by the fast path (same route choice, counters and retry rules;
+        only its response or error comes from there)."""
         pool = self._pool
         if pool is None:
             raise RuntimeError("Forwarder.start() was not called")
@@ -304,19 +375,26 @@ class Forwarder:
         tried: set[RouteKey] = set()
         last_error = ""
         for attempt in range(self._cfg.max_attempts):
-            chosen = self._choose(plan, tried)
-            if chosen is None:
-                break
-            key, target, route, host = chosen
-            tried.add(key)
-            if attempt:
-                metrics.retries[endpoint] += 1
-            in_flight[key] += 1
-            metrics.route_started(endpoint, route)
+            if attempt == 0 and resumed is not None:
+                key, target, route, host = resumed.chosen
+                tried.add(key)  # counted in flight and started by the fast path
+            else:
+                chosen = self._choose(plan, tried)
+                if chosen is None:
+                    break
+                key, target, route, host = chosen
+                tried.add(key)
+                if attempt:
+                    metrics.retries[endpoint] += 1
+                in_flight[key] += 1
+                metrics.route_started(endpoint, route)
             try:
                 try:
-                    upstream = await pool.request(target.host, target.port, method,
-                                                  request_head(method, target_path, host, lines, len(body)), body)
+                    if attempt == 0 and resumed is not None:
+                        upstream = await resumed.outcome()
+                    else:
+                        upstream = await pool.request(target.host, target.port, method,
+                                                      request_head(method, target_path, host, lines, len(body)), body)
                 except UpstreamConnectTimeout:
                     kind, last_error = "connect", "connect timeout"
                 except aiohttp.ServerTimeoutError:  # read timeout before the headers: the replica may be working
@@ -349,17 +427,17 @@ class Forwarder:
         raise BadGateway(f"No replica could be reached ({len(tried)} tried; last error: {last_error}).")
 
     async def _relay(self, request: web.BaseRequest, table: RouteTable, key: RouteKey, target: RouteTarget,
-                     upstream: UpstreamResponse) -> web.StreamResponse:
+                     upstream: UpstreamResponse) -> web.StreamResponse | SizedResponse:
         clean = False
         try:
-            if upstream.status >= 500:
+            status = upstream.status
+            if status >= 500:
                 self._failure(table, target, "5xx")
             else:
                 self._success(key)
-            headers, streaming = client_response_headers(upstream)
             length = upstream.content_length
-            if (length is not None and length <= SMALL_BODY and not streaming and upstream.method != "HEAD"
-                    and upstream.status not in (204, 304)):
+            if (length is not None and length <= SMALL_BODY and upstream.method != "HEAD"
+                    and status not in (204, 304) and not is_streaming(upstream)):
                 # A small sized body (the usual non-streaming answer) is relayed in one write together with the
                 # headers: one send() instead of three. Its length is fixed, so nothing is held back that a
                 # client could have used earlier.
@@ -369,7 +447,12 @@ class Forwarder:
                     self._failure(table, target, "stream")
                     raise BadGateway(f"The replica broke off its response ({type(exc).__name__}).") from None
                 clean = True
-                return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+                lines = sized_header_lines(upstream.headers, upstream.raw_headers)
+                if lines is not None:
+                    return SizedResponse(status, upstream.reason, lines, upstream.headers, body)
+                return web.Response(status=status, reason=upstream.reason,
+                                    headers=client_response_headers(upstream)[0], body=body)
+            headers, _ = client_response_headers(upstream)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
             content = upstream.content
             try:

@@ -8,11 +8,11 @@ subdomains unique; this is only the tie-break).
 
 Port mode (:class:`PortFrontend`): one listening port per endpoint (reference §6.2), all served by one application.
 
-One ``web.ServerRunner`` runs aiohttp's low-level ``web.Server`` with a single handler (no ``web.Application``:
-no router, no middleware chain, no per-request match info; all of that cost ~5 % of the proxy's CPU per request
-and did nothing for a catch-all route); each endpoint whose table has a ``port`` gets a ``web.TCPSite`` on
-``bind_host:port``. The handler finds the endpoint from the local port the connection came
-in on, so the Host header plays no part in routing (vLLM's Host-header auth bypass is the lesson there).
+One :class:`appproxy.httpserver.HttpServer` (a plain asyncio protocol on aiohttp's C request parser; aiohttp's
+``web.Server`` cost more CPU per request than the rest of the proxy) answers every listener with a single
+handler; each endpoint whose table has a ``port`` gets a listener on ``bind_host:port``. The handler finds the
+endpoint from the local port the connection came in on, so the Host header plays no part in routing (vLLM's
+Host-header auth bypass is the lesson there).
 
 Sites follow the route tables level-triggered: :meth:`PortFrontend.changed` wakes a reconcile task that opens
 missing ports and closes ports whose endpoint is gone (idle keep-alive connections accepted on a closed port are
@@ -21,8 +21,8 @@ tried again every ``bind_retry_interval`` without holding up the other endpoints
 port, the endpoint already bound keeps it (otherwise the lowest endpoint id wins) and the conflict is logged.
 
 The parser limits (``max_line_size``, ``max_field_size``, ``max_headers``) bound what a client can make us buffer
-before any handler code runs; ``handler_cancellation`` makes a client disconnect cancel the request handler,
-which is how an abandoned generation is stopped upstream (see :mod:`appproxy.forward`).
+before any handler code runs; a client disconnect cancels the request handler, which is how an abandoned
+generation is stopped upstream (see :mod:`appproxy.forward`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 
 from appproxy.config import ProxySection
 from appproxy.errors import EndpointNotFound
+from appproxy.httpserver import HttpConnection, HttpServer, Listener, SizedResponse
 from appproxy.routing import RouteCache
 from common.aio import cancel_and_wait
 
@@ -57,7 +60,9 @@ def log_new_conflicts(claims: dict[Any, list[uuid.UUID]], winners: dict[Any, uui
                           "conflict is resolved", loser, what, key, winner)
     return {(k, e) for k, e in known if e in claims.get(k, ())}
 
-Handler = Callable[[web.BaseRequest, uuid.UUID], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest, uuid.UUID], Awaitable[web.StreamResponse | SizedResponse]]
+# appproxy.fastpath.FastPath.take: a complete request for an endpoint, taken (True) or left to Handler
+FastHandler = Callable[[HttpConnection, RawRequestMessage, StreamReader, uuid.UUID], bool]
 
 
 def unknown_expect(request: web.BaseRequest) -> web.Response | None:
@@ -70,31 +75,29 @@ def unknown_expect(request: web.BaseRequest) -> web.Response | None:
 
 
 def local_port(request: web.BaseRequest) -> int | None:
-    transport = request.transport
-    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    sockname = request.protocol.sockname  # HttpConnection: read once per connection
     if isinstance(sockname, tuple) and len(sockname) >= 2:
         return int(sockname[1])
     return None
 
 
-def _make_runner(config: ProxySection, handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-                 ) -> web.ServerRunner:
-    async def serve(request: web.BaseRequest) -> web.StreamResponse:
+def _make_server(config: ProxySection,
+                 handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse | SizedResponse]],
+                 fast: Callable[[HttpConnection, RawRequestMessage, StreamReader], bool] | None) -> HttpServer:
+    async def serve(request: web.BaseRequest) -> web.StreamResponse | SizedResponse:
         if "Expect" in request.headers and (refused := unknown_expect(request)) is not None:
             return refused
         return await handle(request)
 
-    server = web.Server(
+    return HttpServer(
         serve,
-        handler_cancellation=True,
+        fast=fast,
         # Off by default: a log line per request costs more than the rest of the hot path (metrics count instead).
-        **({} if config.access_log else {"access_log": None}),
+        access_log_enabled=config.access_log,
         max_line_size=config.max_request_line,
         max_field_size=config.max_header_size,
         max_headers=config.max_header_count,
     )
-    # handle_signals=False: embedded, the host process owns the signals
-    return web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
 
 
 def host_key(host: str) -> str:
@@ -108,14 +111,15 @@ def host_key(host: str) -> str:
 
 class WildcardFrontend:
     def __init__(self, config: ProxySection, routes: RouteCache, handler: Handler, *,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, fast: FastHandler | None = None) -> None:
         self._cfg = config
         self._routes = routes
         self._handler = handler
+        self._fast_handler = fast
         self._reuse_port = reuse_port
         self._domain = config.wildcard_domain.lower().rstrip(".")
-        self._runner = _make_runner(config, self._handle)
-        self._site: web.TCPSite | None = None
+        self._server = _make_server(config, self._handle, self._fast if fast is not None else None)
+        self._site: Listener | None = None
         self._host_map: dict[str, uuid.UUID] = {}  # what the handler reads: lower-case host → endpoint
         self._conflicts: set[tuple[str, uuid.UUID]] = set()
         self.synced_version = -1
@@ -132,21 +136,18 @@ class WildcardFrontend:
     def port(self) -> int | None:
         if self._site is None:
             return None
-        server = self._site._server
-        sockets = getattr(server, "sockets", None) or []
-        return sockets[0].getsockname()[1] if sockets else self._cfg.wildcard_port
+        port = self._site.port
+        return self._cfg.wildcard_port if port is None else port
 
     async def start(self) -> None:
-        await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._cfg.bind_host, self._cfg.wildcard_port, reuse_address=True,
-                                 reuse_port=self._reuse_port or None)
-        await self._site.start()
+        self._site = await self._server.listen(self._cfg.bind_host, self._cfg.wildcard_port,
+                                               reuse_port=self._reuse_port)
         log.info("wildcard frontend listening on %s:%d for *%s", self._cfg.bind_host, self.port, self._domain)
 
     async def stop(self) -> None:
         self._host_map = {}
         self._site = None
-        await self._runner.cleanup()
+        await self._server.shutdown(self._cfg.shutdown_timeout)
 
     def changed(self) -> None:
         version = self._routes.version
@@ -164,22 +165,27 @@ class WildcardFrontend:
     async def sync(self) -> None:
         self.changed()
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse | SizedResponse:
         endpoint_id = self._host_map.get(host_key(request.headers.get("Host", "")))
         if endpoint_id is None:
             return EndpointNotFound("No endpoint is served at this host name.").to_response()
         return await self._handler(request, endpoint_id)
 
+    def _fast(self, conn: HttpConnection, message: RawRequestMessage, payload: StreamReader) -> bool:
+        endpoint_id = self._host_map.get(host_key(message.headers.get("Host", "")))
+        return endpoint_id is not None and self._fast_handler(conn, message, payload, endpoint_id)  # type: ignore[misc]
+
 
 class PortFrontend:
     def __init__(self, config: ProxySection, routes: RouteCache, handler: Handler, *,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, fast: FastHandler | None = None) -> None:
         self._cfg = config
         self._routes = routes
         self._handler = handler
+        self._fast_handler = fast
         self._reuse_port = reuse_port
-        self._runner = _make_runner(config, self._handle)
-        self._sites: dict[int, tuple[uuid.UUID, web.TCPSite]] = {}
+        self._server = _make_server(config, self._handle, self._fast if fast is not None else None)
+        self._sites: dict[int, tuple[uuid.UUID, Listener]] = {}
         self._port_map: dict[int, uuid.UUID] = {}  # what the handler reads: bound port → endpoint
         self._bind_errors: dict[int, str] = {}  # port → last error, to log each new error once
         self._conflicts: set[tuple[int, uuid.UUID]] = set()
@@ -198,7 +204,6 @@ class PortFrontend:
         return dict(self._bind_errors)
 
     async def start(self) -> None:
-        await self._runner.setup()
         self._task = asyncio.create_task(self._loop(), name="appproxy-port-frontend")
 
     async def stop(self) -> None:
@@ -206,7 +211,7 @@ class PortFrontend:
         await cancel_and_wait(task)
         self._sites.clear()
         self._port_map.clear()
-        await self._runner.cleanup()  # closes the sites, lets requests finish within shutdown_timeout
+        await self._server.shutdown(self._cfg.shutdown_timeout)  # closes the ports, lets requests finish
 
     def changed(self) -> None:
         self._wake.set()
@@ -255,7 +260,7 @@ class PortFrontend:
                 continue
             del self._sites[port]
             self._port_map.pop(port, None)
-            await site.stop()
+            site.close()
             self._close_connections(port)
             log.info("endpoint %s: port %d closed", endpoint_id, port)
         for port in [p for p in self._bind_errors if p not in desired]:
@@ -263,13 +268,9 @@ class PortFrontend:
         for port, endpoint_id in desired.items():
             if port in self._sites:
                 continue
-            site = web.TCPSite(self._runner, self._cfg.bind_host, port, reuse_address=True,
-                               reuse_port=self._reuse_port or None)
             try:
-                await site.start()
+                site = await self._server.listen(self._cfg.bind_host, port, reuse_port=self._reuse_port)
             except OSError as exc:
-                with contextlib.suppress(Exception):
-                    await site.stop()
                 message = exc.strerror or str(exc)
                 if self._bind_errors.get(port) != message:
                     log.error("endpoint %s: cannot listen on %s:%d (%s); retrying every %.0fs", endpoint_id,
@@ -284,35 +285,28 @@ class PortFrontend:
 
     def _close_connections(self, port: int) -> None:
         """Close connections accepted on a port we stopped serving (after their current request)."""
-        server = self._runner.server
-        if server is None:
-            return
-        for conn in list(server.connections):
-            transport = conn.transport
-            sockname = transport.get_extra_info("sockname") if transport is not None else None
-            if not (isinstance(sockname, tuple) and len(sockname) >= 2 and sockname[1] == port):
-                continue
-            # RequestHandler.close() only works for a connection with a request in progress (it then closes
-            # after the response); on an idle keep-alive connection it leaves a zombie that accepts requests and
-            # never answers, so idle ones are closed outright. If aiohttp renames the private flag we fall back
-            # to closing outright, which at worst cuts a response in progress on a port we stopped serving.
-            if getattr(conn, "_request_in_progress", False):
-                conn.close()
-            else:
-                conn.force_close()
+        for conn in list(self._server.connections):
+            sockname = conn.sockname
+            if isinstance(sockname, tuple) and len(sockname) >= 2 and sockname[1] == port:
+                conn.close()  # after the request in progress, at once when idle
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse | SizedResponse:
         port = local_port(request)
         endpoint_id = self._port_map.get(port) if port is not None else None
         if endpoint_id is None:
             return EndpointNotFound("No endpoint is served on this port.").to_response()
         return await self._handler(request, endpoint_id)
 
+    def _fast(self, conn: HttpConnection, message: RawRequestMessage, payload: StreamReader) -> bool:
+        sockname = conn.sockname
+        endpoint_id = self._port_map.get(sockname[1]) if isinstance(sockname, tuple) else None
+        return endpoint_id is not None and self._fast_handler(conn, message, payload, endpoint_id)  # type: ignore[misc]
+
 
 Frontend = PortFrontend | WildcardFrontend
 
 
-def make_frontend(config: ProxySection, routes: RouteCache, handler: Handler, *, reuse_port: bool = False
-                  ) -> Frontend:
+def make_frontend(config: ProxySection, routes: RouteCache, handler: Handler, *, reuse_port: bool = False,
+                  fast: FastHandler | None = None) -> Frontend:
     cls = WildcardFrontend if config.frontend == "wildcard" else PortFrontend
-    return cls(config, routes, handler, reuse_port=reuse_port)
+    return cls(config, routes, handler, reuse_port=reuse_port, fast=fast)

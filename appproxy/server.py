@@ -23,7 +23,7 @@ import logging
 import random
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Self
 
 from aiohttp import web
@@ -32,14 +32,17 @@ from appproxy.admin import AdminServer
 from appproxy.auth import TokenCache, authenticate
 from appproxy.config import ProxyConfig
 from appproxy.errors import EndpointNotFound, EndpointOverloaded, MethodNotAllowed, RequestHeadersTooLarge
-from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, read_body
+from appproxy.fastpath import FastPath
+from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, Resumed, read_body
 from appproxy.frontend import make_frontend
 from appproxy.hold import HoldGate
+from appproxy.httpserver import SizedResponse
 from appproxy.metrics import NO_ROUTE, ProxyMetrics, make_registry
 from appproxy.registration import Registration, admin_url, default_proxy_id, registration_info
 from appproxy.routing import RouteCache
 from appproxy.scrape import ReplicaScraper
 from common.errors import ProblemError
+from common.protocol import RouteTable
 from common.store import ROUTES_PREFIX, KVStore
 
 log = logging.getLogger(__name__)
@@ -62,7 +65,10 @@ def tune_gc() -> None:
 
 def header_bytes(request: web.BaseRequest) -> int:
     """Size of the request headers as received (name, value, ": " and CRLF per line)."""
-    raw = request.raw_headers
+    return raw_header_bytes(request.raw_headers)
+
+
+def raw_header_bytes(raw: tuple[tuple[bytes, bytes], ...]) -> int:
     return sum(len(name) + len(value) for name, value in raw) + 4 * len(raw)
 
 
@@ -82,7 +88,9 @@ class AppProxy:
         self.registry = make_registry(self.metrics)  # this proxy's own; never the global registry
         self.routes = RouteCache(store, routes_prefix, on_change=self._routes_changed)
         self.forwarder = Forwarder(config.proxy, config.outlier, self.metrics, rng=rng)
-        self.frontend = make_frontend(config.proxy, self.routes, self.handle, reuse_port=reuse_port)
+        self.fastpath = FastPath(self)
+        self.frontend = make_frontend(config.proxy, self.routes, self.handle, reuse_port=reuse_port,
+                                      fast=self.fastpath.take)
         self.scraper = ReplicaScraper(config.proxy, self.routes, self.forwarder, self.metrics)
         self.admin: AdminServer | None = None
         cfg = config.proxy
@@ -98,7 +106,7 @@ class AppProxy:
                 cfg.admin_host, cfg.admin_port + worker_index if cfg.admin_port else 0, cluster_secret,
                 self.registry, self.scraper, known=lambda e: self.routes.get(e) is not None,
                 in_flight=lambda e: self.metrics.in_flight.get(e, 0))
-        self._admitted: Counter[uuid.UUID] = Counter()  # endpoint → requests admitted and not finished
+        self._admitted: Counter[str] = Counter()  # endpoint → requests admitted and not finished
         self._tokens = TokenCache()
         self._names: dict[uuid.UUID, str] = {}  # endpoint id → str(id), the metrics label (UUID.__str__ is slow)
         self._started = False
@@ -178,16 +186,26 @@ class AppProxy:
         self._names = {e: n for e, n in self._names.items() if e in self.routes.tables}
 
     # -- the request pipeline --------------------------------------------------------------------------------
-    async def handle(self, request: web.BaseRequest, endpoint_id: uuid.UUID) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest, endpoint_id: uuid.UUID) -> web.StreamResponse | SizedResponse:
+        endpoint = self.endpoint_name(endpoint_id)
+        started = asyncio.get_running_loop().time()
+        self.metrics.request_started(endpoint)
+        return await self.respond(endpoint, started, self._pipeline(request, endpoint_id, endpoint))
+
+    def endpoint_name(self, endpoint_id: uuid.UUID) -> str:
         endpoint = self._names.get(endpoint_id)
         if endpoint is None:
             endpoint = self._names[endpoint_id] = str(endpoint_id)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        return endpoint
+
+    async def respond(self, endpoint: str, started: float,
+                      pipeline: Coroutine[Any, Any, tuple[web.StreamResponse | SizedResponse, str]]
+                      ) -> web.StreamResponse | SizedResponse:
+        """Run the rest of a request's pipeline (counted as started at ``started``): problem documents for
+        :class:`ProblemError`, metrics for every outcome, a client disconnect counted as such."""
         status, route = 500, NO_ROUTE
-        self.metrics.request_started(endpoint)
         try:
-            response, route = await self._pipeline(request, endpoint_id, endpoint)
+            response, route = await pipeline
             status = response.status
             return response
         except ProblemError as exc:
@@ -199,10 +217,10 @@ class AppProxy:
             self.metrics.client_disconnects[endpoint] += 1
             raise
         finally:
-            self.metrics.request_finished(endpoint, route, status, loop.time() - started)
+            self.metrics.request_finished(endpoint, route, status, asyncio.get_running_loop().time() - started)
 
     async def _pipeline(self, request: web.BaseRequest, endpoint_id: uuid.UUID, endpoint: str
-                        ) -> tuple[web.StreamResponse, str]:
+                        ) -> tuple[web.StreamResponse | SizedResponse, str]:
         table = self.routes.get(endpoint_id)
         if table is None:
             raise EndpointNotFound("This endpoint no longer exists.")
@@ -216,18 +234,33 @@ class AppProxy:
         authenticate(self._secret, table, method, request.headers, self._tokens)
         if not table.routes:
             table = await self.hold.wait_for_route(endpoint_id, table)
-        admitted = self._admitted
-        if admitted[endpoint] >= cfg.max_concurrency_per_endpoint:
+        if self._admitted[endpoint] >= cfg.max_concurrency_per_endpoint:
             raise EndpointOverloaded(f"This endpoint already has {cfg.max_concurrency_per_endpoint} requests in "
                                      f"progress; try again shortly.", retry_after=cfg.retry_after)
-        admitted[endpoint] += 1
+        self.admit(endpoint)
         try:
             body = await read_body(request, cfg.max_body_size)
             # the table may have changed while the body was uploading: use the newest one
             table = self.routes.get(endpoint_id) or table
             return await self.forwarder.forward(request, table, body)
         finally:
-            if admitted[endpoint] <= 1:
-                del admitted[endpoint]
-            else:
-                admitted[endpoint] -= 1
+            self.release(endpoint)
+
+    async def resumed(self, request: web.BaseRequest, endpoint: str, table: RouteTable, body: bytes,
+                      attempt: Resumed) -> tuple[web.StreamResponse | SizedResponse, str]:
+        """The end of :meth:`_pipeline` for a request the fast path admitted and started forwarding."""
+        try:
+            return await self.forwarder.forward(request, table, body, attempt)
+        finally:
+            self.release(endpoint)
+
+    # -- admission (at most max_concurrency_per_endpoint requests past the checks per endpoint) ---------------
+    def admit(self, endpoint: str) -> None:
+        self._admitted[endpoint] += 1
+
+    def release(self, endpoint: str) -> None:
+        admitted = self._admitted
+        if admitted[endpoint] <= 1:
+            del admitted[endpoint]
+        else:
+            admitted[endpoint] -= 1

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import Final
+from typing import Any, Final, Protocol
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -76,8 +76,27 @@ def host_header(host: str, port: int) -> str:
     return host if port == 80 else f"{host}:{port}"
 
 
+class ResponseListener(Protocol):
+    """Who gets the response of a request sent with :meth:`UpstreamPool.send` instead of awaiting it."""
+
+    def on_response(self, message: RawResponseMessage, payload: StreamReader) -> None: ...
+
+    def on_error(self, exc: BaseException) -> None: ...
+
+
+def is_final(message: RawResponseMessage) -> bool:
+    """Not an informational (1xx) response, which is skipped; ``101`` is final."""
+    code = message.code
+    return code < 100 or code > 199 or code == 101
+
+
 class ReplicaProtocol(ResponseHandler):
-    """aiohttp's client protocol with a lazily re-armed ``sock_read`` timer.
+    """aiohttp's client protocol with a lazily re-armed ``sock_read`` timer, and an optional ``listener``.
+
+    With a ``listener`` set (:meth:`UpstreamPool.send`), the final response head (with its body
+    ``StreamReader``), or the error that ends the wait for it (connection lost, read timeout, a malformed
+    response), goes to the listener as soon as the parser produces it, from ``data_received`` itself: no
+    future, no task wake-up. Without one, responses queue up for ``read()`` as in aiohttp.
 
     ``ResponseHandler`` cancels and re-creates its timer on every read and at the end of every response (a
     ``TimerHandle`` and heap operations each time). Here a read only moves the deadline and the end of a response
@@ -86,6 +105,32 @@ class ReplicaProtocol(ResponseHandler):
     ``SocketTimeoutError``); the timer is cancelled when the connection is lost."""
 
     _read_deadline: float | None = None  # None: disarmed (no response being read)
+    listener: ResponseListener | None = None
+
+    def feed_data(self, data: Any, size: int = 0) -> None:  # DataQueue: a parsed (message, payload)
+        listener = self.listener
+        if listener is None:
+            super().feed_data(data, size)
+        elif is_final(data[0]):
+            self.listener = None
+            listener.on_response(data[0], data[1])
+
+    def set_exception(self, exc: BaseException, *args: Any) -> None:
+        super().set_exception(exc, *args)  # marks the connection for closing, stops the timer
+        listener = self.listener
+        if listener is not None:
+            self.listener = None
+            listener.on_error(exc)
+
+    def keep_parser(self, skip_payload: bool, read_timeout: float | None) -> bool:
+        """Use the response parser of the previous exchange again (True) instead of a new one per request, as
+        ``set_response_params`` makes. Only on a pooled connection: the previous response was read to its end,
+        so the parser stands between two messages, as with pipelined responses. Every pool's connections are
+        set up with the same limits; a ``HEAD`` (no body to parse) needs a parser of its own."""
+        if self._parser is None or self._tail or skip_payload != self._skip_payload:
+            return False
+        self._read_timeout = read_timeout
+        return True
 
     def _reschedule_timeout(self) -> None:
         timeout = self._read_timeout
@@ -128,7 +173,8 @@ class UpstreamResponse:
     """One response being read; ``release()`` (whole body read) returns the connection to the pool, ``close()``
     drops it. Attribute names follow ``aiohttp.ClientResponse`` (status, reason, headers, content, ...)."""
 
-    __slots__ = ("_key", "_pool", "_proto", "content", "content_length", "headers", "method", "reason", "status")
+    __slots__ = ("_key", "_pool", "_proto", "content", "content_length", "headers", "method", "raw_headers", "reason",
+                 "status")
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, int], proto: ResponseHandler, method: str,
                  message: RawResponseMessage, content: StreamReader) -> None:
@@ -137,6 +183,7 @@ class UpstreamResponse:
         self.status: int = message.code
         self.reason: str = message.reason
         self.headers: CIMultiDictProxy[str] = message.headers
+        self.raw_headers: tuple[tuple[bytes, bytes], ...] = message.raw_headers  # as received, in order
         self.content = content
         length = message.headers.get("Content-Length")
         self.content_length = int(length) if length is not None and length.isdigit() else None
@@ -150,12 +197,8 @@ class UpstreamResponse:
 
     def release(self) -> None:
         proto, self._proto = self._proto, None
-        if proto is None:
-            return
-        if self.content.is_eof() and not proto.should_close and proto.is_connected():
-            self._pool.put_idle(self._key, proto)
-        else:
-            proto.close()
+        if proto is not None:
+            self._pool.release(self._key, proto, self.content)
 
     def close(self) -> None:
         proto, self._proto = self._proto, None
@@ -177,6 +220,13 @@ class UpstreamPool:
         self._closed = False
 
     # -- the pool --------------------------------------------------------------------------------------------
+    def release(self, key: tuple[str, int], proto: ResponseHandler, content: StreamReader) -> None:
+        """Back to the pool when the response was read to its end and the connection can be reused."""
+        if content.is_eof() and not proto.should_close and proto.is_connected():
+            self.put_idle(key, proto)
+        else:
+            proto.close()
+
     def put_idle(self, key: tuple[str, int], proto: ResponseHandler) -> None:
         if self._closed or self._keepalive <= 0:
             proto.close()
@@ -247,40 +297,59 @@ class UpstreamPool:
         """Send ``head`` + ``body`` (see :func:`request_head`) and return once the response headers are in."""
         key = (host, port)
         proto = self._take_idle(key)
-        retry = proto is not None and method in IDEMPOTENT_METHODS
         if proto is None:
             proto = await self._connect(host, port)
-        while True:
-            try:
-                return await self._exchange(key, proto, method, head, body)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                if not retry:
-                    raise
-            # A pooled connection closed under us before any response byte (RFC 9112 §9.3.1): an idempotent
-            # request is sent once more on a new connection, as ClientSession does.
-            retry = False
-            proto = await self._connect(host, port)
+            return await self._exchange(key, proto, method, head, body)
+        try:
+            return await self._exchange(key, proto, method, head, body)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            if method not in IDEMPOTENT_METHODS:
+                raise
+        return await self.resend(host, port, method, head, body)
+
+    async def resend(self, host: str, port: int, method: str, head: bytes, body: bytes) -> UpstreamResponse:
+        """A pooled connection closed under an idempotent request before any response byte (RFC 9112 §9.3.1):
+        the request is sent once more on a new connection, as ClientSession does."""
+        proto = await self._connect(host, port)
+        return await self._exchange((host, port), proto, method, head, body)
+
+    def take(self, host: str, port: int) -> ReplicaProtocol | None:
+        """An idle connection to ``host:port`` that looks alive, or None (never connects)."""
+        return self._take_idle((host, port))  # type: ignore[return-value]
+
+    def send(self, proto: ReplicaProtocol, method: str, head: bytes, body: bytes, listener: ResponseListener
+             ) -> None:
+        """Send a request whose body fits one write on ``proto`` (from :meth:`take`) and have ``listener``
+        called with the response head or the error instead of awaiting it (see :class:`ReplicaProtocol`)."""
+        self._write(proto, method, head, body)
+        proto.listener = listener
+        proto.start_timeout()
+
+    def _write(self, proto: ResponseHandler, method: str, head: bytes, body: bytes) -> None:
+        skip_payload = method == "HEAD"
+        if not (type(proto) is ReplicaProtocol and proto.keep_parser(skip_payload, self._read_timeout)):
+            proto.set_response_params(
+                skip_payload=skip_payload, auto_decompress=False, read_timeout=self._read_timeout,
+                read_bufsize=READ_BUFSIZE, max_line_size=self._max_line_size, max_field_size=self._max_field_size)
+        transport = proto.transport
+        if transport is None:
+            raise aiohttp.ServerDisconnectedError()
+        if len(body) <= READ_BUFSIZE:
+            transport.write(head + body if body else head)  # one send()
+        else:
+            transport.write(head)
+            transport.write(body)
 
     async def _exchange(self, key: tuple[str, int], proto: ResponseHandler, method: str, head: bytes,
                         body: bytes) -> UpstreamResponse:
         try:
-            proto.set_response_params(
-                skip_payload=method == "HEAD", auto_decompress=False, read_timeout=self._read_timeout,
-                read_bufsize=READ_BUFSIZE, max_line_size=self._max_line_size, max_field_size=self._max_field_size)
-            transport = proto.transport
-            if transport is None:
-                raise aiohttp.ServerDisconnectedError()
-            if len(body) <= READ_BUFSIZE:
-                transport.write(head + body if body else head)  # one send()
-            else:
-                transport.write(head)
-                transport.write(body)
+            self._write(proto, method, head, body)
             if proto.writing_paused:
                 await proto._drain_helper()  # a large body: wait for the replica to take it
             proto.start_timeout()
             while True:
                 message, payload = await proto.read()
-                if message.code < 100 or message.code > 199 or message.code == 101:
+                if is_final(message):
                     break
             return UpstreamResponse(self, key, proto, method, message, payload)
         except BaseException:
