@@ -109,9 +109,11 @@ class HttpConnection(BaseProtocol):
                  "peername", "remote", "request_count", "scheme", "sockname", "ssl_context")
 
     def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
+        # auto_decompress off: a Content-Encoding body is relayed as sent, with its header (decoded, it reached the
+        # replica still labelled gzip, and a small body could expand past max_body_size inside the proxy)
         parser = HttpRequestParser(self, loop, READ_BUFSIZE, max_line_size=server.max_line_size,
                                    max_field_size=server.max_field_size, max_headers=server.max_headers,
-                                   payload_exception=RequestPayloadError, auto_decompress=True)
+                                   payload_exception=RequestPayloadError, auto_decompress=False)
         super().__init__(loop, parser)
         self._server = server
         self._queue: deque[tuple[Any, StreamReader]] = deque()

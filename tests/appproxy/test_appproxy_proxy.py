@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import time
@@ -150,6 +151,24 @@ async def test_encoded_responses_are_relayed_untouched(make_proxy, serve, upstre
     async with http.get(url + "/gzip") as resp:
         assert resp.headers["Content-Encoding"] == "gzip"
         assert (await resp.json())["name"] == "a"  # decoded exactly once, by the client
+
+
+async def test_encoded_request_bodies_are_relayed_untouched(make_proxy, serve, upstreams, http):
+    """A gzip request body reaches the replica as sent, still labelled gzip (not decoded on the way, which would
+    also let a small body expand past max_body_size inside the proxy)."""
+    up = await upstreams("a")
+    proxy = await make_proxy(proxy={"max_body_size": 4096})
+    table = make_table(port=free_port(), routes=[up.target()], open_to_public=True)
+    url = await serve(proxy, table)
+    text = json.dumps({"prompt": "y" * 20000})  # 20 kB that gzip packs into well under the limit
+    packed = gzip.compress(text.encode())
+    assert len(packed) < 4096 < len(text)
+    async with http.post(url + "/echo", data=packed, headers={"Content-Encoding": "gzip",
+                                                              "Content-Type": "application/json"}) as resp:
+        assert resp.status == 200, await resp.text()
+        seen = await resp.json()
+    assert seen["headers"]["Content-Encoding"] == ["gzip"]
+    assert seen["body"] == text  # the replica (an aiohttp server) decoded it once
 
 
 # --- streaming and disconnects ---------------------------------------------------------------------------------
