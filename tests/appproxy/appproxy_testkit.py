@@ -14,7 +14,7 @@ import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -207,27 +207,26 @@ async def unpublish(store: MemoryStore, endpoint_id: uuid.UUID) -> None:
     await store.delete(ROUTES_PREFIX + str(endpoint_id))
 
 
-class ResetServer:
-    """A "replica" that accepts connections and resets them as soon as the request arrives (RST, no response)."""
+class RawServer:
+    """A "replica" that is a plain asyncio TCP server on 127.0.0.1 (a random port), for answers no HTTP server
+    would give; subclasses say what to do with each connection in ``_handle``."""
 
     def __init__(self) -> None:
         self.connections = 0
         self._server: asyncio.Server | None = None
         self.port = 0
 
-    async def start(self) -> ResetServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+    async def start(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(reader.read(1), 5)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
+        await self._handle(reader, writer)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
 
     def target(self) -> RouteTarget:
         return RouteTarget(route_id=uuid.uuid4(), host="127.0.0.1", port=self.port)
@@ -236,3 +235,15 @@ class ResetServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+class ResetServer(RawServer):
+    """A "replica" that accepts connections and resets them as soon as the request arrives (RST, no response)."""
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader.read(1), 5)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()

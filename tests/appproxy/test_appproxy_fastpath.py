@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from common.protocol import RouteTarget
-from tests.appproxy.appproxy_testkit import auth, eventually, free_port, make_table
+from tests.appproxy.appproxy_testkit import RawServer, auth, eventually, free_port, make_table
 
 
 async def warm(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> None:
@@ -132,22 +130,11 @@ async def test_client_leaving_during_the_fast_path_reaches_the_replica(make_prox
     assert not proxy.forwarder._in_flight
 
 
-class OneShotUpstream:
+class OneShotUpstream(RawServer):
     """Answers the first request on each connection (keep-alive), then closes the connection when the next one
     arrives, without answering: an idle pooled connection that closes under a request."""
 
-    def __init__(self) -> None:
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> OneShotUpstream:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             if b"content-length: " in head.lower():
@@ -159,14 +146,6 @@ class OneShotUpstream:
         except Exception:
             pass
         writer.close()
-
-    def target(self) -> RouteTarget:
-        return RouteTarget(route_id=uuid.uuid4(), host="127.0.0.1", port=self.port)
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
 
 
 async def test_connection_closed_under_a_fast_request(make_proxy, serve, http):

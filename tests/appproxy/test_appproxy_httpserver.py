@@ -7,29 +7,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import uuid
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from appproxy.httpserver import HttpServer
-from common.protocol import RouteTarget
-from tests.appproxy.appproxy_testkit import auth, free_port, make_table
+from tests.appproxy.appproxy_testkit import RawServer, auth, free_port, make_table
 
 
-class RawUpstream:
+class RawUpstream(RawServer):
     """A replica answering every request with one fixed response (``head`` + ``body``)."""
 
     def __init__(self, head: bytes, body: bytes) -> None:
+        super().__init__()
         self.response = head + body
         self.requests: list[bytes] = []
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> RawUpstream:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
@@ -42,13 +35,14 @@ class RawUpstream:
                 await writer.drain()
         writer.close()
 
-    def target(self) -> RouteTarget:
-        return RouteTarget(route_id=uuid.uuid4(), host="127.0.0.1", port=self.port)
 
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+async def public_endpoint(make_proxy: Any, serve: Any, upstream: Any) -> int:
+    """A proxy serving a public endpoint whose one route is ``upstream``; returns the endpoint's port."""
+    proxy = await make_proxy()
+    table = make_table(port=free_port(), routes=[upstream.target()], open_to_public=True)
+    await serve(proxy, table)
+    assert table.port is not None
+    return table.port
 
 
 @pytest.fixture
@@ -88,10 +82,8 @@ async def test_relayed_response_on_the_wire(make_proxy, serve, raw_upstreams):
     up = await raw_upstreams(b"HTTP/1.1 201 Made It\r\nX-Mixed-Case: A b\r\nContent-Length: 5\r\n"
                              b"Keep-Alive: timeout=5\r\nConnection: keep-alive\r\nSet-Cookie: a=1\r\n"
                              b"Set-Cookie: b=2\r\n\r\n", b"hello")
-    proxy = await make_proxy()
-    table = make_table(port=free_port(), routes=[up.target()], open_to_public=True)
-    await serve(proxy, table)
-    reader, writer = await asyncio.open_connection("127.0.0.1", table.port)
+    port = await public_endpoint(make_proxy, serve, up)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
         status, headers, body = await read_response(reader)
@@ -112,7 +104,7 @@ async def test_relayed_response_on_the_wire(make_proxy, serve, raw_upstreams):
     finally:
         writer.close()
     # HTTP/1.0 without keep-alive: no Connection header, closed after the response
-    reader, writer = await asyncio.open_connection("127.0.0.1", table.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"GET /x HTTP/1.0\r\n\r\n")
         status, headers, body = await read_response(reader)
@@ -126,10 +118,8 @@ async def test_connection_header_naming_end_to_end_headers(make_proxy, serve, ra
     up = await raw_upstreams(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Hop: 1\r\nX-Kept: 2\r\n"
                              b"Connection: X-Hop\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nServer: up/1\r\n"
                              b"Content-Length: 2\r\n\r\n", b"ok")
-    proxy = await make_proxy()
-    table = make_table(port=free_port(), routes=[up.target()], open_to_public=True)
-    await serve(proxy, table)
-    reader, writer = await asyncio.open_connection("127.0.0.1", table.port)
+    port = await public_endpoint(make_proxy, serve, up)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         status, headers, body = await read_response(reader)
@@ -143,10 +133,8 @@ async def test_connection_header_naming_end_to_end_headers(make_proxy, serve, ra
 
 async def test_pipelined_requests_are_answered_in_order(make_proxy, serve, upstreams):
     up = await upstreams("a")
-    proxy = await make_proxy()
-    table = make_table(port=free_port(), routes=[up.target()], open_to_public=True)
-    await serve(proxy, table)
-    reader, writer = await asyncio.open_connection("127.0.0.1", table.port)
+    port = await public_endpoint(make_proxy, serve, up)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"".join(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n%02d" % i
                               for i in range(40)))  # more than MAX_QUEUED: reading pauses and resumes
@@ -160,10 +148,8 @@ async def test_pipelined_requests_are_answered_in_order(make_proxy, serve, upstr
 
 async def test_malformed_request_is_400_and_closed(make_proxy, serve, upstreams):
     up = await upstreams("a")
-    proxy = await make_proxy()
-    table = make_table(port=free_port(), routes=[up.target()], open_to_public=True)
-    await serve(proxy, table)
-    reader, writer = await asyncio.open_connection("127.0.0.1", table.port)
+    port = await public_endpoint(make_proxy, serve, up)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")
         status, headers, body = await read_response(reader)
@@ -259,10 +245,8 @@ async def test_a_client_that_does_not_read_is_not_answered_without_bound(make_pr
     answers back up (as aiohttp's drain did), instead of buffering every answer."""
     up = await raw_upstreams(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 60000\r\n\r\n",
                              b"z" * 60000)
-    proxy = await make_proxy()
-    table = make_table(port=free_port(), routes=[up.target()], open_to_public=True)
-    await serve(proxy, table)
-    reader, writer = await asyncio.open_connection("127.0.0.1", table.port)
+    port = await public_endpoint(make_proxy, serve, up)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
         await read_response(reader)  # warm: an idle pooled connection, so the next ones can go the fast way
