@@ -7,7 +7,8 @@ manager's clock) for ``kernel`` autoscaling rules.
 Most beats change nothing: at 200 agents every 3 s, loading each agent's sessions, routes and endpoints as ORM
 objects (JSON columns decoded) kept the manager busy on heartbeats alone (bench/control_plane). So a beat first
 reads plain rows and :func:`triage` (pure) picks the kernels that need a write; only those are loaded as ORM
-objects and changed, and an unchanged agent row gets a single ``UPDATE`` of ``last_heartbeat``.
+objects and changed. An unchanged agent row is not touched at all: its beat time is queued and written with the
+other agents' once a second (manager.control.agent_beats).
 """
 
 from __future__ import annotations
@@ -178,8 +179,10 @@ async def _apply_changes(db, agent_id: str, reported: Mapping[uuid.UUID, KernelR
         route = routes.get(session.route_id)
         report = reported.get(session.id)
         if report is None:
-            if session.agent_id == agent_id and session.status in ACTIVE_SESSION_STATES:  # still, after triage
-                _mark_vanished(session, route, agent_id, now, changed)
+            if (session.agent_id == agent_id and session.status in ACTIVE_SESSION_STATES  # still, after triage
+                    and mark_replica_gone(session, route, now, "replica_vanished",
+                                          f"agent {agent_id} no longer reports kernel {session.id}")):
+                changed.add(session.endpoint_id)
             continue
         if route is None:
             continue
@@ -217,19 +220,19 @@ async def _apply_changes(db, agent_id: str, reported: Mapping[uuid.UUID, KernelR
     return changed
 
 
-def _mark_vanished(session: Session, route: Route | None, agent_id: str, now: datetime,
-                   changed: set[uuid.UUID]) -> None:
+def mark_replica_gone(session: Session, route: Route | None, now: datetime, error_type: str, message: str) -> bool:
+    """A replica's kernel is gone (its agent lost it or was lost): the session ends as lost and its route, if
+    still live or draining, leaves traffic as terminated with the reason. True when the route changed."""
     session.status = "lost"
     session.terminated_at = now
-    if route is not None and route.lifecycle in (RouteLifecycle.PROVISIONING, RouteLifecycle.RUNNING,
-                                                 RouteLifecycle.TERMINATING):
-        route.lifecycle = RouteLifecycle.TERMINATED
-        route.health = RouteHealth.UNHEALTHY
-        route.traffic = RouteTraffic.INACTIVE
-        route.error_data = {"type": "replica_vanished", "message":
-                            f"agent {agent_id} no longer reports kernel {session.id}",
-                            "session_id": str(session.id)}
-        changed.add(route.endpoint_id)
+    if route is None or route.lifecycle not in (RouteLifecycle.PROVISIONING, RouteLifecycle.RUNNING,
+                                                RouteLifecycle.TERMINATING):
+        return False
+    route.lifecycle = RouteLifecycle.TERMINATED
+    route.health = RouteHealth.UNHEALTHY
+    route.traffic = RouteTraffic.INACTIVE
+    route.error_data = {"type": error_type, "message": message, "session_id": str(session.id)}
+    return True
 
 
 def _aware(value: datetime) -> datetime:
@@ -242,4 +245,4 @@ def _stats_due(stored: Mapping[str, Any] | None, now: datetime, interval: float)
     return not isinstance(reported_at, int | float) or now.timestamp() - reported_at >= interval
 
 
-__all__ = ["ACTIVE_SESSION_STATES", "KernelStatus", "Triage", "apply_heartbeat", "triage"]
+__all__ = ["ACTIVE_SESSION_STATES", "KernelStatus", "Triage", "apply_heartbeat", "mark_replica_gone", "triage"]

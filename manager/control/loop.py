@@ -30,7 +30,7 @@ from common.status import (
 )
 from common.store import ROUTES_PREFIX
 from manager.control.autoscale import Autoscaling
-from manager.control.heartbeat import ACTIVE_SESSION_STATES, _aware
+from manager.control.heartbeat import ACTIVE_SESSION_STATES, _aware, mark_replica_gone
 from manager.control.planner import RouteView, backoff_delay, plan_replicas
 from manager.control.publisher import publish_endpoints
 from manager.control.scheduler import AgentCapacity, device_free_of, normalize_architecture, select_agent
@@ -130,16 +130,9 @@ class ControlLoop:
                 log.warning("agent %s lost (no heartbeat since %s)", agent.id, agent.last_heartbeat)
             rows = (await db.execute(sa.select(Route, Session).join(Session, Session.id == Route.session_id).where(
                 Session.agent_id.in_([a.id for a in lost]), Session.status.in_(ACTIVE_SESSION_STATES)))).all()
+            now = datetime.now(UTC)
             for route, session in rows:
-                session.status = "lost"
-                session.terminated_at = datetime.now(UTC)
-                if route.lifecycle in (RouteLifecycle.PROVISIONING, RouteLifecycle.RUNNING,
-                                       RouteLifecycle.TERMINATING):
-                    route.lifecycle = RouteLifecycle.TERMINATED
-                    route.health = RouteHealth.UNHEALTHY
-                    route.traffic = RouteTraffic.INACTIVE
-                    route.error_data = {"type": "agent_lost", "message": f"agent {session.agent_id} was lost",
-                                        "session_id": str(session.id)}
+                if mark_replica_gone(session, route, now, "agent_lost", f"agent {session.agent_id} was lost"):
                     ctx.dirty_endpoints.add(route.endpoint_id)
             await db.commit()
 
