@@ -12,7 +12,6 @@ import time
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import aiohttp
 import sqlalchemy as sa
@@ -367,4 +366,4 @@ class ControlLoop:
         return True
 
 
-__all__ = ["ControlLoop", "Decimal"]
+__all__ = ["ControlLoop", "live_holdings", "total_slots"]
