@@ -3,15 +3,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MOORAGE := $(VENV)/bin/moorage
 PYTHON ?= python3
-# llama-cpp-python is built from source; the LLaVA part is not needed (and slow to build).
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# llama-cpp-python is built from source, once per version and flags, into a wheel cache outside the checkout.
+# Portable CPU flags, not -march=native: a native build on a CPU that reports AMX crashed in ggml's AMX kernels
+# (SIGSEGV in ggml_backend_amx_mul_mat on the first decode). The LLaVA part is not needed (and slow to build).
+LLAMA_VERSION ?= 0.3.36
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+WHEELHOUSE ?= $(HOME)/.cache/moorage/wheels/$(shell echo '$(LLAMA_VERSION) $(CMAKE_ARGS)' | sha256sum | cut -c1-16)
 
 .PHONY: venv system-deps up down demo test test-fast test-e2e lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[llamacpp,dev]'
+	ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
+		$(VENV)/bin/pip wheel -q --no-cache-dir --no-deps 'llama-cpp-python==$(LLAMA_VERSION)' -w $(WHEELHOUSE)
+	$(VENV)/bin/pip install -q --find-links $(WHEELHOUSE) -e '.[llamacpp,dev]' 'llama-cpp-python==$(LLAMA_VERSION)'
 	touch $@
 
 venv: $(VENV)/.installed

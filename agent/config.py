@@ -148,10 +148,22 @@ class ResourcesSection(_Section):
 
 
 class LocalSection(_Section):
-    """The ``local`` runtime: a subprocess, sandboxed with bubblewrap when available."""
+    """The ``local`` runtime: a subprocess in a bubblewrap sandbox (docs/security.md)."""
 
-    sandbox: Literal["auto", "bwrap", "none"] = "auto"  # auto: bwrap if it works here, else unsandboxed + warning
+    # bwrap: the agent refuses to start when the sandbox does not work here. "auto" is the old name of the
+    # same thing (it no longer falls back). "none" runs replicas unsandboxed: only on purpose, and reported.
+    sandbox: Literal["auto", "bwrap", "none"] = "bwrap"
     bwrap_path: str = "bwrap"
+    # isolated: each replica has a network namespace of its own, its port forwarded by pasta; host: replicas
+    # share the host's network (and reach every service on it): only where pasta cannot run.
+    network: Literal["isolated", "host"] = "isolated"
+    pasta_path: str = "pasta"
+    # When the agent is root, each live replica runs as its own uid (= gid) from this range: far above
+    # ordinary users and the usual subordinate-uid ranges, so a replica owns nothing else on the host.
+    uid_base: int = Field(default=3_000_000, ge=100_000, le=4_000_000_000)
+    uid_count: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Extra host directories replicas may read (e.g. a CUDA toolkit under /opt); nothing else is visible.
+    readonly_paths: list[str] = Field(default_factory=list)
     # Prepended to PATH in replicas, so `python3` there is the interpreter that has the serving packages.
     extra_path: list[str] = Field(default_factory=lambda: [os.path.dirname(sys.executable)])
     python: str = Field(default_factory=lambda: sys.executable)  # runs the launcher (stdlib only)

@@ -1,18 +1,25 @@
-"""The ``local`` kernel runtime: the launcher as a subprocess, sandboxed with bubblewrap when it works here.
+"""The ``local`` kernel runtime: the launcher as a subprocess in a bubblewrap sandbox.
 
 Per kernel, under ``state_dir/kernels/<kernel_id>/``: ``work/`` (the replica's private writable dir,
-``HOME``), ``launch/`` (a copy of the launcher, ``spec.json``, the launcher's error files) and
-``stdout.log``/``stderr.log`` (written by the replica directly, so it survives an agent restart).
+``HOME``), ``launch/`` (a copy of the launcher, ``spec.json``, the launcher's error files),
+``stdout.log``/``stderr.log`` (written by the replica directly, so it survives an agent restart) and the
+sandbox's ``passwd``/``group`` files.
+
+The sandbox (:mod:`agent.runtime.bwrap`) shows the replica only the system directories, its software, its
+model folder (read-only) and its own work and launch dirs; it runs as an unprivileged uid of its own (from
+``[local] uid_base``) when the agent is root, and in a network namespace of its own whose port the agent
+forwards (:mod:`agent.runtime.netfwd`). See docs/security.md.
 
 The process is started in a new session (``start_new_session``), so the replica is its own process group
-whose id is the handle; stopping signals the whole group. In the sandbox the group also holds the pid
-namespace's init, whose death takes every process of the replica with it. The replica *is* its main
-process (the launcher, then what it execs): when that dies, whatever it left in the sandbox is killed, so
-the death is noticed (bwrap only exits once its sandbox is empty) and reported with the real exit code.
+whose id is the handle; stopping signals the whole group. The group also holds the pid namespace's init,
+whose death takes every process of the replica with it. The replica *is* its main process (the launcher,
+then what it execs): when that dies, whatever it left in the sandbox is killed, so the death is noticed
+(bwrap only exits once its sandbox is empty) and reported with the real exit code.
 
-Without bubblewrap (or with ``[local] sandbox = "none"``) the replica runs unsandboxed: ``{model_path}``,
-``BACKEND_MODEL_PATH`` and ``MOORAGE_MODELS_DIR`` then point at the model folder on the host, ``HOME`` at the
-work dir on the host, and a child that leaves the process group (``setsid``) escapes the stop signals.
+No silent fallback: when bubblewrap (or pasta, for the network namespace) does not work here, the agent
+refuses to start. Only an explicit ``[local] sandbox = "none"`` runs replicas unsandboxed (as the agent's
+user, on the host network, seeing the whole host); the agent then says so in its log and in every
+kernel's report, and ``service info`` shows it.
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ from agent.runtime.base import (
     launcher_spec,
     replica_environ,
 )
-from agent.runtime.bwrap import FRESH_MOUNTS, Bind, bwrap_argv
+from agent.runtime.bwrap import SETPRIV, SYSTEM_PATHS, Bind, Identity, SandboxSpec, bwrap_argv, passwd_lines
 from agent.runtime.logfiles import LaunchFiles
+from agent.runtime.netfwd import ForwarderFailed, start_forwarder, stop_forwarder
 from agent.runtime.procs import (
     children,
     group_members,
@@ -58,24 +66,91 @@ log = logging.getLogger(__name__)
 LAUNCHER_SOURCE = Path(launcher.__file__)
 KILL_WAIT = 5.0  # seconds to wait for the group to vanish after SIGKILL
 STOP_POLL = 0.05
+NAMESPACE_WAIT = 5.0  # seconds for bwrap to create the sandbox's namespaces (its first child) after exec
 
 
-def software_binds(paths: list[str]) -> list[Bind]:
-    """Read-only binds for the interpreter/venv the replica runs that would otherwise be hidden by the
-    sandbox's fresh mounts (a checkout or venv under /tmp, as in CI clones): the venv root of each path."""
+def software_roots(paths: list[str]) -> list[str]:
+    """Host dirs the replica's software needs, bound read-only at the same path: for each interpreter, venv
+    or PATH entry its root (``.../bin`` -> ``...``), and the prefix of the real interpreter behind a venv's
+    symlink. Paths already inside the bound system dirs need nothing more."""
     roots: set[str] = set()
     for path in paths:
-        path = os.path.abspath(path)
-        directory = path if os.path.isdir(path) else os.path.dirname(path)
-        if os.path.basename(directory) == "bin":
-            directory = os.path.dirname(directory)
-        if any(directory == fresh or directory.startswith(fresh + "/") for fresh in FRESH_MOUNTS):
+        candidates = [os.path.abspath(path)]
+        real = os.path.realpath(path)
+        if real != candidates[0]:
+            candidates.append(real)
+        for candidate in candidates:
+            directory = candidate if os.path.isdir(candidate) else os.path.dirname(candidate)
+            if os.path.basename(directory) == "bin":
+                directory = os.path.dirname(directory)
+            if directory in ("", "/") or any(_under(directory, system) for system in SYSTEM_PATHS):
+                continue
             roots.add(directory)
-    return [Bind(root, root) for root in sorted(roots) if os.path.isdir(root)]
+    # the outermost roots only: a venv inside a bound checkout needs no bind of its own
+    return sorted(r for r in roots if os.path.isdir(r) and not any(o != r and _under(r, o) for o in roots))
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 class SandboxUnavailable(RuntimeUnavailable):
     pass
+
+
+def _whoami() -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def read_child_pid(info_fd: int, timeout: float = NAMESPACE_WAIT) -> int | None:
+    """The sandbox's init pid (in the new namespaces) from bwrap's ``--info-fd``; None when bwrap ended
+    without writing it or took longer than ``timeout``. Closes ``info_fd``."""
+    import select
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while b"}" not in data:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([info_fd], [], [], left)[0]:
+                return None
+            chunk = os.read(info_fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(info_fd)
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class UidPool:
+    """Unprivileged host uids for replicas, one per live replica: ``base .. base + count - 1`` (gid = uid).
+    A uid is reused only after its replica ended, so two live replicas never share one."""
+
+    def __init__(self, base: int, count: int):
+        self._base, self._count = base, count
+        self._used: set[int] = set()
+
+    def take(self) -> int:
+        for uid in range(self._base, self._base + self._count):
+            if uid not in self._used:
+                self._used.add(uid)
+                return uid
+        raise RuntimeUnavailable(f"all {self._count} replica uids from {self._base} are in use")
+
+    def hold(self, uid: int) -> None:
+        self._used.add(uid)
+
+    def release(self, uid: int | None) -> None:
+        self._used.discard(uid)  # type: ignore[arg-type]  # None is never held
 
 
 class LocalRuntime(LaunchFiles):
@@ -92,46 +167,119 @@ class LocalRuntime(LaunchFiles):
         self._hidden = sorted({os.path.realpath(p) for p in hidden} | {os.path.abspath(p) for p in hidden})
         self.sandboxed = False
         self._bwrap: str | None = None
-        # the agent package too: engine launchers (agent.engines) run inside the replica, and an editable
-        # install under /tmp (a CI clone) would otherwise be hidden by the sandbox's fresh /tmp
-        self._software = software_binds([self._local.python, *self._local.extra_path,
-                                         os.path.dirname(os.path.dirname(os.path.abspath(__file__)))])
+        self._pasta: str | None = None
+        self._privileged = os.geteuid() == 0  # root: replicas get uids of their own; else a user namespace
+        self._uids = UidPool(self._local.uid_base, self._local.uid_count)
+        # The agent package too: engine launchers (agent.engines) run inside the replica.
+        agent_package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self._software = software_roots([self._local.python, *self._local.extra_path, agent_package,
+                                         *self._local.readonly_paths])
+
+    @property
+    def isolates_network(self) -> bool:
+        return self.sandboxed and self._local.network == "isolated"
 
     # -- setup -----------------------------------------------------------------------------------------
     async def prepare(self) -> None:
-        mode = self._local.sandbox
-        if mode == "none":
-            log.warning("local runtime: [local] sandbox = \"none\": replicas run UNSANDBOXED")
+        if self._local.sandbox == "none":
+            log.warning("local runtime: [local] sandbox = \"none\": replicas run UNSANDBOXED as %s, on the "
+                        "host network, and can read whatever this user can", _whoami())
             return
-        path = shutil.which(self._local.bwrap_path)
-        ok, why = (await asyncio.to_thread(self._probe, path)) if path else (False, "bwrap not found")
-        if ok:
-            self.sandboxed, self._bwrap = True, path
-            log.info("local runtime: replicas run in a bubblewrap sandbox (%s)", path)
-            return
-        if mode == "bwrap":
-            raise SandboxUnavailable(f"[local] sandbox = \"bwrap\" but bubblewrap is not usable: {why}")
-        log.warning("local runtime: bubblewrap is not usable (%s); replicas run UNSANDBOXED (model folder "
-                    "writable, no private /tmp); install bubblewrap or set [local] sandbox = \"none\"", why)
+        bwrap = shutil.which(self._local.bwrap_path)
+        if not bwrap:
+            raise SandboxUnavailable(f"bubblewrap ({self._local.bwrap_path!r}) is not installed; install it "
+                                     "(apt-get install bubblewrap) or set [local] sandbox = \"none\" to run "
+                                     "replicas unsandboxed")
+        pasta = None
+        if self._local.network == "isolated":
+            pasta = shutil.which(self._local.pasta_path)
+            if not pasta:
+                raise SandboxUnavailable(f"pasta ({self._local.pasta_path!r}) is not installed; install it "
+                                         "(apt-get install passt) or set [local] network = \"host\"")
+        if self._privileged and not os.path.exists(SETPRIV):
+            raise SandboxUnavailable(f"{SETPRIV} (util-linux) is needed to run replicas as their own uid")
+        ok, why = await asyncio.to_thread(self._probe, bwrap, pasta)
+        if not ok:
+            raise SandboxUnavailable(f"the replica sandbox does not work here: {why}; fix it or set [local] "
+                                     "sandbox = \"none\" to run replicas unsandboxed")
+        self.sandboxed, self._bwrap, self._pasta = True, bwrap, pasta
+        log.info("local runtime: replicas run in a bubblewrap sandbox (%s), %s, %s", bwrap,
+                 "own uid each" if self._privileged else "user namespace",
+                 "own network namespace" if pasta else "HOST network")
 
-    def _probe(self, path: str) -> tuple[bool, str]:
-        argv = bwrap_argv(path, [], self._hidden, "/", ["/bin/sh", "-c", "exit 0"])
+    def _probe(self, bwrap: str, pasta: str | None) -> tuple[bool, str]:
+        """Start a sandbox exactly as a replica's (identity, namespaces) and, with the network isolated,
+        attach pasta to it: the agent fails at start, not at the first replica."""
+        import tempfile
+
+        identity = Identity(self._local.uid_base, self._local.uid_base) if self._privileged else Identity()
+        info_r, info_w = os.pipe()
+        spec = SandboxSpec(binds=[], chdir="/", command=["/bin/sh", "-c", "read _ || true"],
+                           hidden=self._hidden, software=self._software, identity=identity,
+                           isolate_network=pasta is not None, info_fd=info_w)
+        argv = bwrap_argv(bwrap, spec)
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, env={"PATH": os.defpath})
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True, env={"PATH": os.defpath},
+                                    start_new_session=True, pass_fds=(info_w,))
+        except OSError as exc:
+            os.close(info_r)
             return False, str(exc)
+        finally:
+            os.close(info_w)
+        try:
+            init = read_child_pid(info_r)
+            if pasta is not None:
+                if init is None:
+                    proc.kill()
+                    return False, (proc.communicate(timeout=5)[1] or "bwrap exited at once").strip()[:500]
+                with tempfile.TemporaryDirectory(prefix="moorage-probe-") as tmp:
+                    try:
+                        from agent.ports import port_is_bindable
+
+                        low, high = self._agent.port_range
+                        port = next(p for p in range(high, low - 1, -1) if port_is_bindable(p))
+                        info = start_forwarder(pasta, init, self._agent.replica_host, port, Path(tmp),
+                                               userns=not self._privileged)
+                        stop_forwarder(info)
+                    except (ForwarderFailed, StopIteration) as exc:
+                        proc.kill()
+                        return False, f"pasta: {exc}"
+            _, err = proc.communicate(input="\n", timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return False, "the probe sandbox did not exit"
         if proc.returncode != 0:
-            return False, (proc.stderr.strip() or f"exit code {proc.returncode}")[:500]
+            return False, (err.strip() or f"exit code {proc.returncode}")[:500]
         return True, ""
 
     def describe(self) -> str:
-        return "local (bwrap sandbox)" if self.sandboxed else "local (unsandboxed)"
+        if not self.sandboxed:
+            return "local (UNSANDBOXED)"
+        who = "own uid" if self._privileged else "user namespace"
+        net = "own network namespace" if self.isolates_network else "host network"
+        return f"local (bwrap sandbox, {who}, {net})"
 
     # -- start -----------------------------------------------------------------------------------------
     async def start(self, plan: ReplicaPlan, kernel_dir: Path) -> KernelHandle:
-        return self._start(plan, kernel_dir)
+        handle, info_fd = self._start(plan, kernel_dir)
+        if info_fd is not None:
+            try:
+                await asyncio.to_thread(self._attach_forwarder, handle, info_fd, plan.port, kernel_dir)
+            except Exception:
+                await self.stop(handle, 0)
+                raise
+        return handle
 
-    def _start(self, plan: ReplicaPlan, kernel_dir: Path) -> KernelHandle:
+    def _attach_forwarder(self, handle: KernelHandle, info_fd: int, port: int, kernel_dir: Path) -> None:
+        assert self._pasta is not None
+        init = read_child_pid(info_fd)
+        if init is None:
+            raise RuntimeUnavailable("the sandbox ended before its network could be set up")
+        handle.info.update(start_forwarder(self._pasta, init, self._agent.replica_host, port, kernel_dir,
+                                           userns=not self._privileged))
+
+    def _start(self, plan: ReplicaPlan, kernel_dir: Path) -> tuple[KernelHandle, int | None]:
         work = kernel_dir / "work"
         launch = kernel_dir / "launch"
         work.mkdir(parents=True, exist_ok=True)
@@ -149,23 +297,52 @@ class LocalRuntime(LaunchFiles):
         env = replica_environ(plan, model_path=model_path, models_dir=models_dir, work_dir=work_dir,
                               extra_path=self._local.extra_path)
         command = [python, f"{launch_dir}/launcher.py", f"{launch_dir}/spec.json"]
+        uid: int | None = None
+        info_r = info_w = None
         if self.sandboxed:
             assert self._bwrap is not None
+            identity = Identity()
+            if self._privileged:
+                uid = self._uids.take()
+                identity = Identity(uid, uid)
+                for path in (work, launch, launch / "launcher.py", launch / "spec.json"):
+                    os.chown(path, uid, uid)
+            passwd, group = passwd_lines(uid if uid is not None else os.getuid(),
+                                         uid if uid is not None else os.getgid(), work_dir)
+            (kernel_dir / "passwd").write_text(passwd)
+            (kernel_dir / "group").write_text(group)
+            env.update({"USER": "work", "LOGNAME": "work"})
             binds = [
                 Bind(str(plan.model_folder), plan.mount_destination),
                 Bind(str(work), self._local.work_mount, writable=True),
                 Bind(str(launch), LAUNCH_DIR, writable=True),
-                *self._software,
             ]
-            argv = bwrap_argv(self._bwrap, binds, self._hidden, work_dir, command)
+            if self.isolates_network:
+                info_r, info_w = os.pipe()
+            sandbox = SandboxSpec(binds=binds, chdir=work_dir, command=command, hidden=self._hidden,
+                                  software=self._software, identity=identity,
+                                  isolate_network=self._local.network == "isolated", info_fd=info_w,
+                                  passwd_file=str(kernel_dir / "passwd"), group_file=str(kernel_dir / "group"))
+            argv = bwrap_argv(self._bwrap, sandbox)
         else:
             argv = command
-        with open(kernel_dir / "stdout.log", "ab") as out, open(kernel_dir / "stderr.log", "ab") as err:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                                    cwd=str(work), start_new_session=True, close_fds=True)
+        try:
+            with open(kernel_dir / "stdout.log", "ab") as out, open(kernel_dir / "stderr.log", "ab") as err:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                                        cwd=str(work), start_new_session=True, close_fds=True,
+                                        pass_fds=() if info_w is None else (info_w,))
+        except BaseException:
+            self._uids.release(uid)
+            if info_r is not None:
+                os.close(info_r)
+            raise
+        finally:
+            if info_w is not None:
+                os.close(info_w)
         info = {"pgid": proc.pid, "start_ticks": start_ticks(proc.pid), "sandboxed": self.sandboxed,
-                "kernel_dir": str(kernel_dir), "started_at": time.time()}
-        return KernelHandle(runtime=self.name, ident=str(proc.pid), info=info, live=proc)
+                "kernel_dir": str(kernel_dir), "started_at": time.time(), "uid": uid,
+                "network": "isolated" if self.isolates_network else "host"}
+        return KernelHandle(runtime=self.name, ident=str(proc.pid), info=info, live=proc), info_r
 
     # -- watch -----------------------------------------------------------------------------------------
     def poll(self, handle: KernelHandle) -> int | None:
@@ -230,6 +407,8 @@ class LocalRuntime(LaunchFiles):
             if not await self._wait_gone(handle, KILL_WAIT):
                 log.error("kernel group %d survived SIGKILL for %.0fs", pgid, KILL_WAIT)
         self.poll(handle)  # reap our child
+        stop_forwarder(handle.info)  # pasta outlives the namespace; the port must be free again
+        self._uids.release(handle.info.get("uid"))
 
     async def _wait_gone(self, handle: KernelHandle, timeout: float) -> bool:
         pgid = int(handle.info["pgid"])
@@ -265,7 +444,12 @@ class LocalRuntime(LaunchFiles):
         """A replica of a previous agent run: alive when its process group still exists and its leader is the
         same process (pid + start time). It is not our child any more, so its exit status is unknown."""
         handle.live = None
-        return None if self.is_alive(handle) else EXIT_UNKNOWN
+        if self.is_alive(handle):
+            if handle.info.get("uid") is not None:
+                self._uids.hold(int(handle.info["uid"]))
+            return None
+        stop_forwarder(handle.info)
+        return EXIT_UNKNOWN
 
     async def cleanup_orphans(self, agent_id: str, known: set[str]) -> list[str]:
         """Local replicas are found only through their state files; none can be orphaned otherwise."""

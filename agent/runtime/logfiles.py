@@ -7,10 +7,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
 MAX_TAIL_BYTES = 1024 * 1024  # a logs request reads at most this much per stream
+MAX_ERROR_FILE_BYTES = 64 * 1024  # the launcher's error document is a short JSON object
+
+
+def read_replica_file(path: Path, max_bytes: int) -> bytes:
+    """Read a file in a directory the replica can write: never through a symlink it planted (O_NOFOLLOW),
+    only a regular file (not a fifo that would block, not a device), at most ``max_bytes``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        return os.read(fd, max_bytes)
+    finally:
+        os.close(fd)
 
 
 def rotated(path: Path) -> Path:
@@ -80,7 +94,7 @@ class LaunchFiles:
         for name in (launcher.PRESTART_ERROR_FILE, launcher.START_ERROR_FILE):
             path = self._launch_dir(handle) / name
             try:
-                data = json.loads(path.read_text())
+                data = json.loads(read_replica_file(path, MAX_ERROR_FILE_BYTES))
             except FileNotFoundError:
                 continue
             except (OSError, ValueError) as exc:

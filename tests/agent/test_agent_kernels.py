@@ -367,10 +367,23 @@ async def test_unsandboxed_mode_substitutes_the_model_folder(agent: AgentHarness
     assert info["env"]["HOME"] == str(agent.kernel_dir(body["kernel_id"]) / "work")
 
 
-async def test_unsandboxed_mode_warns_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    config = make_config(tmp_path, {"local": {"sandbox": "auto", "bwrap_path": "/nonexistent/bwrap"}})
+@pytest.mark.parametrize("sandbox", ["auto", "bwrap"])
+async def test_without_a_working_sandbox_the_agent_refuses_to_start(tmp_path: Path, sandbox: str) -> None:
+    """No silent fallback: without bubblewrap, "auto" (the old default) and "bwrap" both refuse, naming the
+    way out; only an explicit sandbox = "none" runs replicas unsandboxed."""
+    from agent.runtime.local import SandboxUnavailable
+
+    config = make_config(tmp_path, {"local": {"sandbox": sandbox, "bwrap_path": "/nonexistent/bwrap"}})
+    with pytest.raises(SandboxUnavailable, match='sandbox = "none"'):
+        async with running_agent(config):
+            pass
+
+
+async def test_unsandboxed_mode_warns_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config(tmp_path, {"local": {"sandbox": "none"}})
     with caplog.at_level(logging.WARNING):
         async with running_agent(config) as harness:
+            assert harness.registry._runtime.describe() == "local (UNSANDBOXED)"
             body = harness.spec()
             await harness.create(body)
             assert (await harness.wait_healthy(body["kernel_id"]))["status"] == "running"

@@ -14,7 +14,7 @@ from agent.kernels import check_mount_destination, exit_outcome, parse_definitio
 from agent.ports import PortAllocator, PortsExhausted, port_is_bindable
 from agent.resources import available_slots, detect_cpu_count, detect_memory_bytes
 from agent.runtime.base import ReplicaPlan, host_model_path, replica_environ
-from agent.runtime.bwrap import Bind, bwrap_argv, root_args
+from agent.runtime.bwrap import Bind, Identity, SandboxSpec, bwrap_argv, mask_args, root_args
 from agent.runtime.logfiles import copytruncate, tail_lines, tail_text
 from common.config import ConfigError
 from common.errors import InvalidAPIParameters
@@ -136,6 +136,8 @@ class FakeFS:
     def _node(self, path: str):
         node = self.tree
         for part in [p for p in path.split("/") if p]:
+            if not isinstance(node, dict) or part not in node:
+                raise FileNotFoundError(path)
             node = node[part]
         return node
 
@@ -155,38 +157,59 @@ class FakeFS:
 
 
 FS = FakeFS({
-    "bin": ("link", "usr/bin"), "usr": {"bin": {}}, "etc": {}, "dev": {}, "proc": {}, "tmp": {},
+    "bin": ("link", "usr/bin"), "usr": {"bin": {}}, "etc": {"shadow": None, "ssh": {}, "passwd": None},
+    "dev": {}, "proc": {}, "tmp": {"ci": {".venv": {}}},
     "home": {"alice": {}, "bob": {}}, "work": {"main": {".venv": {}}, "notes.txt": None},
     "srv": {"state": {"kernels": {}}, "storage": {}, "other": {}}, "models": None,
 })
 
 
-def test_root_args_punch_through_to_mount_points_and_hide_paths() -> None:
-    args = root_args(["/home/work", "/models", "/srv/state", "/srv/storage", "/tmp/ignored"],
-                     listdir=FS.listdir, lstat=FS.lstat, readlink=FS.readlink)
-    pairs = [tuple(args[i:i + 3]) for i in range(0, len(args), 3)]
+def _triples(args: list[str]) -> list[tuple[str, ...]]:
+    return [tuple(args[i:i + 3]) for i in range(0, len(args), 3)]
+
+
+def test_root_args_bind_only_the_system_allow_list() -> None:
+    pairs = _triples(root_args(lstat=FS.lstat, readlink=FS.readlink))
     assert ("--symlink", "usr/bin", "/bin") in pairs
-    assert ("--ro-bind", "/usr", "/usr") in pairs and ("--ro-bind", "/work", "/work") in pairs
-    # /home is rebuilt so that /home/work can be created while alice and bob stay visible
-    assert ("--ro-bind", "/home/alice", "/home/alice") in pairs and ("--ro-bind", "/home", "/home") not in pairs
-    # hidden: the agent's state and the storage root; their sibling stays
-    assert ("--ro-bind", "/srv/other", "/srv/other") in pairs
-    assert not any(p[2].startswith(("/srv/state", "/srv/storage")) for p in pairs)
-    # fresh mounts and the file occupying a mount point are not carried over
-    assert not any(p[2] in ("/dev", "/proc", "/tmp", "/models") for p in pairs)
+    assert ("--ro-bind", "/usr", "/usr") in pairs and ("--ro-bind", "/etc", "/etc") in pairs
+    # nothing else of the host: no home dirs, no checkout, no state or storage, no fresh mounts
+    assert {p[2] for p in pairs} == {"/bin", "/usr", "/etc"}
+
+
+def test_masks_cover_host_secrets_and_hidden_paths_under_bound_roots() -> None:
+    flat = " ".join(mask_args(["/etc", "/work/main"], ["/work/main/.venv", "/srv/state"], lstat=FS.lstat))
+    assert "--ro-bind /dev/null /etc/shadow" in flat and "--tmpfs /etc/ssh" in flat
+    assert "--tmpfs /work/main/.venv" in flat
+    assert "/srv/state" not in flat and "/etc/passwd" not in flat  # not under a bound root / not secret
 
 
 def test_bwrap_argv_order_and_flags() -> None:
-    argv = bwrap_argv("/usr/bin/bwrap", [Bind("/host/work", "/home/work", True), Bind("/host/model", "/models")],
-                      ["/srv/state"], "/home/work", ["python3", "launcher.py", "spec.json"],
-                      listdir=FS.listdir, lstat=FS.lstat, readlink=FS.readlink)
+    spec = SandboxSpec(binds=[Bind("/host/work", "/home/work", True), Bind("/host/model", "/models")],
+                       chdir="/home/work", command=["python3", "launcher.py", "spec.json"], hidden=["/srv/state"],
+                       software=["/tmp/ci/.venv", "/usr/lib/python3"], identity=Identity(3000001, 3000001),
+                       passwd_file="/k/passwd", group_file="/k/group")
+    argv = bwrap_argv("/usr/bin/bwrap", spec, lstat=FS.lstat, readlink=FS.readlink)
     assert argv[:3] == ["/usr/bin/bwrap", "--tmpfs", "/"]
     text = " ".join(argv)
     assert "--ro-bind /host/model /models" in text and "--bind /host/work /home/work" in text
-    assert text.index("--tmpfs /tmp") < text.index("--ro-bind /host/model") < text.index("--remount-ro /")
-    assert "--unshare-pid" in argv and "--cap-drop" in argv
-    assert "--die-with-parent" not in argv and "--new-session" not in argv
-    assert argv[-4:] == ["--", "python3", "launcher.py", "spec.json"]
+    # a venv under /tmp is bound after the private /tmp (else it would be hidden); system software is not
+    assert text.index("--tmpfs /tmp") < text.index("--ro-bind /tmp/ci/.venv") < text.index("--remount-ro /")
+    assert "/usr/lib/python3 /usr/lib/python3" not in text
+    assert "--perms 0755 --dir /home" in text and "--perms 0755 --dir /tmp/ci" in text
+    assert "--ro-bind /k/passwd /etc/passwd" in text and "--ro-bind /dev/null /etc/shadow" in text
+    for flag in ("--unshare-pid", "--unshare-net", "--unshare-ipc", "--cap-drop"):
+        assert flag in argv
+    assert "--die-with-parent" not in argv and "--new-session" not in argv and "--unshare-user" not in argv
+    # the first command inside drops to the replica's own uid, without groups or new privileges
+    i = argv.index("--")
+    assert argv[i + 1:i + 3] == ["/usr/bin/setpriv", "--reuid=3000001"] and "--clear-groups" in argv[i:]
+    assert "--nnp" in argv[i:] and argv[-3:] == ["python3", "launcher.py", "spec.json"]
+
+
+def test_bwrap_argv_without_root_uses_a_user_namespace_and_may_share_the_network() -> None:
+    spec = SandboxSpec(binds=[], chdir="/", command=["sh"], isolate_network=False)
+    argv = bwrap_argv("bwrap", spec, lstat=FS.lstat, readlink=FS.readlink)
+    assert "--unshare-user" in argv and "--unshare-net" not in argv and "/usr/bin/setpriv" not in argv
 
 
 # -- replica environment ----------------------------------------------------------------------------------
@@ -296,22 +319,26 @@ def test_log_rotation_and_tails(tmp_path: Path) -> None:
 
 
 
-def test_software_under_fresh_mounts_is_bound_into_the_sandbox() -> None:
-    """A venv under /tmp (a CI clone) would be hidden by the sandbox's private /tmp: it is bound read-only."""
+def test_software_roots_are_venvs_and_real_interpreter_prefixes() -> None:
+    """The venv (wherever it is, /tmp included) and the prefix of the interpreter its python links to are
+    bound; paths inside the system allow-list need nothing."""
     import shutil
     import tempfile
     from pathlib import Path
 
-    from agent.runtime.local import software_binds
+    from agent.runtime.local import software_roots
 
-    venv = Path(tempfile.mkdtemp(dir="/tmp")) / "venv"
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
     try:
+        venv, prefix = base / "venv", base / "pyenv" / "3.11"
         (venv / "bin").mkdir(parents=True)
-        (venv / "bin" / "python3").write_text("")
-        binds = software_binds([str(venv / "bin" / "python3"), str(venv / "bin"), "/usr/bin"])
-        assert [(b.source, b.dest, b.writable) for b in binds] == [(str(venv), str(venv), False)]
+        (prefix / "bin").mkdir(parents=True)
+        (prefix / "bin" / "python3.11").write_text("")
+        (venv / "bin" / "python3").symlink_to(prefix / "bin" / "python3.11")
+        roots = software_roots([str(venv / "bin" / "python3"), str(venv / "bin"), "/usr/bin"])
+        assert roots == sorted([str(prefix), str(venv)])
     finally:
-        shutil.rmtree(venv.parent)
+        shutil.rmtree(base)
 
 
 def test_image_command_for_definitions_without_start_command() -> None:

@@ -118,7 +118,8 @@ def http_request(url: str, method: str = "GET", body: Any = None, token: str | N
     if token:
         headers["Authorization"] = f"BackendAI {token}"
     try:
-        conn.request(method, parts.path or "/", body=json.dumps(body) if body is not None else None,
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, target, body=json.dumps(body) if body is not None else None,
                      headers=headers)
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), resp.read()
