@@ -127,6 +127,15 @@ class AgentSection(_Section):
         return f"http://{host}:{self.listen_port}"
 
 
+class ReplicaUidSection(_Section):
+    """Host uids for replicas (local sandbox when the agent is root; Docker with ``run_as = "replica"``): each
+    live replica runs as its own uid (= gid) from ``base .. base + count - 1``, far above ordinary users and
+    the usual subordinate-uid ranges, so a replica owns nothing else on the host."""
+
+    base: int = Field(default=3_000_000, ge=100_000, le=4_000_000_000)
+    count: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
 class SecretsSection(_Section):
     cluster_secret: str | None = None  # prefer the environment or a file; never commit it
     cluster_secret_file: str | None = None
@@ -158,10 +167,6 @@ class LocalSection(_Section):
     # share the host's network (and reach every service on it): only where pasta cannot run.
     network: Literal["isolated", "host"] = "isolated"
     pasta_path: str = "pasta"
-    # When the agent is root, each live replica runs as its own uid (= gid) from this range: far above
-    # ordinary users and the usual subordinate-uid ranges, so a replica owns nothing else on the host.
-    uid_base: int = Field(default=3_000_000, ge=100_000, le=4_000_000_000)
-    uid_count: int = Field(default=10_000, ge=1, le=1_000_000)
     # Extra host directories replicas may read (e.g. a CUDA toolkit under /opt); nothing else is visible.
     readonly_paths: list[str] = Field(default_factory=list)
     # Prepended to PATH in replicas, so `python3` there is the interpreter that has the serving packages.
@@ -178,8 +183,16 @@ class LocalSection(_Section):
 
 
 class DockerSection(_Section):
-    """The ``docker`` runtime (aiodocker). Containers run with ``--network host``: each replica binds its own
-    host port, so nothing is published and no bridge is needed."""
+    """The ``docker`` runtime (aiodocker). Each container has a network namespace of its own (``none``) whose
+    port pasta forwards from the host, like the local sandbox (docs/security.md)."""
+
+    network: Literal["isolated", "host"] = "isolated"  # host: the old --network host (reaches the whole host)
+    pasta_path: str = "pasta"
+    # replica: the container runs as the replica's own unprivileged uid with no capabilities; image: as the
+    # image's USER (for images that must be root), minus the dangerous capabilities.
+    run_as: Literal["replica", "image"] = "replica"
+    read_only_root: bool = True  # the image's file system read-only; /tmp a private tmpfs; work dir writable
+    pids_limit: int = Field(default=4096, ge=64)  # a fork bomb stays inside its container
 
     socket: str = "unix:///var/run/docker.sock"  # or tcp://host:2375
     python: str = "python3"  # the image's interpreter that runs the launcher (stdlib only)
@@ -249,6 +262,7 @@ class AgentConfig(_Section):
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     local: LocalSection = Field(default_factory=LocalSection)
     docker: DockerSection = Field(default_factory=DockerSection)
+    replica_uids: ReplicaUidSection = Field(default_factory=ReplicaUidSection)
     gpu: GpuSection = Field(default_factory=GpuSection)
     etcd: EtcdSection = Field(default_factory=EtcdSection)
 

@@ -8,9 +8,11 @@ The container (named ``moorage-<kernel_id>``):
   so pre-start actions and the start command run inside the container;
 * sees the model folder read-only at the mount destination (``/models``) and a private writable work dir
   at ``[docker] work_mount`` (also ``HOME``);
-* uses the host network (``NetworkMode: host``): the replica binds its own host port (``PORT``/``{port}``),
-  so several replicas of one endpoint coexist on a host, nothing is published and no bridge is needed, and
-  the agent's health checks reach ``replica_host:port`` as for the local runtime;
+* has no network but its own loopback (``NetworkMode: none``, ``[docker] network = "isolated"``): pasta
+  forwards ``replica_host:port`` into it (:mod:`agent.runtime.netfwd`), so the replica reaches nothing on the
+  host or beyond while the app proxy and the agent's health checks reach it as for the local runtime;
+* runs as the replica's own unprivileged uid with no capabilities (``[docker] run_as = "replica"``), no new
+  privileges, a read-only root file system (``/tmp`` a tmpfs) and a pids limit;
 * gets ``NanoCpus``/``Memory`` from the ``cpu``/``mem`` slots, GPUs through ``DeviceRequests`` (driver
   ``[docker] gpu_driver``, the allocated UUIDs) plus ``CUDA_VISIBLE_DEVICES`` and MPS limits in its env;
 * runs docker-init as PID 1 (``[docker] init``), so SIGTERM reaches the server and zombies are reaped;
@@ -32,6 +34,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shlex
 import shutil
 import time
@@ -54,6 +57,7 @@ from agent.runtime.base import (
     replica_environ,
 )
 from agent.runtime.logfiles import LaunchFiles
+from agent.runtime.netfwd import start_forwarder, stop_forwarder
 from agent.stats import UsageSample, docker_usage
 from common.slots import parse_binary_size
 
@@ -81,9 +85,17 @@ def image_command(image_config: dict[str, Any]) -> str | None:
     return " ".join(shlex.quote(str(a)) for a in argv) if argv else None
 
 
+# Dropped even when the container runs as the image's (possibly root) user: raw sockets, device nodes,
+# chroot, file capabilities and audit writes are what container escapes and spoofing use.
+DANGEROUS_CAPS = ["NET_RAW", "MKNOD", "SYS_CHROOT", "SETFCAP", "AUDIT_WRITE", "NET_ADMIN", "SYS_ADMIN"]
+
+
 def container_config(plan: ReplicaPlan, docker: DockerSection, agent_id: str, launch_dir: Path,
-                     work_dir: Path) -> dict[str, Any]:
-    """The Docker Engine API ``ContainerCreate`` body for one replica (pure)."""
+                     work_dir: Path, uid: int | None = None) -> dict[str, Any]:
+    """The Docker Engine API ``ContainerCreate`` body for one replica (pure). With ``uid`` the container runs
+    as that unprivileged uid (= gid) without any capability; else as the image's user minus
+    :data:`DANGEROUS_CAPS`. Always: no new privileges, a pids limit, only the model folder, launch and work
+    dirs from the host; with ``network = "isolated"`` no network but its own loopback (see netfwd)."""
     env = replica_environ(plan, model_path=plan.model_path, models_dir=plan.mount_destination,
                           work_dir=docker.work_mount, extra_path=[])
     env.pop("PATH")  # keep the image's PATH (its python, CUDA tools, ...)
@@ -98,8 +110,12 @@ def container_config(plan: ReplicaPlan, docker: DockerSection, agent_id: str, la
         LABEL_PREFIX + "port": str(plan.port),
     }
     host: dict[str, Any] = {
-        "NetworkMode": "host",
+        "NetworkMode": "none" if docker.network == "isolated" else "host",
         "Init": docker.init,
+        "SecurityOpt": ["no-new-privileges"],
+        "CapDrop": ["ALL"] if uid is not None else list(DANGEROUS_CAPS),
+        "PidsLimit": docker.pids_limit,
+        "ReadonlyRootfs": docker.read_only_root,
         "Binds": [
             f"{plan.model_folder}:{plan.mount_destination}:ro",
             f"{launch_dir}:{LAUNCH_DIR}:rw",
@@ -115,6 +131,8 @@ def container_config(plan: ReplicaPlan, docker: DockerSection, agent_id: str, la
     mem = plan.resource_slots.get("mem")
     if mem is not None and int(Decimal(mem)) > 0:
         host["Memory"] = int(Decimal(mem))
+    if docker.read_only_root:
+        host["Tmpfs"] = {"/tmp": "rw,nosuid,nodev,mode=1777"}
     if plan.gpu_devices:
         host["DeviceRequests"] = [{"Driver": docker.gpu_driver, "DeviceIDs": list(plan.gpu_devices),
                                    "Capabilities": [["gpu", "compute", "utility"]]}]
@@ -127,6 +145,7 @@ def container_config(plan: ReplicaPlan, docker: DockerSection, agent_id: str, la
         "Labels": labels,
         "StopSignal": "SIGTERM",
         "HostConfig": host,
+        **({"User": f"{uid}:{uid}"} if uid is not None else {}),
     }
 
 
@@ -143,10 +162,15 @@ class DockerRuntime(LaunchFiles):
     name = "docker"
 
     def __init__(self, config: AgentConfig):
+        from agent.runtime.local import UidPool
+
         self._cfg = config.docker
         self._agent_id = config.agent.id
+        self._replica_host = config.agent.replica_host
         self._max_log_bytes = config.agent.max_log_bytes
         self._docker: Any = None
+        self._pasta: str | None = None
+        self._uids = UidPool(config.replica_uids.base, config.replica_uids.count)
 
     # -- setup -----------------------------------------------------------------------------------------
     async def prepare(self) -> None:
@@ -159,8 +183,16 @@ class DockerRuntime(LaunchFiles):
             await self.close()
             raise RuntimeUnavailable(f"docker runtime: cannot reach dockerd at {self._cfg.socket}: "
                                      f"{type(exc).__name__}: {exc}") from None
-        log.info("docker runtime: dockerd %s (API %s) at %s", version.get("Version"), version.get("ApiVersion"),
-                 self._cfg.socket)
+        if self._cfg.network == "isolated":
+            self._pasta = shutil.which(self._cfg.pasta_path)
+            if not self._pasta or os.geteuid() != 0:
+                await self.close()
+                raise RuntimeUnavailable(
+                    "docker runtime: [docker] network = \"isolated\" needs pasta (apt-get install passt) and an "
+                    "agent running as root (to enter the containers' network namespaces); or set network = "
+                    "\"host\" to share the host network")
+        log.info("docker runtime: dockerd %s (API %s) at %s, %s, run as %s", version.get("Version"),
+                 version.get("ApiVersion"), self._cfg.socket, self._cfg.network, self._cfg.run_as)
 
     async def close(self) -> None:
         if self._docker is not None:
@@ -169,7 +201,8 @@ class DockerRuntime(LaunchFiles):
             self._docker = None
 
     def describe(self) -> str:
-        return f"docker ({self._cfg.socket})"
+        net = "own network namespace" if self._cfg.network == "isolated" else "HOST network"
+        return f"docker ({self._cfg.socket}, {net}, {'own uid' if self._cfg.run_as == 'replica' else 'image user'})"
 
     # -- start -----------------------------------------------------------------------------------------
     async def _ensure_image(self, image: str) -> None:
@@ -206,7 +239,11 @@ class DockerRuntime(LaunchFiles):
             spec["start_command"] = image_command(inspected.get("Config") or {})
             spec["shell"] = None
         (launch / "spec.json").write_text(json.dumps(spec, indent=1))
-        config = container_config(plan, self._cfg, self._agent_id, launch, work)
+        uid = self._uids.take() if self._cfg.run_as == "replica" else None
+        if uid is not None:
+            for path in (work, launch, launch / "launcher.py", launch / "spec.json"):
+                os.chown(path, uid, uid)
+        config = container_config(plan, self._cfg, self._agent_id, launch, work, uid)
         name = container_name(plan.kernel_id)
         try:
             container = await self._docker.containers.create(config, name=name)
@@ -217,13 +254,21 @@ class DockerRuntime(LaunchFiles):
             log.warning("kernel %s: removing a stale container named %s", plan.kernel_id, name)
             await self._remove(name)
             container = await self._docker.containers.create(config, name=name)
+        info = {"container_id": container.id, "name": name, "kernel_dir": str(kernel_dir),
+                "started_at": time.time(), "image": plan.image, "uid": uid}
         try:
             await container.start()
+            if self._pasta is not None:
+                pid = int(((await container.show()).get("State") or {}).get("Pid") or 0)
+                if not pid:
+                    raise RuntimeError("the container ended before its port could be forwarded")
+                info.update(await asyncio.to_thread(start_forwarder, self._pasta, pid, self._replica_host,
+                                                    plan.port, kernel_dir, pin=True))
         except Exception:
+            stop_forwarder(info)
             await self._remove(container.id)
+            self._uids.release(uid)
             raise
-        info = {"container_id": container.id, "name": name, "kernel_dir": str(kernel_dir),
-                "started_at": time.time(), "image": plan.image}
         handle = KernelHandle(runtime=self.name, ident=container.id, info=info)
         self._watch(handle)
         return handle
@@ -312,8 +357,11 @@ class DockerRuntime(LaunchFiles):
             raise
         state = data.get("State") or {}
         if state.get("Running") or state.get("Restarting"):
+            if handle.info.get("uid") is not None:
+                self._uids.hold(int(handle.info["uid"]))
             self._watch(handle)
             return None
+        stop_forwarder(handle.info)
         await self._salvage_docker_logs(handle)
         code = state.get("ExitCode")
         return int(code) if isinstance(code, int) and state.get("Status") == "exited" else EXIT_UNKNOWN
@@ -363,6 +411,8 @@ class DockerRuntime(LaunchFiles):
             with contextlib.suppress(TimeoutError):  # the exit code and salvaged logs, when quick
                 await asyncio.wait_for(asyncio.shield(watch.gone.wait()), 2.0 if grace > 0 else 0.5)
         await self._remove(handle.ident)
+        stop_forwarder(handle.info)
+        self._uids.release(handle.info.get("uid"))
         if watch is not None and watch.task is not None and not watch.task.done():
             watch.task.cancel()
             with contextlib.suppress(BaseException):

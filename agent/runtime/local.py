@@ -136,15 +136,15 @@ class UidPool:
     A uid is reused only after its replica ended, so two live replicas never share one."""
 
     def __init__(self, base: int, count: int):
-        self._base, self._count = base, count
+        self.base, self._count = base, count
         self._used: set[int] = set()
 
     def take(self) -> int:
-        for uid in range(self._base, self._base + self._count):
+        for uid in range(self.base, self.base + self._count):
             if uid not in self._used:
                 self._used.add(uid)
                 return uid
-        raise RuntimeUnavailable(f"all {self._count} replica uids from {self._base} are in use")
+        raise RuntimeUnavailable(f"all {self._count} replica uids from {self.base} are in use")
 
     def hold(self, uid: int) -> None:
         self._used.add(uid)
@@ -169,7 +169,7 @@ class LocalRuntime(LaunchFiles):
         self._bwrap: str | None = None
         self._pasta: str | None = None
         self._privileged = os.geteuid() == 0  # root: replicas get uids of their own; else a user namespace
-        self._uids = UidPool(self._local.uid_base, self._local.uid_count)
+        self._uids = UidPool(config.replica_uids.base, config.replica_uids.count)
         # The agent package too: engine launchers (agent.engines) run inside the replica.
         agent_package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self._software = software_roots([self._local.python, *self._local.extra_path, agent_package,
@@ -212,7 +212,8 @@ class LocalRuntime(LaunchFiles):
         attach pasta to it: the agent fails at start, not at the first replica."""
         import tempfile
 
-        identity = Identity(self._local.uid_base, self._local.uid_base) if self._privileged else Identity()
+        base = self._uids.base
+        identity = Identity(base, base) if self._privileged else Identity()
         info_r, info_w = os.pipe()
         spec = SandboxSpec(binds=[], chdir="/", command=["/bin/sh", "-c", "read _ || true"],
                            hidden=self._hidden, software=self._software, identity=identity,
@@ -309,8 +310,9 @@ class LocalRuntime(LaunchFiles):
                     os.chown(path, uid, uid)
             passwd, group = passwd_lines(uid if uid is not None else os.getuid(),
                                          uid if uid is not None else os.getgid(), work_dir)
-            (kernel_dir / "passwd").write_text(passwd)
-            (kernel_dir / "group").write_text(group)
+            for name, text in (("passwd", passwd), ("group", group)):
+                (kernel_dir / name).write_text(text)
+                os.chmod(kernel_dir / name, 0o644)  # the replica's uid reads them (the agent runs with umask 077)
             env.update({"USER": "work", "LOGNAME": "work"})
             binds = [
                 Bind(str(plan.model_folder), plan.mount_destination),

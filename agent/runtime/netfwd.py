@@ -34,6 +34,7 @@ from agent.runtime.procs import is_running, start_ticks
 START_TIMEOUT = 10.0  # seconds for pasta to join the namespace, bind the port and daemonise
 NAMESPACE_RETRY = 0.02  # seconds between attempts while the sandbox is still being set up
 PID_FILE = "netfwd.pid"
+NETNS_FILE = "netns"  # a pinned namespace (bind mount) in the kernel dir
 
 
 class ForwarderFailed(RuntimeError):
@@ -65,12 +66,29 @@ def pasta_argv(pasta: str, netns: str, host: str, port: int, pid_file: str, *, r
     return argv
 
 
+def pin_namespace(target_pid: int, state_dir: Path) -> str:
+    """Bind-mount the network namespace of ``target_pid`` onto ``state_dir/netns`` (as ``ip netns attach``
+    does) and return that path. pasta sheds CAP_SYS_PTRACE before it opens the namespace, so it cannot open
+    ``/proc/PID/ns/net`` of a process of another uid (a container running as the replica's uid); the pinned
+    file is opened with ordinary file permissions instead. :func:`stop_forwarder` unmounts it."""
+    path = state_dir / NETNS_FILE
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, env={"PATH": os.defpath})
+    path.touch(mode=0o600, exist_ok=True)
+    proc = subprocess.run(["mount", "--bind", f"/proc/{target_pid}/ns/net", str(path)], capture_output=True,
+                          text=True, env={"PATH": os.defpath})
+    if proc.returncode != 0:
+        raise ForwarderFailed(f"cannot pin the network namespace of pid {target_pid}: {proc.stderr.strip()}")
+    return str(path)
+
+
 def start_forwarder(pasta: str, target_pid: int, host: str, port: int, state_dir: Path,
-                    *, userns: bool = False) -> dict[str, Any]:
-    """Start pasta for the namespace of ``target_pid``; return what :func:`stop_forwarder` needs."""
+                    *, userns: bool = False, pin: bool = False) -> dict[str, Any]:
+    """Start pasta for the namespace of ``target_pid`` (pinned first with ``pin``); return what
+    :func:`stop_forwarder` needs."""
     pid_file = state_dir / PID_FILE
     pid_file.unlink(missing_ok=True)
-    netns = f"/proc/{target_pid}/ns/net"
+    netns = pin_namespace(target_pid, state_dir) if pin else f"/proc/{target_pid}/ns/net"
+    pinned = {"fwd_netns": netns} if pin else {}
     argv = pasta_argv(pasta, netns, host, port, str(pid_file), run_as_root=os.geteuid() == 0,
                       userns=f"/proc/{target_pid}/ns/user" if userns else None)
     deadline = time.monotonic() + START_TIMEOUT
@@ -88,16 +106,26 @@ def start_forwarder(pasta: str, target_pid: int, host: str, port: int, state_dir
         if "open network namespace" in message and os.path.exists(netns) and time.monotonic() < deadline:
             time.sleep(NAMESPACE_RETRY)
             continue
+        unpin(pinned)
         raise ForwarderFailed(f"pasta exited with {proc.returncode}: {message[-400:]}")
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError) as exc:
+        unpin(pinned)
         raise ForwarderFailed(f"pasta wrote no pid file: {exc}") from None
-    return {"fwd_pid": pid, "fwd_ticks": start_ticks(pid)}
+    return {"fwd_pid": pid, "fwd_ticks": start_ticks(pid), **pinned}
+
+
+def unpin(info: dict[str, Any]) -> None:
+    path = info.get("fwd_netns")
+    if path:
+        subprocess.run(["umount", "-l", path], capture_output=True, env={"PATH": os.defpath})
 
 
 def stop_forwarder(info: dict[str, Any]) -> None:
-    """End the forwarder recorded in ``info`` (if it is still the same process); idempotent."""
+    """End the forwarder recorded in ``info`` (if it is still the same process) and release a pinned
+    namespace; idempotent."""
+    unpin(info)
     pid = info.get("fwd_pid")
     if not pid or not is_running(int(pid), info.get("fwd_ticks")):
         return

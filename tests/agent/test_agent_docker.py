@@ -37,14 +37,23 @@ def test_container_config_fake_gpu_limits_labels_and_mounts(tmp_path: Path) -> N
         start_command="serve", image="img:1", resource_slots={"cpu": "1.5", "mem": "536870912"},
         platform_environ={"CUDA_VISIBLE_DEVICES": "GPU-fake-0"}, gpu_devices=["GPU-fake-0"],
         labels={"ai.moorage.endpoint-name": "svc"})
-    cfg = container_config(plan, DockerSection(), "agent-1", tmp_path / "launch", tmp_path / "work")
+    cfg = container_config(plan, DockerSection(), "agent-1", tmp_path / "launch", tmp_path / "work", 3000007)
     host = cfg["HostConfig"]
+    # hardened: its own empty network, its own uid, no capabilities, no new privileges, read-only root
+    assert host["NetworkMode"] == "none" and cfg["User"] == "3000007:3000007" and host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges"] and host["ReadonlyRootfs"] is True
+    assert host["PidsLimit"] == 4096 and "/tmp" in host["Tmpfs"]
+    assert sorted(b.split(":")[1] for b in host["Binds"]) == ["/home/work", "/models", "/opt/moorage"]
+    image_user = container_config(plan, DockerSection(run_as="image", network="host"), "agent-1",
+                                  tmp_path / "launch", tmp_path / "work")
+    assert "User" not in image_user and "NET_RAW" in image_user["HostConfig"]["CapDrop"]
+    assert image_user["HostConfig"]["NetworkMode"] == "host"
     assert cfg["Image"] == "img:1" and cfg["Entrypoint"] == ["python3"]
     assert cfg["Cmd"] == ["/opt/moorage/launcher.py", "/opt/moorage/spec.json"]
     env = dict(e.split("=", 1) for e in cfg["Env"])
     assert env["PORT"] == "30123" and env["MY"] == "1" and env["BACKEND_MODEL_PATH"] == "/models/llm"
     assert env["CUDA_VISIBLE_DEVICES"] == "GPU-fake-0" and "PATH" not in env
-    assert host["NetworkMode"] == "host" and host["Init"] is True
+    assert host["Init"] is True
     assert host["NanoCpus"] == 1_500_000_000 and host["Memory"] == 536870912
     assert f"{tmp_path / 'folder'}:/models:ro" in host["Binds"]
     assert host["DeviceRequests"] == [{"Driver": "nvidia", "DeviceIDs": ["GPU-fake-0"],
@@ -91,7 +100,7 @@ async def test_docker_replicas_serve_with_limits_labels_logs_and_leave_nothing(t
             assert labels["ai.moorage.kernel"] == body["kernel_id"] and labels["ai.moorage.agent"] == "test-agent"
             assert labels["ai.moorage.endpoint"] == str(endpoint) and labels["ai.moorage.route"] == body["route_id"]
             host = data["HostConfig"]
-            assert host["NetworkMode"] == "host" and host["NanoCpus"] == 500_000_000
+            assert host["NetworkMode"] == "none" and host["NanoCpus"] == 500_000_000
             assert host["Memory"] == 256 * 1024 * 1024
             mounts = {m["Destination"]: m for m in data["Mounts"]}
             assert mounts["/models"]["RW"] is False and mounts["/opt/moorage"]["RW"] is True
