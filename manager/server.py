@@ -11,6 +11,7 @@ from aiohttp import web
 
 from common.aio import cancel_and_wait
 from common.errors import problem_middleware
+from common.fileperms import ensure_shared_dir
 from common.signing import SignedClient, signed_request_middleware
 from common.store import KVStore
 from manager.api import (
@@ -49,7 +50,7 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
     )
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        config.manager.storage_root.mkdir(parents=True, exist_ok=True)
+        ensure_shared_dir(config.manager.storage_root)  # 0755: replicas read model folders (manager.folders)
         if config.manager.auto_migrate:
             await db_engine.upgrade(config.db.url)
         engine = db_engine.make_engine(config.db.url)

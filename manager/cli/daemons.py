@@ -10,6 +10,7 @@ import signal
 import sys
 
 from common.config import ConfigError
+from common.fileperms import private_umask
 from manager.cli.connection import CLIError
 
 
@@ -50,6 +51,7 @@ def run_manager(args: argparse.Namespace) -> int:
     from common.store import EtcdStore
     from manager.server import build_manager_app
 
+    private_umask()
     _setup_logging(args.log_level)
     config = _load_manager_config(args)
 
@@ -71,6 +73,7 @@ def run_manager(args: argparse.Namespace) -> int:
 def run_agent(args: argparse.Namespace) -> int:
     from agent.__main__ import main as agent_main
 
+    private_umask()  # agent/__main__.py sets it too; here it also covers what is done before that
     return int(agent_main(([] if not args.config else ["--config", args.config]) + ["--log-level", args.log_level])
                or 0)
 
@@ -78,6 +81,7 @@ def run_agent(args: argparse.Namespace) -> int:
 def run_appproxy(args: argparse.Namespace) -> int:
     from appproxy.__main__ import main as proxy_main
 
+    private_umask()
     return int(proxy_main(([] if not args.config else ["--config", args.config]) + ["--log-level", args.log_level])
                or 0)
 
@@ -85,6 +89,7 @@ def run_appproxy(args: argparse.Namespace) -> int:
 def run_db(args: argparse.Namespace) -> int:
     from manager.db import engine
 
+    private_umask()  # `db upgrade` of a SQLite URL may create the database file
     url = args.url or _load_manager_config(args).db.url
     if args.db_command == "upgrade":
         asyncio.run(engine.upgrade(url, args.revision or "head"))
@@ -98,6 +103,7 @@ def run_admin_create_user(args: argparse.Namespace) -> int:
     from manager.bootstrap import create_user
     from manager.db import engine as db_engine
 
+    private_umask()
     url = args.url or _load_manager_config(args).db.url
 
     async def _main() -> tuple:  # type: ignore[type-arg]
