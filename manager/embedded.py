@@ -61,12 +61,20 @@ def _write_private(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+SECRET_NAMES = ("cluster_secret", "jwt_secret", "keypair_encryption_key")
+
+
 def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
+    """secrets.json: generated on first start; a secret added by a later version (keypair_encryption_key) is
+    generated into an existing file, keeping the others."""
     path = data_dir / SECRETS_FILE
-    if path.exists():
-        return json.loads(path.read_text())
-    values = {"cluster_secret": secrets.token_urlsafe(32), "jwt_secret": secrets.token_urlsafe(32)}
-    _write_private(path, values)
+    values: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = [name for name in SECRET_NAMES if not values.get(name)]
+    if missing:
+        values.update({name: secrets.token_urlsafe(32) for name in missing})
+        _write_private(path, values)
+        if len(missing) < len(SECRET_NAMES):
+            log.info("added %s to %s", ", ".join(missing), path)
     return values
 
 
@@ -96,7 +104,8 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
                     "auto_migrate": True},
         "db": {"url": f"sqlite+aiosqlite:///{data_dir / DB_FILE}"},
         "appproxy": {"public_host": host, "port_range": list(proxy_port_range)},
-        "secrets": {"cluster_secret": secret_values["cluster_secret"], "jwt_secret": secret_values["jwt_secret"]},
+        "secrets": {"cluster_secret": secret_values["cluster_secret"], "jwt_secret": secret_values["jwt_secret"],
+                    "keypair_encryption_key": secret_values["keypair_encryption_key"]},
         # one machine, one user: free a drained replica's memory quickly rather than wait out long streams
         "reconcile": {"interval": 1.0, "drain_grace": 3.0},
     })
@@ -124,7 +133,8 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
         await agent_runner.setup()
         await web.TCPSite(agent_runner, host, agent_port).start()
         await proxy.start()
-        access_key, secret_key = await ensure_admin(manager_app[CTX].db)
+        ctx = manager_app[CTX]
+        access_key, secret_key = await ensure_admin(ctx.db, ctx.keypair_box)
         _write_private(data_dir / CLUSTER_FILE, {
             "manager_url": manager_url, "access_key": access_key, "secret_key": secret_key,
             "data_dir": str(data_dir), "pid": os.getpid(), "mode": "embedded"})

@@ -86,15 +86,31 @@ def run_appproxy(args: argparse.Namespace) -> int:
                or 0)
 
 
+def _keypair_box(config):  # type: ignore[no-untyped-def]
+    from manager.secretbox import SecretBox
+
+    try:
+        return SecretBox(config.keypair_encryption_key())
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+
+
 def run_db(args: argparse.Namespace) -> int:
     from manager.db import engine
 
     private_umask()  # `db upgrade` of a SQLite URL may create the database file
-    url = args.url or _load_manager_config(args).db.url
-    if args.db_command == "upgrade":
-        asyncio.run(engine.upgrade(url, args.revision or "head"))
-    else:
-        asyncio.run(engine.downgrade(url, args.revision or "base"))
+    config = _load_manager_config(args)
+    url = args.url or config.db.url
+    try:
+        if args.db_command == "upgrade":
+            asyncio.run(engine.upgrade(url, args.revision or "head"))
+        else:
+            # Going below 0005 decrypts the keypairs' secret keys again, which needs the key when one is set.
+            keyed = config.secrets.keypair_encryption_key or config.secrets.keypair_encryption_key_file
+            box = _keypair_box(config) if keyed else None
+            asyncio.run(engine.downgrade(url, args.revision or "base", keypair_box=box))
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
     return 0
 
 
@@ -102,18 +118,27 @@ def run_admin_create_user(args: argparse.Namespace) -> int:
     from common.status import UserRole
     from manager.bootstrap import create_user
     from manager.db import engine as db_engine
+    from manager.secretbox import check_and_seal_keypairs
 
     private_umask()
-    url = args.url or _load_manager_config(args).db.url
+    config = _load_manager_config(args)
+    url = args.url or config.db.url
+    box = _keypair_box(config)  # the secret key is stored encrypted (manager/secretbox.py)
 
     async def _main() -> tuple:  # type: ignore[type-arg]
         eng = db_engine.make_engine(url)
+        sessionmaker = db_engine.make_sessionmaker(eng)
         try:
-            return await create_user(db_engine.make_sessionmaker(eng), args.email, UserRole(args.role))
+            await check_and_seal_keypairs(sessionmaker, box)  # a wrong key is refused before a row is written
+            return await create_user(sessionmaker, args.email, UserRole(args.role), box=box)
         finally:
             await eng.dispose()
 
-    user_id, access, secret = asyncio.run(_main())
+    try:
+        user_id, access, secret = asyncio.run(_main())
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    # shown once, to the operator who creates the user; only the encrypted form is kept
     print(json.dumps({"user_id": str(user_id), "email": args.email, "role": args.role,
                       "access_key": access, "secret_key": secret}, indent=2))
     return 0

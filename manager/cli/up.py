@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common.config import ConfigError
 from common.fileperms import private_umask
 from manager.cli.connection import CLIError, resolve_data_dir
 
@@ -90,7 +91,7 @@ def run_up(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run_embedded(data_dir, args.host, args.port, args.proxy_ports))
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:
         raise CLIError(f"cannot start: {exc}") from None
     return 0
 
