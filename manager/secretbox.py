@@ -83,7 +83,12 @@ async def check_and_seal_keypairs(sessionmaker: async_sessionmaker[AsyncSession]
     from manager.db.models import KeyPair
 
     async with sessionmaker() as db:
-        rows = (await db.execute(sa.select(KeyPair.access_key, KeyPair.secret_key_sealed))).all()
+        try:
+            rows = (await db.execute(sa.select(KeyPair.access_key, KeyPair.secret_key_sealed))).all()
+        except sa.exc.DBAPIError as exc:
+            raise ConfigError(f"cannot read the keypairs to check {KEY_SETTING} ({type(exc.orig).__name__}: "
+                              f"{str(exc.orig).strip()[:200]}); is the database reachable and migrated "
+                              f"(`moorage db upgrade`)?") from None
         failed = []
         plaintext = []
         for access_key, stored in rows:

@@ -112,3 +112,66 @@ def test_moorage_up_detach_leaves_nothing_readable_by_others(parent_dir: Path) -
         down = _moorage(env, "down", "--wait", "30")
         with contextlib.suppress(Exception):
             print(down.stdout, down.stderr, (data_dir / "moorage.log").read_text(errors="replace")[-3000:])
+
+
+# -- secret files: only their owner may read them ------------------------------------------------------------------
+def _secret_file(tmp_path: Path, mode: int) -> Path:
+    path = tmp_path / f"secret-{mode:o}"
+    path.write_text("s" * 40 + "\n")
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o620, 0o666], ids=oct)
+def test_secret_file_readable_or_writable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    from common.config import ConfigError, read_secret
+
+    path = _secret_file(tmp_path, mode)
+    with pytest.raises(ConfigError) as err:
+        read_secret(None, str(path), "secrets.jwt_secret")
+    message = str(err.value)
+    assert "secrets.jwt_secret" in message and str(path) in message and "chmod 600" in message, message
+
+
+def test_group_readable_secret_file_is_accepted_with_a_warning(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    from common.config import read_secret
+
+    path = _secret_file(tmp_path, 0o640)  # root:moorage 0640 is a usual way to share one file with a service
+    assert read_secret(None, str(path), "secrets.jwt_secret") == "s" * 40
+    assert any(str(path) in r.getMessage() and "group" in r.getMessage() for r in caplog.records
+               if r.levelname == "WARNING"), caplog.text
+    caplog.clear()
+    assert read_secret(None, str(_secret_file(tmp_path, 0o600)), "secrets.jwt_secret") == "s" * 40
+    assert read_secret(None, str(_secret_file(tmp_path, 0o400)), "secrets.jwt_secret") == "s" * 40
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+
+
+def test_missing_secret_file_is_a_config_error(tmp_path: Path) -> None:
+    from common.config import ConfigError, read_secret
+
+    with pytest.raises(ConfigError, match="secrets.cluster_secret"):
+        read_secret(None, str(tmp_path / "missing"), "secrets.cluster_secret")
+
+
+def test_manager_refuses_a_world_readable_secret_file(tmp_path: Path) -> None:
+    jwt_file = _secret_file(tmp_path, 0o644)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+    env.update({"MOORAGE_MANAGER__DB__URL": f"sqlite+aiosqlite:///{tmp_path}/m.db",
+                "MOORAGE_MANAGER__MANAGER__AUTO_MIGRATE": "true",
+                "MOORAGE_MANAGER__MANAGER__LISTEN_PORT": str(free_port()),
+                "MOORAGE_MANAGER__MANAGER__STORAGE_ROOT": str(tmp_path / "storage"),
+                "MOORAGE_MANAGER__ETCD__PORT": str(free_port()),
+                "MOORAGE_MANAGER__SECRETS__CLUSTER_SECRET": "c" * 32,
+                "MOORAGE_MANAGER__SECRETS__KEYPAIR_ENCRYPTION_KEY": "k" * 32,
+                "MOORAGE_MANAGER__SECRETS__JWT_SECRET_FILE": str(jwt_file)})
+    cmd = [PYTHON, "-m", "manager.cli.main", "manager", "--config", str(REPO / "configs/manager.toml")]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"the manager started with a world-readable secret file:\n{out[-2000:]}")
+    assert proc.returncode == 1 and str(jwt_file) in out and "Traceback" not in out, out
