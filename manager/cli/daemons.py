@@ -99,7 +99,7 @@ def run_db(args: argparse.Namespace) -> int:
     from manager.db import engine
 
     private_umask()  # `db upgrade` of a SQLite URL may create the database file
-    config = _load_manager_config(args)
+    config = _load_manager_config(args) if not args.url or args.db_command == "downgrade" else None
     url = args.url or config.db.url
     try:
         if args.db_command == "upgrade":
