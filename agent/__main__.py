@@ -18,6 +18,7 @@ from agent.config import load_agent_config
 from agent.runtime.base import RuntimeUnavailable
 from agent.server import build_agent_app
 from common.config import ConfigError
+from common.fileperms import private_umask
 
 
 async def serve(config_path: str | None) -> None:
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", "-c", help="agent.toml (keys can be overridden by MOORAGE_AGENT__* vars)")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
+    private_umask()  # state files, logs: 0600 unless a writer sets a mode on purpose
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -29,6 +29,7 @@ import sys
 from appproxy.config import ProxyConfig, load_proxy_config
 from appproxy.server import AppProxy, tune_gc
 from common.config import ConfigError
+from common.fileperms import private_umask
 from common.store import EtcdStore
 
 log = logging.getLogger("appproxy")
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker processes sharing the ports (default: [proxy] workers, 1)")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     args = parser.parse_args(argv)
+    private_umask()  # anything the proxy writes (workers inherit it) is 0600
     worker = "" if args.worker_index is None else f"[w{args.worker_index}] "
     logging.basicConfig(level=args.log_level, format=f"%(asctime)s %(levelname)s {worker}%(name)s: %(message)s")
     try:

@@ -5,12 +5,26 @@ environment variable ``<PREFIX>__<SECTION>__<KEY>=value`` (double underscores se
 case-insensitive), then validates with the pydantic model. Values from the environment are strings; pydantic
 coerces them, and JSON is accepted for lists and tables (``MOORAGE_AGENT__AGENT__PORT_RANGE='[30000, 31000]'``).
 Secrets belong in files or the environment, never in the repository.
+
+Secret files (``..._SECRET_FILE``, ``..._KEY_FILE``) must be private to the daemon that reads them. Policy of
+:func:`read_secret`, checked at every start:
+
+* readable or writable by others (any ``o`` bit), or writable by the group: refused, with a ``ConfigError`` naming
+  the file and the fix (``chmod 600``; on Kubernetes ``defaultMode: 0400``). Anyone on the host could read the
+  secret, or replace it;
+* readable by the group (e.g. ``root:moorage 0640``, a usual way to let a service user read one file): accepted,
+  with a warning, since the secret then belongs to every member of that group;
+* 0600 / 0400: silent.
+
+A symlink is judged by its target (what is actually read).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +33,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -96,10 +111,32 @@ def load_config(
         raise ConfigError(f"invalid configuration ({path or 'environment'}): {fields}") from None
 
 
+def check_secret_file_mode(path: str, what: str) -> None:
+    """Refuse a secret file others may read or write, or the group may write; warn when the group may read it
+    (the policy in the module docstring)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read secret file {path!r}: {exc.strerror or exc}") from None
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o007 or mode & 0o020:
+        who = "other users" if mode & 0o007 else "its group"
+        raise ConfigError(f"{what}: secret file {path} is accessible to {who} (mode {mode:04o}); make it readable "
+                          f"by its owner only: chmod 600 {path} (Kubernetes secret volumes: defaultMode: 0400)")
+    if mode & 0o040:
+        log.warning("%s: secret file %s is readable by its group (mode %04o, gid %d); every member of that group "
+                    "can read the secret (chmod 600 makes it private to its owner)", what, path, mode, st.st_gid)
+
+
 def read_secret(value: str | None, file: str | None, what: str) -> str:
-    """A secret given inline (env) or as a file path; files win. Empty secrets are refused."""
+    """A secret given inline (env) or as a file path; files win. Empty secrets are refused, and so are files
+    that others can read (:func:`check_secret_file_mode`)."""
     if file:
-        secret = Path(file).read_text().strip()
+        check_secret_file_mode(file, what)
+        try:
+            secret = Path(file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read secret file {file!r}: {exc.strerror or exc}") from None
     else:
         secret = (value or "").strip()
     if len(secret) < 32:  # HS256 keys shorter than 32 bytes are weak (PyJWT warns about them too)

@@ -55,6 +55,9 @@ class SecretsSection(BaseModel):
     cluster_secret_file: str | None = None
     jwt_secret: str | None = None  # signs endpoint tokens; shared with the app proxies only
     jwt_secret_file: str | None = None
+    # encrypts keypair secret keys in the database (manager/secretbox.py); managers only, never in the database
+    keypair_encryption_key: str | None = None
+    keypair_encryption_key_file: str | None = None
 
 
 class ReconcileSection(BaseModel):
@@ -165,6 +168,10 @@ class ManagerConfig(BaseModel):
 
     def jwt_secret(self) -> str:
         return read_secret(self.secrets.jwt_secret, self.secrets.jwt_secret_file, "secrets.jwt_secret")
+
+    def keypair_encryption_key(self) -> str:
+        return read_secret(self.secrets.keypair_encryption_key, self.secrets.keypair_encryption_key_file,
+                           "secrets.keypair_encryption_key")
 
 
 def load_manager_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ManagerConfig:

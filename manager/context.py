@@ -19,6 +19,7 @@ from manager.bgtasks import BackgroundTasks
 from manager.config import ManagerConfig
 from manager.control.agent_beats import AgentBeats
 from manager.control.publish_soon import PublishSoon
+from manager.secretbox import SecretBox
 
 
 def new_manager_id() -> str:
@@ -44,6 +45,7 @@ class ManagerContext:
     agents: SignedClient  # signed RPC to agents
     cluster_secret: str
     jwt_secret: str
+    keypair_box: SecretBox  # opens keypairs' secret keys (manager/secretbox.py)
     wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     bgtasks: BackgroundTasks = dataclasses.field(default_factory=BackgroundTasks)
     # endpoints whose route table must be (re)published; filled by handlers and loops, drained by the publisher

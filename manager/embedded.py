@@ -2,8 +2,15 @@
 
 Same code paths as the cluster, wired differently (ARCHITECTURE §1): SQLite instead of PostgreSQL, the in-memory
 store instead of etcd, the ``local`` runtime. Everything lives under ``data_dir``:
-``moorage.db``, ``storage/`` (model folders), ``agent/`` (replica work dirs), ``secrets.json`` (0600) and
-``cluster.json`` (manager URL + admin keypair; the CLI reads it by default).
+``moorage.db``, ``storage/`` (model folders), ``agent/`` (replica work dirs), ``secrets.json`` and
+``cluster.json`` (manager URL + admin keypair; the CLI reads it by default), ``moorage.log`` (``--detach``).
+
+File modes: the data dir is 0700 and everything Moorage writes directly in it is 0600 (the process umask is 077,
+see common/fileperms.py), because the database holds keypairs and secrets.json the keys that protect them. The
+exception is the inside of ``storage/``: model folders are 0755 and their files 0644, since replicas (run by the
+sandbox as an unprivileged uid) must read them. Those replicas never walk through the 0700 data dir: the agent,
+which runs as the data dir's owner, binds the folder path itself into the sandbox. Other users therefore cannot
+reach the models either, only the replicas that are given a folder can.
 """
 
 from __future__ import annotations
@@ -21,11 +28,29 @@ from typing import Any
 
 from aiohttp import web
 
+from common.fileperms import drop_group_and_other
 from manager.context import CTX
 
 log = logging.getLogger("moorage.embedded")
 CLUSTER_FILE = "cluster.json"
 SECRETS_FILE = "secrets.json"
+DB_FILE = "moorage.db"
+LOG_FILE = "moorage.log"
+# Files directly in the data dir that hold secrets or data (SQLite's -wal/-shm/-journal copy the database's mode
+# when SQLite creates them, but ones left by an older install keep theirs, so they are checked too).
+PRIVATE_FILES = (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", SECRETS_FILE, CLUSTER_FILE,
+                 LOG_FILE, "secrets.tmp", "cluster.tmp")
+
+
+def secure_data_dir(data_dir: Path) -> int:
+    """Create the data dir 0700, or take group/other access away from an existing one and from the known files
+    in it (an install from before these modes were enforced); each change is logged. Returns how many changed.
+    ``storage/`` and ``agent/`` keep their own modes (see the module docstring)."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    changed = int(drop_group_and_other(data_dir, log, "data dir"))
+    for name in PRIVATE_FILES:
+        changed += drop_group_and_other(data_dir / name, log, "file")
+    return changed
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:
@@ -36,12 +61,20 @@ def _write_private(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+SECRET_NAMES = ("cluster_secret", "jwt_secret", "keypair_encryption_key")
+
+
 def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
+    """secrets.json: generated on first start; a secret added by a later version (keypair_encryption_key) is
+    generated into an existing file, keeping the others."""
     path = data_dir / SECRETS_FILE
-    if path.exists():
-        return json.loads(path.read_text())
-    values = {"cluster_secret": secrets.token_urlsafe(32), "jwt_secret": secrets.token_urlsafe(32)}
-    _write_private(path, values)
+    values: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = [name for name in SECRET_NAMES if not values.get(name)]
+    if missing:
+        values.update({name: secrets.token_urlsafe(32) for name in missing})
+        _write_private(path, values)
+        if len(missing) < len(SECRET_NAMES):
+            log.info("added %s to %s", ", ".join(missing), path)
     return values
 
 
@@ -63,15 +96,16 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
     from manager.config import ManagerConfig
 
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(data_dir)
     secret_values = load_or_create_secrets(data_dir)
     manager_url = f"http://{host}:{port}"
     mcfg = ManagerConfig.model_validate({
         "manager": {"listen_host": host, "listen_port": port, "storage_root": str(data_dir / "storage"),
                     "auto_migrate": True},
-        "db": {"url": f"sqlite+aiosqlite:///{data_dir / 'moorage.db'}"},
+        "db": {"url": f"sqlite+aiosqlite:///{data_dir / DB_FILE}"},
         "appproxy": {"public_host": host, "port_range": list(proxy_port_range)},
-        "secrets": {"cluster_secret": secret_values["cluster_secret"], "jwt_secret": secret_values["jwt_secret"]},
+        "secrets": {"cluster_secret": secret_values["cluster_secret"], "jwt_secret": secret_values["jwt_secret"],
+                    "keypair_encryption_key": secret_values["keypair_encryption_key"]},
         # one machine, one user: free a drained replica's memory quickly rather than wait out long streams
         "reconcile": {"interval": 1.0, "drain_grace": 3.0},
     })
@@ -99,7 +133,8 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
         await agent_runner.setup()
         await web.TCPSite(agent_runner, host, agent_port).start()
         await proxy.start()
-        access_key, secret_key = await ensure_admin(manager_app[CTX].db)
+        ctx = manager_app[CTX]
+        access_key, secret_key = await ensure_admin(ctx.db, ctx.keypair_box)
         _write_private(data_dir / CLUSTER_FILE, {
             "manager_url": manager_url, "access_key": access_key, "secret_key": secret_key,
             "data_dir": str(data_dir), "pid": os.getpid(), "mode": "embedded"})

@@ -4,6 +4,10 @@ Path rules (ARCHITECTURE §6, field lessons on archive traversal): relative path
 ``.`` components, no NUL/backslash, and the resolved parent must stay inside the folder even if someone placed a
 symlink there. Files are written to a temporary name and renamed, which replaces (never follows) a symlink at
 the destination.
+
+Modes: folder directories are 0755 and files 0644 whatever the process umask (077, common/fileperms.py). The
+replicas that serve a folder run as another, unprivileged uid in the agent's sandbox and must read it; they
+reach it through a bind mount of the folder path set up by the agent, not through the 0700 data dir above it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 
 from common.errors import InvalidAPIParameters
+from common.fileperms import ensure_shared_dir
 
 MAX_PATH_LENGTH = 1024
 MAX_PATH_DEPTH = 32
@@ -43,7 +48,7 @@ def resolve_inside(root: Path, rel: PurePosixPath) -> Path:
     real_root = root.resolve()
     dest = real_root.joinpath(*rel.parts)
     parent = dest.parent
-    parent.mkdir(parents=True, exist_ok=True)
+    ensure_shared_dir(parent)
     real_parent = parent.resolve()
     if real_parent != real_root and real_root not in real_parent.parents:
         raise InvalidAPIParameters(f"path {str(rel)!r}: escapes the folder through a symlink")

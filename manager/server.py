@@ -11,6 +11,7 @@ from aiohttp import web
 
 from common.aio import cancel_and_wait
 from common.errors import problem_middleware
+from common.fileperms import ensure_shared_dir
 from common.signing import SignedClient, signed_request_middleware
 from common.store import KVStore
 from manager.api import (
@@ -35,6 +36,7 @@ from manager.control.duties import ManagerDuties
 from manager.control.leader import Candidate, make_election
 from manager.control.publish_soon import PublishSoon
 from manager.db import engine as db_engine
+from manager.secretbox import SecretBox, check_and_seal_keypairs
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BODY = 1024**4  # aiohttp's own cap; real limits are enforced per route (JSON 1 MiB, uploads config)
@@ -43,20 +45,26 @@ MAX_REQUEST_BODY = 1024**4  # aiohttp's own cap; real limits are enforced per ro
 def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = True) -> web.Application:
     cluster_secret = config.cluster_secret()
     jwt_secret = config.jwt_secret()
+    keypair_box = SecretBox(config.keypair_encryption_key())
     app = web.Application(
         middlewares=[problem_middleware, signed_request_middleware(cluster_secret, "/internal/"), auth_middleware],
         client_max_size=MAX_REQUEST_BODY,
     )
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        config.manager.storage_root.mkdir(parents=True, exist_ok=True)
+        ensure_shared_dir(config.manager.storage_root)  # 0755: replicas read model folders (manager.folders)
         if config.manager.auto_migrate:
             await db_engine.upgrade(config.db.url)
         engine = db_engine.make_engine(config.db.url)
+        try:  # a wrong key stops the start here, rather than failing those users' requests later
+            await check_and_seal_keypairs(db_engine.make_sessionmaker(engine), keypair_box)
+        except BaseException:
+            await engine.dispose()
+            raise
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, limit_per_host=10))
         ctx = ManagerContext(config=config, engine=engine, db=db_engine.make_sessionmaker(engine), store=store,
                              http=http, agents=SignedClient(http, cluster_secret), cluster_secret=cluster_secret,
-                             jwt_secret=jwt_secret)
+                             jwt_secret=jwt_secret, keypair_box=keypair_box)
         app[CTX] = ctx
         ctx.agent_beats = AgentBeats(ctx.db, config.reconcile.agent_heartbeat_timeout)
         ctx.agent_beats.start()

@@ -71,6 +71,7 @@ from manager.api.hmac_auth import sign_request  # noqa: E402
 from manager.bootstrap import create_user  # noqa: E402
 from manager.db import engine as db_engine  # noqa: E402
 from manager.db.models import Endpoint, Route, Session  # noqa: E402
+from manager.secretbox import SecretBox  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TARGET_TICK = 1.0  # seconds, issue #6
@@ -316,7 +317,8 @@ async def start_manager(tmp: Path, db_url: str, etcd: str | None, args: argparse
         "manager": {"listen_host": "127.0.0.1", "listen_port": port, "storage_root": str(tmp / "storage")},
         "db": {"url": db_url},
         "appproxy": {"port_range": [10300, 19999]},
-        "secrets": {"cluster_secret": args.cluster_secret, "jwt_secret": secrets.token_hex(16)},
+        "secrets": {"cluster_secret": args.cluster_secret, "jwt_secret": secrets.token_hex(16),
+                    "keypair_encryption_key": args.keypair_key},
         "reconcile": {"interval": args.interval, "agent_heartbeat_timeout": args.heartbeat_timeout},
     }
     (tmp / "manager.json").write_text(json.dumps(config))
@@ -599,8 +601,9 @@ class Bench:
 async def measure(args: argparse.Namespace, db_url: str, etcd: str | None, tmp: Path) -> int:
     engine = db_engine.make_engine(db_url)
     await db_engine.upgrade(db_url)
+    args.keypair_key = secrets.token_urlsafe(32)  # the manager started below must open the keypair sealed here
     user_id, access, secret = await create_user(db_engine.make_sessionmaker(engine), "bench@moorage.local",
-                                                UserRole.SUPERADMIN)
+                                                UserRole.SUPERADMIN, box=SecretBox(args.keypair_key))
     args.cluster_secret = secrets.token_hex(16)
     manager, url = await start_manager(tmp, db_url, etcd, args)
     fleet = AgentFleet(args.agents, args.cluster_secret, url, args.heartbeat_interval, AGENT_SLOTS)

@@ -7,6 +7,7 @@ routes must carry a valid HMAC signature by an active keypair of an active user,
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -20,9 +21,14 @@ from common.status import UserRole
 from manager.api import hmac_auth
 from manager.context import CTX
 from manager.db.models import KeyPair, User
+from manager.secretbox import SecretBoxError
 
+log = logging.getLogger(__name__)
 MAX_CLOCK_SKEW_SECONDS = 15 * 60  # Backend.AI's window
 PUBLIC_PATHS = frozenset({"/", "/openapi.json"})
+# Verified against when the access key is unknown, so that timing does not reveal which access keys exist; such
+# requests are refused whatever the signature.
+UNKNOWN_KEY_SECRET = "x" * 40
 INTERNAL_PREFIX = "/internal/"
 
 
@@ -45,6 +51,19 @@ async def _load_keypair(request: web.Request, access_key: str):  # type: ignore[
         )).first()
 
 
+def _secret_of(request: web.Request, row) -> str | None:  # type: ignore[no-untyped-def]
+    """The keypair's secret key, decrypted (manager/secretbox.py); None for an unknown key or one that does not
+    decrypt (logged: the start-up check makes that rare, e.g. a row written by a manager with another key)."""
+    if row is None:
+        return None
+    keypair = row[0]
+    try:
+        return request.app[CTX].keypair_box.open(keypair.access_key, keypair.secret_key_sealed)
+    except SecretBoxError as exc:
+        log.error("refusing a request: %s", exc)
+        return None
+
+
 def _caller(row) -> Caller:  # type: ignore[no-untyped-def]
     keypair, user = row
     if not keypair.is_active or not user.is_active:
@@ -63,14 +82,15 @@ async def authenticate_token(request: web.Request, token: str) -> Caller:
     except jwt.PyJWTError:
         raise AuthFailed("malformed X-BackendAI-Token") from None
     row = await _load_keypair(request, access_key) if access_key else None
-    secret = row[0].secret_key if row else "x" * 40
+    secret = _secret_of(request, row)
     try:
-        jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp", "access_key"]})
+        jwt.decode(token, secret or UNKNOWN_KEY_SECRET, algorithms=["HS256"],
+                   options={"require": ["exp", "access_key"]})
     except jwt.ExpiredSignatureError:
         raise AuthFailed("X-BackendAI-Token expired") from None
     except jwt.PyJWTError:
         raise AuthFailed("credential/signature mismatch") from None
-    if row is None:
+    if row is None or secret is None:
         raise AuthFailed("credential/signature mismatch")
     return _caller(row)
 
@@ -101,13 +121,13 @@ async def authenticate(request: web.Request) -> Caller:
         raise AuthFailed(f"unsupported API version {version!r}")
     row = await _load_keypair(request, access_key)
     # Compute a signature even for unknown keys so timing does not reveal which access keys exist.
-    secret = row[0].secret_key if row else "x" * 40
+    secret = _secret_of(request, row)
     # Without a Content-Type header, clients sign aiohttp's default, application/octet-stream (Backend.AI's
     # verifier reads request.content_type, which defaults to it); the official client does so for SSE GETs.
     content_type = request.headers.get("Content-Type") or "application/octet-stream"
-    ok = hmac_auth.verify(secret, request.method, request.raw_path, date_str, request.headers.get("Host", ""),
-                          content_type, version, alg, given_sig)
-    if row is None or not ok:
+    ok = hmac_auth.verify(secret or UNKNOWN_KEY_SECRET, request.method, request.raw_path, date_str,
+                          request.headers.get("Host", ""), content_type, version, alg, given_sig)
+    if row is None or secret is None or not ok:
         raise AuthFailed("credential/signature mismatch")
     return _caller(row)
 

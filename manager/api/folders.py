@@ -13,6 +13,7 @@ from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
 from common.errors import Conflict, InvalidAPIParameters, PayloadTooLarge
+from common.fileperms import SHARED_FILE_MODE, ensure_shared_dir
 from manager.api.auth import caller_of
 from manager.api.schemas import NewFolderRequest
 from manager.api.util import json_response, parse_body
@@ -51,7 +52,7 @@ async def create_folder(request: web.Request) -> web.Response:
             await db.commit()
         except IntegrityError:
             raise Conflict(f"name: a folder named {body.name!r} already exists") from None
-    _root(request, folder).mkdir(parents=True, exist_ok=True)
+    ensure_shared_dir(_root(request, folder))  # 0755: see manager.folders
     return json_response(_folder_json(folder), status=201)
 
 
@@ -93,7 +94,7 @@ async def upload_files(request: web.Request) -> web.Response:
     async with ctx.db() as db:
         folder = await find_folder(db, caller_of(request), request.match_info["name"])
     root = _root(request, folder)
-    root.mkdir(parents=True, exist_ok=True)
+    ensure_shared_dir(root)
     if not request.content_type.startswith("multipart/"):
         raise InvalidAPIParameters("body: expected multipart/form-data with one part per file")
     if request.content_length is not None and request.content_length > limits.max_upload_bytes:
@@ -119,6 +120,7 @@ async def upload_files(request: web.Request) -> web.Response:
         size = 0
         try:
             with open(tmp, "wb") as fh:
+                os.fchmod(fh.fileno(), SHARED_FILE_MODE)  # replicas read it as another uid (manager.folders)
                 while chunk := await part.read_chunk(UPLOAD_CHUNK):
                     size += len(chunk)
                     total += len(chunk)

@@ -10,6 +10,7 @@ import signal
 import sys
 
 from common.config import ConfigError
+from common.fileperms import private_umask
 from manager.cli.connection import CLIError
 
 
@@ -50,6 +51,7 @@ def run_manager(args: argparse.Namespace) -> int:
     from common.store import EtcdStore
     from manager.server import build_manager_app
 
+    private_umask()
     _setup_logging(args.log_level)
     config = _load_manager_config(args)
 
@@ -71,6 +73,7 @@ def run_manager(args: argparse.Namespace) -> int:
 def run_agent(args: argparse.Namespace) -> int:
     from agent.__main__ import main as agent_main
 
+    private_umask()  # agent/__main__.py sets it too; here it also covers what is done before that
     return int(agent_main(([] if not args.config else ["--config", args.config]) + ["--log-level", args.log_level])
                or 0)
 
@@ -78,18 +81,36 @@ def run_agent(args: argparse.Namespace) -> int:
 def run_appproxy(args: argparse.Namespace) -> int:
     from appproxy.__main__ import main as proxy_main
 
+    private_umask()
     return int(proxy_main(([] if not args.config else ["--config", args.config]) + ["--log-level", args.log_level])
                or 0)
+
+
+def _keypair_box(config):  # type: ignore[no-untyped-def]
+    from manager.secretbox import SecretBox
+
+    try:
+        return SecretBox(config.keypair_encryption_key())
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def run_db(args: argparse.Namespace) -> int:
     from manager.db import engine
 
-    url = args.url or _load_manager_config(args).db.url
-    if args.db_command == "upgrade":
-        asyncio.run(engine.upgrade(url, args.revision or "head"))
-    else:
-        asyncio.run(engine.downgrade(url, args.revision or "base"))
+    private_umask()  # `db upgrade` of a SQLite URL may create the database file
+    config = _load_manager_config(args) if not args.url or args.db_command == "downgrade" else None
+    url = args.url or config.db.url
+    try:
+        if args.db_command == "upgrade":
+            asyncio.run(engine.upgrade(url, args.revision or "head"))
+        else:
+            # Going below 0005 decrypts the keypairs' secret keys again, which needs the key when one is set.
+            keyed = config.secrets.keypair_encryption_key or config.secrets.keypair_encryption_key_file
+            box = _keypair_box(config) if keyed else None
+            asyncio.run(engine.downgrade(url, args.revision or "base", keypair_box=box))
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
     return 0
 
 
@@ -97,17 +118,27 @@ def run_admin_create_user(args: argparse.Namespace) -> int:
     from common.status import UserRole
     from manager.bootstrap import create_user
     from manager.db import engine as db_engine
+    from manager.secretbox import check_and_seal_keypairs
 
-    url = args.url or _load_manager_config(args).db.url
+    private_umask()
+    config = _load_manager_config(args)
+    url = args.url or config.db.url
+    box = _keypair_box(config)  # the secret key is stored encrypted (manager/secretbox.py)
 
     async def _main() -> tuple:  # type: ignore[type-arg]
         eng = db_engine.make_engine(url)
+        sessionmaker = db_engine.make_sessionmaker(eng)
         try:
-            return await create_user(db_engine.make_sessionmaker(eng), args.email, UserRole(args.role))
+            await check_and_seal_keypairs(sessionmaker, box)  # a wrong key is refused before a row is written
+            return await create_user(sessionmaker, args.email, UserRole(args.role), box=box)
         finally:
             await eng.dispose()
 
-    user_id, access, secret = asyncio.run(_main())
+    try:
+        user_id, access, secret = asyncio.run(_main())
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    # shown once, to the operator who creates the user; only the encrypted form is kept
     print(json.dumps({"user_id": str(user_id), "email": args.email, "role": args.role,
                       "access_key": access, "secret_key": secret}, indent=2))
     return 0

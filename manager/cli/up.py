@@ -14,9 +14,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common.config import ConfigError
+from common.fileperms import private_umask
 from manager.cli.connection import CLIError, resolve_data_dir
 
-LOG_FILE = "moorage.log"
+LOG_FILE = "moorage.log"  # = manager.embedded.LOG_FILE (not imported: every CLI command loads this module)
 
 
 def _parse_range(value: str) -> tuple[int, int]:
@@ -56,8 +58,13 @@ def _running_pid(data_dir: Path) -> int | None:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from manager.embedded import secure_data_dir
+
+    private_umask()  # before anything is created: the database, secrets, cluster.json and the log are 0600
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     data_dir = _data_dir(args)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(data_dir)
     running = _running_pid(data_dir)
     if running:
         if args.detach:
@@ -80,13 +87,11 @@ def run_up(args: argparse.Namespace) -> int:
               f"  manager: http://{args.host}:{args.port}   connection file: {data_dir / 'cluster.json'}\n"
               f"  stop it with: moorage down")
         return 0
-    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from manager.embedded import run_embedded
 
     try:
         asyncio.run(run_embedded(data_dir, args.host, args.port, args.proxy_ports))
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:
         raise CLIError(f"cannot start: {exc}") from None
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -44,16 +45,22 @@ def alembic_config(url: str):  # type: ignore[no-untyped-def]
     return cfg
 
 
-def _run_alembic(url: str, action: str, revision: str) -> None:
+def _run_alembic(url: str, action: str, revision: str, keypair_box: Any = None) -> None:
     from alembic import command
 
     cfg = alembic_config(url)
+    if keypair_box is not None:  # read by migration 0005's downgrade, which decrypts the keypairs' secret keys
+        cfg.attributes["keypair_unseal"] = keypair_box.open
     getattr(command, action)(cfg, revision)
 
 
 async def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate up. Plaintext keypair secret keys from before 0005 are encrypted by the manager at start
+    (manager.secretbox.check_and_seal_keypairs), not here: the migration does not know the key."""
     await asyncio.to_thread(_run_alembic, url, "upgrade", revision)
 
 
-async def downgrade(url: str, revision: str = "base") -> None:
-    await asyncio.to_thread(_run_alembic, url, "downgrade", revision)
+async def downgrade(url: str, revision: str = "base", keypair_box: Any = None) -> None:
+    """Migrate down. Below 0005 the secret keys are stored in plaintext again, which needs ``keypair_box``
+    (a manager.secretbox.SecretBox) if any are encrypted; without it the downgrade stops with a ConfigError."""
+    await asyncio.to_thread(_run_alembic, url, "downgrade", revision, keypair_box)

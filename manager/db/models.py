@@ -78,7 +78,9 @@ class User(Base):
 class KeyPair(Base):
     __tablename__ = "keypairs"
     access_key: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
-    secret_key: Mapped[str] = mapped_column(sa.String(64))
+    # Encrypted (manager/secretbox.py: seal/open), never the secret key itself. The attribute is not called
+    # secret_key so that code expecting the plaintext fails loudly instead of signing with ciphertext.
+    secret_key_sealed: Mapped[str] = mapped_column("secret_key", sa.String(256))
     user_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
     role: Mapped[UserRole] = mapped_column(_enum(UserRole, "keypair_role"), default=UserRole.USER)
     is_active: Mapped[bool] = mapped_column(sa.Boolean, default=True)

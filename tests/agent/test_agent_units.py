@@ -95,6 +95,7 @@ def test_config_defaults_file_and_env(tmp_path: Path) -> None:
     toml.write_text('[agent]\nid = "gpu-1"\nlisten_host = "0.0.0.0"\nreplica_host = "10.0.0.5"\n'
                     '[secrets]\ncluster_secret_file = "%s"\n' % (tmp_path / "secret"))
     (tmp_path / "secret").write_text("s" * 32 + "\n")
+    (tmp_path / "secret").chmod(0o600)
     config = load_agent_config(toml, environ={"MOORAGE_AGENT__AGENT__PORT_RANGE": "[40000, 40010]",
                                               "MOORAGE_AGENT__LOCAL__SANDBOX": "none"})
     assert config.agent.id == "gpu-1"

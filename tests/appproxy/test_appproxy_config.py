@@ -35,6 +35,7 @@ def test_defaults_and_env_overrides(monkeypatch):
 def test_toml_file_and_secret_file(tmp_path):
     secret_file = tmp_path / "jwt"
     secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o600)  # secret files others can read are refused
     path = tmp_path / "appproxy.toml"
     path.write_text(f'[proxy]\nbind_host = "0.0.0.0"\n[etcd]\nport = 12379\n'
                     f'[secrets]\njwt_secret_file = "{secret_file}"\n')

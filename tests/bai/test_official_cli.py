@@ -86,7 +86,9 @@ def cluster(tmp_path: Path, pg_url: str, etcd_server: EtcdServer) -> Iterator[di
     cluster_secret.write_text(secrets.token_urlsafe(32))
     jwt_secret = tmp_path / "jwt_secret"
     jwt_secret.write_text(secrets.token_urlsafe(32))
-    for f in (cluster_secret, jwt_secret):
+    keypair_key = tmp_path / "keypair_encryption_key"
+    keypair_key.write_text(secrets.token_urlsafe(32))
+    for f in (cluster_secret, jwt_secret, keypair_key):
         f.chmod(0o600)
     storage = tmp_path / "storage"
     manager_port, agent_port = free_port(), free_port()
@@ -104,6 +106,7 @@ def cluster(tmp_path: Path, pg_url: str, etcd_server: EtcdServer) -> Iterator[di
         "MOORAGE_MANAGER__APPPROXY__PORT_RANGE": f"[{proxy_base}, {proxy_base + 9}]",
         "MOORAGE_MANAGER__SECRETS__CLUSTER_SECRET_FILE": str(cluster_secret),
         "MOORAGE_MANAGER__SECRETS__JWT_SECRET_FILE": str(jwt_secret),
+        "MOORAGE_MANAGER__SECRETS__KEYPAIR_ENCRYPTION_KEY_FILE": str(keypair_key),
         "MOORAGE_MANAGER__RECONCILE__INTERVAL": "0.5",
         "MOORAGE_MANAGER__RECONCILE__DRAIN_GRACE": "1",
         "MOORAGE_MANAGER__RECONCILE__AGENT_HEARTBEAT_TIMEOUT": "10",

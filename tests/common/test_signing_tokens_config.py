@@ -61,6 +61,7 @@ def test_config_env_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
         load_config(ManagerConfig, tmp_path / "missing.toml", "X")
     secret_file = tmp_path / "secret"
     secret_file.write_text("f" * 40 + "\n")
+    secret_file.chmod(0o600)  # secret files others can read are refused (tests/security/test_files_at_rest.py)
     assert read_secret(None, str(secret_file), "x") == "f" * 40
     with pytest.raises(ConfigError):
         read_secret("short", None, "x")

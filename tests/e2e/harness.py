@@ -241,7 +241,8 @@ def cluster_processes(tmp_path: Path, pg_url: str, etcd: EtcdServer, manager_hos
                       heartbeat_timeout: float = 3.0, manager_env: dict[str, str] | None = None) -> Iterator[Cluster]:
     cluster_secret = tmp_path / "cluster_secret"
     jwt_secret = tmp_path / "jwt_secret"
-    for f in (cluster_secret, jwt_secret):
+    keypair_key = tmp_path / "keypair_encryption_key"
+    for f in (cluster_secret, jwt_secret, keypair_key):
         f.write_text(secrets.token_urlsafe(32))
         f.chmod(0o600)
     storage = tmp_path / "storage"
@@ -260,6 +261,7 @@ def cluster_processes(tmp_path: Path, pg_url: str, etcd: EtcdServer, manager_hos
         "MOORAGE_MANAGER__APPPROXY__PORT_RANGE": f"[{proxy_base}, {proxy_base + 9}]",
         "MOORAGE_MANAGER__SECRETS__CLUSTER_SECRET_FILE": str(cluster_secret),
         "MOORAGE_MANAGER__SECRETS__JWT_SECRET_FILE": str(jwt_secret),
+        "MOORAGE_MANAGER__SECRETS__KEYPAIR_ENCRYPTION_KEY_FILE": str(keypair_key),
         "MOORAGE_MANAGER__RECONCILE__INTERVAL": "0.5",
         "MOORAGE_MANAGER__RECONCILE__DRAIN_GRACE": "1",
         "MOORAGE_MANAGER__RECONCILE__AGENT_HEARTBEAT_TIMEOUT": str(heartbeat_timeout),

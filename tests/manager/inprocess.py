@@ -17,7 +17,7 @@ def manager_config(tmp_path: Path, port: int, **sections: Any) -> ManagerConfig:
     return ManagerConfig.model_validate({
         "manager": {"listen_port": port, "storage_root": str(tmp_path / "storage"), "auto_migrate": True},
         "db": {"url": f"sqlite+aiosqlite:///{tmp_path}/m.db"},
-        "secrets": {"cluster_secret": "c" * 32, "jwt_secret": "j" * 32},
+        "secrets": {"cluster_secret": "c" * 32, "jwt_secret": "j" * 32, "keypair_encryption_key": "k" * 32},
         "appproxy": {"port_range": [20000, 20009]},
         **sections,
     })

@@ -38,8 +38,8 @@ async def manager(tmp_path: Path) -> AsyncIterator[dict]:
     store = MemoryStore()
     async with serving(build_manager_app(config, store), port) as app:
         db = app[CTX].db
-        _, ak1, sk1 = await create_user(db, "alice@example.com", UserRole.USER)
-        _, ak2, sk2 = await create_user(db, "bob@example.com", UserRole.USER)
+        _, ak1, sk1 = await create_user(db, "alice@example.com", UserRole.USER, box=app[CTX].keypair_box)
+        _, ak2, sk2 = await create_user(db, "bob@example.com", UserRole.USER, box=app[CTX].keypair_box)
         async with aiohttp.ClientSession() as session:
             url = f"http://127.0.0.1:{port}"
             yield {"url": url, "alice": APIClient(session, url, ak1, sk1), "bob": APIClient(session, url, ak2, sk2),

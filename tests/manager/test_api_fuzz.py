@@ -37,7 +37,7 @@ def threaded_manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]
     config = ManagerConfig.model_validate({
         "manager": {"listen_port": port, "storage_root": str(tmp / "storage"), "auto_migrate": True},
         "db": {"url": f"sqlite+aiosqlite:///{tmp}/m.db"},
-        "secrets": {"cluster_secret": "c" * 32, "jwt_secret": "j" * 32},
+        "secrets": {"cluster_secret": "c" * 32, "jwt_secret": "j" * 32, "keypair_encryption_key": "k" * 32},
         "reconcile": {"interval": 5},
     })
     loop = asyncio.new_event_loop()
@@ -49,7 +49,7 @@ def threaded_manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        _, ak, sk = await create_user(app[CTX].db, "fuzz@example.com", UserRole.USER)
+        _, ak, sk = await create_user(app[CTX].db, "fuzz@example.com", UserRole.USER, box=app[CTX].keypair_box)
         state.update(runner=runner, ak=ak, sk=sk)
 
     def run() -> None:

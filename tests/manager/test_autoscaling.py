@@ -64,14 +64,15 @@ class FakeProxyAdmin:
 async def manager(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     port = free_port()
     config = manager_config(
-        tmp_path, port, secrets={"cluster_secret": CLUSTER_SECRET, "jwt_secret": "j" * 32},
+        tmp_path, port, secrets={"cluster_secret": CLUSTER_SECRET, "jwt_secret": "j" * 32,
+                                  "keypair_encryption_key": "k" * 32},
         reconcile={"interval": 0.2},
         autoscale={"evaluation_interval": 0.2, "demand_window": 2.0, "blocked_event_interval": 30})
     store = MemoryStore()
     async with serving(build_manager_app(config, store), port) as app:
         db = app[CTX].db
-        _, ak1, sk1 = await create_user(db, "alice@example.com", UserRole.USER)
-        _, ak2, sk2 = await create_user(db, "bob@example.com", UserRole.USER)
+        _, ak1, sk1 = await create_user(db, "alice@example.com", UserRole.USER, box=app[CTX].keypair_box)
+        _, ak2, sk2 = await create_user(db, "bob@example.com", UserRole.USER, box=app[CTX].keypair_box)
         proxy = FakeProxyAdmin()
         await proxy.start()
         await store.put(PROXIES_PREFIX + "fake",

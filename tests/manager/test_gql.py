@@ -149,7 +149,7 @@ async def mgr(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         users = {}
         async with aiohttp.ClientSession() as session:
             for name, role in (("alice", UserRole.USER), ("bob", UserRole.USER), ("root", UserRole.SUPERADMIN)):
-                user_id, ak, sk = await create_user(db, f"{name}@example.com", role)
+                user_id, ak, sk = await create_user(db, f"{name}@example.com", role, box=app[CTX].keypair_box)
                 users[name] = APIClient(session, url, ak, sk)
                 users[name + "_id"] = user_id
             yield {"app": app, "db": db, "url": url, "session": session, **users}

@@ -124,7 +124,7 @@ async def manager(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
 
 async def seed_replica(app: Any, agent_id: str) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
     """An endpoint with one route whose session runs on ``agent_id``, as the scheduler would have left it."""
-    user_id, _, _ = await create_user(app[CTX].db, "hb@example.com", UserRole.USER)
+    user_id, _, _ = await create_user(app[CTX].db, "hb@example.com", UserRole.USER, box=app[CTX].keypair_box)
     async with app[CTX].db() as db:
         endpoint = Endpoint(id=uuid.uuid4(), name="hb", owner_id=user_id, created_user_id=user_id, replicas=1)
         db.add(endpoint)

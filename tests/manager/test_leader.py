@@ -203,7 +203,7 @@ async def test_make_election_by_store() -> None:
 def make_ctx(store: Any, wake_interval: float = 0.2) -> ManagerContext:
     config = ManagerConfig.model_validate({"reconcile": {"interval": 0.5}, "leader": {"wake_interval": wake_interval}})
     return ManagerContext(config=config, engine=None, db=None, store=store, http=None, agents=None,  # type: ignore[arg-type]
-                          cluster_secret="", jwt_secret="")
+                          cluster_secret="", jwt_secret="", keypair_box=None)  # type: ignore[arg-type]
 
 
 def test_wake_values_roundtrip() -> None:

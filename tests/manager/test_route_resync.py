@@ -31,7 +31,8 @@ async def manager(tmp_path: Path) -> AsyncIterator[dict]:
                             reconcile={"interval": 0.05, "route_resync_period": PERIOD})
     store = MemoryStore()
     async with serving(build_manager_app(config, store), port) as app:
-        _, access_key, secret_key = await create_user(app[CTX].db, "a@example.com", UserRole.USER)
+        _, access_key, secret_key = await create_user(app[CTX].db, "a@example.com", UserRole.USER,
+                                                      box=app[CTX].keypair_box)
         async with aiohttp.ClientSession() as session:
             yield {"alice": APIClient(session, f"http://127.0.0.1:{port}", access_key, secret_key), "store": store}
 

@@ -34,7 +34,7 @@ async def test_two_users_same_name_get_distinct_stable_subdomains(tmp_path: Path
         urls = []
         async with aiohttp.ClientSession() as session:
             for email in ("a@x.test", "b@x.test"):
-                _, ak, sk = await create_user(app[CTX].db, email, UserRole.USER)
+                _, ak, sk = await create_user(app[CTX].db, email, UserRole.USER, box=app[CTX].keypair_box)
                 client = APIClient(session, f"http://127.0.0.1:{port}", ak, sk)
                 await _folder_with(client, "echo", {"model-definition.yaml": ECHO_DEF})
                 status, info = await client.request("POST", "/services", _create_body("echo", name="Chat_Bot"))
