@@ -101,7 +101,8 @@ def build_spec() -> dict[str, Any]:
         "components": {"schemas": schemas, "securitySchemes": {"BackendAI-HMAC": {
             "type": "apiKey", "in": "header", "name": "Authorization",
             "description": "BackendAI signMethod=HMAC-SHA256, credential=<access key>:<signature>; see "
-                           "docs/operations.md (Backend.AI keypair signing, Date within ±15 minutes)"}}},
+                           "docs/operations.md (Backend.AI keypair signing, Date within auth.clock_skew, 5 minutes by "
+                           "default; each signature once; optional X-Moorage-Content-SHA256 body hash, signed)"}}},
     }
 
 

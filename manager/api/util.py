@@ -1,7 +1,9 @@
-"""Request helpers: bounded JSON bodies validated by pydantic, uuid path params."""
+"""Request helpers: bounded JSON bodies validated by pydantic, uuid path params, the signed body hash."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import uuid
 from typing import Any, TypeVar
@@ -13,13 +15,35 @@ from common.errors import InvalidAPIParameters, PayloadTooLarge, invalid_params_
 from manager.context import CTX
 
 M = TypeVar("M", bound=BaseModel)
+# the body auth already read to check its X-Moorage-Content-SHA256 (read_json uses it instead of the stream)
+VERIFIED_BODY: web.RequestKey[bytes] = web.RequestKey("moorage_verified_body", bytes)
 
 
-async def read_json(request: web.Request, limit: int) -> Any:
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The whole body, or 413 when it is over ``limit`` bytes (declared or sent)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body over {limit} bytes")
     raw = await request.content.read(limit + 1)
     if len(raw) > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
+    return raw
+
+
+async def read_hashed_body(request: web.Request, header: str, expected: str, limit: int) -> None:
+    """Read the body (a buffered one: JSON, at most ``limit`` bytes) and check it against ``expected``."""
+    if request.content_type.startswith("multipart/"):
+        raise InvalidAPIParameters(f"{header}: not accepted on multipart uploads (they are streamed); omit it")
+    raw = await read_limited(request, limit)
+    if not hmac.compare_digest(hashlib.sha256(raw).hexdigest(), expected):
+        raise InvalidAPIParameters(f"{header}: does not match the SHA-256 of the request body")
+    request[VERIFIED_BODY] = raw
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    raw = request.get(VERIFIED_BODY)
+    if raw is None:
+        raw = await read_limited(request, limit)
+    elif len(raw) > limit:
         raise PayloadTooLarge(f"request body over {limit} bytes")
     if not raw.strip():
         return {}
