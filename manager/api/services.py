@@ -225,6 +225,8 @@ async def delete_service(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     async with ctx.db() as db:
         endpoint = await load_endpoint(db, caller_of(request), request.match_info["service_id"])
+        if endpoint.lifecycle != EndpointLifecycle.CREATED:  # a second DELETE: it is already going away
+            raise ObjectNotFound(f"service {endpoint.id} not found (it is being destroyed)")
         endpoint.lifecycle = EndpointLifecycle.DESTROYING
         endpoint.replicas = 0
         db.add(Event(endpoint_id=endpoint.id, kind="endpoint_destroy_requested", data={}))

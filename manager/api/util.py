@@ -15,6 +15,10 @@ from common.errors import InvalidAPIParameters, PayloadTooLarge, invalid_params_
 from manager.context import CTX
 
 M = TypeVar("M", bound=BaseModel)
+# The deepest body a client sends nests 4 levels (config.extra_mounts.<id>.<option>); 32 leaves room for
+# GraphQL variables and resource_opts while keeping every later walk over the value (validation, JSON columns,
+# json.dumps) far from Python's recursion limit.
+MAX_JSON_DEPTH = 32
 # the body auth already read to check its X-Moorage-Content-SHA256 (read_json uses it instead of the stream)
 VERIFIED_BODY: web.RequestKey[bytes] = web.RequestKey("moorage_verified_body", bytes)
 
@@ -47,10 +51,39 @@ async def read_json(request: web.Request, limit: int) -> Any:
         raise PayloadTooLarge(f"request body over {limit} bytes")
     if not raw.strip():
         return {}
+    return loads_bounded(raw)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidAPIParameters(f"body: {name} is not valid JSON (numbers must be finite)")
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers deeper than ``limit`` (iterative: safe on any input)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def loads_bounded(raw: bytes | str) -> Any:
+    """Strict JSON: 400 on syntax errors, NaN/Infinity, or nesting deeper than MAX_JSON_DEPTH."""
+    too_deep = InvalidAPIParameters(f"body: JSON nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidAPIParameters(f"body: invalid JSON ({exc})") from None
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers over 4300 digits
+        raise InvalidAPIParameters(f"body: invalid JSON ({str(exc)[:200]})") from None
+    if json_depth_exceeds(value, MAX_JSON_DEPTH):
+        raise too_deep
+    return value
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:
