@@ -116,7 +116,9 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        problem = ProblemError(exc.reason)
+        # keep what the status needs to be useful (Allow on a 405, Retry-After on a 429/503)
+        kept = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
+        problem = ProblemError(exc.reason, headers=kept)
         problem.status = exc.status
         problem.slug = "http-error"
         problem.title = exc.reason

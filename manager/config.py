@@ -60,6 +60,18 @@ class SecretsSection(BaseModel):
     keypair_encryption_key_file: str | None = None
 
 
+class AuthSection(BaseModel):
+    """Keypair request signing of the service API (manager/api/auth.py; docs/operations.md)."""
+
+    # A signed request is accepted while its Date is within this many seconds of the manager's clock, and each
+    # signature only once in that window. Backend.AI allows 15 minutes; clients stamp the current time and hosts
+    # run NTP, so 5 minutes suffices and shortens how long a captured request stays dangerous.
+    clock_skew: float = Field(default=300.0, gt=0, le=900)
+    # Signatures each manager remembers (about 150 bytes each): 200,000 hold a 5-minute window at 660 requests a
+    # second; past that the entries closest to expiry are dropped first (common/replay.py).
+    replay_cache_entries: int = Field(default=200_000, ge=1000)
+
+
 class ReconcileSection(BaseModel):
     # Tick period of the control loops; API changes also wake them at once (a scale acts within a second).
     interval: float = Field(default=2.0, gt=0)
@@ -152,6 +164,7 @@ class ManagerConfig(BaseModel):
     etcd: EtcdSection = Field(default_factory=EtcdSection)
     appproxy: AppProxySection = Field(default_factory=AppProxySection)
     secrets: SecretsSection = Field(default_factory=SecretsSection)
+    auth: AuthSection = Field(default_factory=AuthSection)
     reconcile: ReconcileSection = Field(default_factory=ReconcileSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)

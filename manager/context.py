@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from common.replay import ReplayCache
 from common.signing import SignedClient
 from common.store import KVStore
 from manager.bgtasks import BackgroundTasks
@@ -61,6 +62,8 @@ class ManagerContext:
     # (a NoCache while this manager follows another: see manager.control.duties)
     published: dict[str, str | None] = dataclasses.field(default_factory=dict)
     manager_id: str = dataclasses.field(default_factory=new_manager_id)
+    # keypair signatures already accepted (manager/api/auth.py); per manager, sized by auth.replay_cache_entries
+    replay: ReplayCache = dataclasses.field(default_factory=lambda: ReplayCache(200_000))
 
     def poke(self, *endpoint_ids: uuid.UUID) -> None:
         """Mark endpoints for republishing and wake the control loops now. On a follower the wake relay forwards

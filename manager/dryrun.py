@@ -40,7 +40,7 @@ def _message(event: str, session_id: uuid.UUID | None = None, **extra: object) -
 async def run_dry_run(ctx, task: BackgroundTask, owner, folder, body, resolved) -> None:  # type: ignore[no-untyped-def]
     from manager.api.services import new_endpoint
 
-    endpoint = new_endpoint(body.model_copy(update={"replicas": 1}), owner, owner, folder, resolved,
+    endpoint = new_endpoint(body.model_copy(update={"replicas": 1}), owner, owner, folder.id, resolved,
                             name=f"model-eval-{uuid.uuid4().hex[:10]}", kind="dry_run", port=None, url=None)
     async with ctx.db() as db:
         db.add(endpoint)

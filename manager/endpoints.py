@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
-import secrets
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,13 +24,12 @@ from common.errors import (
     InvalidAPIParameters,
     ModelDefinitionInvalid,
     ObjectNotFound,
-    ServiceUnavailable,
 )
 from common.slots import ResourceSlots, SlotError
-from common.status import EndpointLifecycle
+from manager.addresses import name_taken, subdomain_base  # noqa: F401  (subdomain_base: re-exported)
 from manager.api.auth import Caller
 from manager.config import ManagerConfig
-from manager.db.models import Endpoint, ModelFolder
+from manager.db.models import ModelFolder
 from manager.folders import list_files, safe_relative_path
 from manager.variants import LABELS, VariantError, synthesize_definition
 
@@ -123,53 +120,6 @@ def resolve_service(config: ManagerConfig, folder: ModelFolder, variant: str, de
     return ResolvedService(definition.model_dump(mode="json"), None, merged, slots)
 
 
-def subdomain_base(name: str) -> str:
-    """A DNS label from a service name: lowercase letters, digits and dashes."""
-    label = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")
-    return (label or "svc")[:40].strip("-") or "svc"
-
-
-async def allocate_subdomain(db: AsyncSession, name: str) -> str:
-    used = set((await db.execute(
-        sa.select(Endpoint.subdomain).where(Endpoint.lifecycle != EndpointLifecycle.DESTROYED,
-                                            Endpoint.subdomain.is_not(None)))).scalars())
-    base = subdomain_base(name)
-    candidate = base
-    while candidate in used:
-        candidate = f"{base}-{secrets.token_hex(2)}"
-    return candidate
-
-
-async def allocate_address(db: AsyncSession, config: ManagerConfig, name: str) -> tuple[int | None, str | None, str]:
-    """(proxy port, subdomain, URL) for a new endpoint, per the configured app-proxy frontend."""
-    proxy = config.appproxy
-    if proxy.frontend == "wildcard":
-        subdomain = await allocate_subdomain(db, name)
-        port = "" if proxy.wildcard_port in (None, 80, 443) else f":{proxy.wildcard_port}"
-        return None, subdomain, f"{proxy.scheme}://{subdomain}{proxy.wildcard_domain}{port}"
-    port_number = await allocate_proxy_port(db, config)
-    return port_number, None, endpoint_url(config, port_number)
-
-
-async def allocate_proxy_port(db: AsyncSession, config: ManagerConfig) -> int:
-    used = set((await db.execute(
-        sa.select(Endpoint.proxy_port).where(Endpoint.lifecycle != EndpointLifecycle.DESTROYED,
-                                            Endpoint.proxy_port.is_not(None))
-    )).scalars())
-    lo, hi = config.appproxy.port_range
-    for port in range(lo, hi + 1):
-        if port not in used:
-            return port
-    raise ServiceUnavailable("no free app-proxy port left in appproxy.port_range")
-
-
-def endpoint_url(config: ManagerConfig, port: int) -> str:
-    return f"{config.appproxy.scheme}://{config.appproxy.public_host}:{port}"
-
-
 async def ensure_unique_name(db: AsyncSession, owner_id: uuid.UUID, name: str) -> None:
-    exists = (await db.execute(sa.select(Endpoint.id).where(
-        Endpoint.owner_id == owner_id, Endpoint.name == name,
-        Endpoint.lifecycle != EndpointLifecycle.DESTROYED))).first()
-    if exists:
+    if await name_taken(db, owner_id, name):
         raise Conflict(f"name: a service named {name!r} already exists")

@@ -16,39 +16,59 @@ import os
 import uuid
 from pathlib import Path, PurePosixPath
 
-from common.errors import InvalidAPIParameters
+from common.errors import Conflict, InvalidAPIParameters
 from common.fileperms import ensure_shared_dir
 
 MAX_PATH_LENGTH = 1024
 MAX_PATH_DEPTH = 32
+# bytes per name in UTF-8: file systems allow 255, and uploads first write ".<name>.upload-<8 hex>" (16 more)
+MAX_NAME_BYTES = 200
 
 
 def folder_relpath(folder_id: uuid.UUID) -> str:
     return folder_id.hex
 
 
-def safe_relative_path(raw: str) -> PurePosixPath:
-    """Validate an upload path relative to the folder root; raise 400 naming the path."""
+def relative_path_problem(raw: str) -> str | None:
+    """Why ``raw`` is not a safe path relative to a folder root, or None."""
     if not raw or len(raw) > MAX_PATH_LENGTH:
-        raise InvalidAPIParameters(f"path: must be 1..{MAX_PATH_LENGTH} characters")
+        return f"must be 1..{MAX_PATH_LENGTH} characters"
     if "\x00" in raw or "\\" in raw:
-        raise InvalidAPIParameters(f"path {raw!r}: NUL and backslash are not allowed")
+        return "NUL and backslash are not allowed"
     if raw.startswith("/"):
-        raise InvalidAPIParameters(f"path {raw!r}: absolute paths are not allowed")
-    parts = PurePosixPath(raw).parts
-    if any(part in ("..", ".", "") for part in raw.split("/")):
-        raise InvalidAPIParameters(f"path {raw!r}: '..', '.' and empty components are not allowed")
+        return "absolute paths are not allowed"
+    parts = raw.split("/")
+    if any(part in ("..", ".", "") for part in parts):
+        return "'..', '.' and empty components are not allowed"
     if len(parts) > MAX_PATH_DEPTH:
-        raise InvalidAPIParameters(f"path {raw!r}: deeper than {MAX_PATH_DEPTH} levels")
-    return PurePosixPath(*parts)
+        return f"deeper than {MAX_PATH_DEPTH} levels"
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in parts):
+        return f"a name is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def safe_relative_path(raw: str, field: str = "path") -> PurePosixPath:
+    """Validate a path relative to the folder root; raise 400 naming ``field`` and the path."""
+    problem = relative_path_problem(raw)
+    if problem is not None:
+        raise InvalidAPIParameters(f"{field} {raw[:100]!r}: {problem}")
+    return PurePosixPath(*PurePosixPath(raw).parts)
 
 
 def resolve_inside(root: Path, rel: PurePosixPath) -> Path:
-    """The destination for ``rel`` under ``root``; creates parent dirs; refuses symlink escapes."""
+    """The destination for ``rel`` under ``root``; creates parent dirs; refuses symlink escapes (400) and a file
+    where a directory must go or the reverse (409)."""
     real_root = root.resolve()
     dest = real_root.joinpath(*rel.parts)
     parent = dest.parent
-    ensure_shared_dir(parent)
+    try:
+        ensure_shared_dir(parent)
+    except (FileExistsError, NotADirectoryError):
+        raise Conflict(f"path {str(rel)!r}: a file is in the way of its directory") from None
+    if not parent.is_dir():
+        raise Conflict(f"path {str(rel)!r}: a file is in the way of its directory")
+    if dest.is_dir() and not dest.is_symlink():
+        raise Conflict(f"path {str(rel)!r}: a directory of that name exists") from None
     real_parent = parent.resolve()
     if real_parent != real_root and real_root not in real_parent.parents:
         raise InvalidAPIParameters(f"path {str(rel)!r}: escapes the folder through a symlink")

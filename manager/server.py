@@ -12,6 +12,7 @@ from aiohttp import web
 from common.aio import cancel_and_wait
 from common.errors import problem_middleware
 from common.fileperms import ensure_shared_dir
+from common.replay import ReplayCache
 from common.signing import SignedClient, signed_request_middleware
 from common.store import KVStore
 from manager.api import (
@@ -64,7 +65,8 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, limit_per_host=10))
         ctx = ManagerContext(config=config, engine=engine, db=db_engine.make_sessionmaker(engine), store=store,
                              http=http, agents=SignedClient(http, cluster_secret), cluster_secret=cluster_secret,
-                             jwt_secret=jwt_secret, keypair_box=keypair_box)
+                             jwt_secret=jwt_secret, keypair_box=keypair_box,
+                             replay=ReplayCache(config.auth.replay_cache_entries))
         app[CTX] = ctx
         ctx.agent_beats = AgentBeats(ctx.db, config.reconcile.agent_heartbeat_timeout)
         ctx.agent_beats.start()

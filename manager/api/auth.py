@@ -1,7 +1,10 @@
 """Keypair authentication of the public API (reference §1.4), plus ownership helpers.
 
 Every request except the version probe (``GET /``), ``/openapi.json`` and the cluster-signed ``/internal/``
-routes must carry a valid HMAC signature by an active keypair of an active user, with a Date within ±15 minutes.
+routes must carry a valid HMAC signature by an active keypair of an active user, with a Date within
+``auth.clock_skew`` (default 5 minutes), and each signature is accepted once (``ctx.replay``: remembered for the
+rest of that window by this manager). A request with ``X-Moorage-Content-SHA256`` has that hash signed and checked
+against its body (manager/api/hmac_auth.py).
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from aiohttp import web
 from common.errors import AuthFailed
 from common.status import UserRole
 from manager.api import hmac_auth
+from manager.api.util import read_hashed_body
 from manager.context import CTX
 from manager.db.models import KeyPair, User
 from manager.secretbox import SecretBoxError
 
 log = logging.getLogger(__name__)
-MAX_CLOCK_SKEW_SECONDS = 15 * 60  # Backend.AI's window
 PUBLIC_PATHS = frozenset({"/", "/openapi.json"})
 # Verified against when the access key is unknown, so that timing does not reveal which access keys exist; such
 # requests are refused whatever the signature.
@@ -113,12 +116,21 @@ async def authenticate(request: web.Request) -> Caller:
         date = hmac_auth.parse_date(date_str)
     except (ValueError, TypeError):
         raise AuthFailed("malformed Date header") from None
-    skew = abs((datetime.now(UTC) - date).total_seconds())
-    if skew > MAX_CLOCK_SKEW_SECONDS:
-        raise AuthFailed("Date/time sync error: the request date is more than 15 minutes off")
+    ctx = request.app[CTX]
+    window = ctx.config.auth.clock_skew
+    now = datetime.now(UTC)
+    if abs((now - date).total_seconds()) > window:
+        raise AuthFailed(f"Date/time sync error: the request date is more than {window:g} seconds off the "
+                         f"server's clock (auth.clock_skew)")
     version = request.headers.get("X-BackendAI-Version", "")
     if version and version not in hmac_auth.SUPPORTED_VERSIONS:
         raise AuthFailed(f"unsupported API version {version!r}")
+    content_sha = request.headers.get(hmac_auth.CONTENT_SHA256_HEADER)
+    body_sha256 = None
+    if content_sha is not None:
+        body_sha256 = hmac_auth.parse_content_sha256(content_sha)
+        if body_sha256 is None:
+            raise AuthFailed(f"{hmac_auth.CONTENT_SHA256_HEADER}: must be 64 hex digits (SHA-256 of the body)")
     row = await _load_keypair(request, access_key)
     # Compute a signature even for unknown keys so timing does not reveal which access keys exist.
     secret = _secret_of(request, row)
@@ -126,10 +138,16 @@ async def authenticate(request: web.Request) -> Caller:
     # verifier reads request.content_type, which defaults to it); the official client does so for SSE GETs.
     content_type = request.headers.get("Content-Type") or "application/octet-stream"
     ok = hmac_auth.verify(secret or UNKNOWN_KEY_SECRET, request.method, request.raw_path, date_str,
-                          request.headers.get("Host", ""), content_type, version, alg, given_sig)
+                          request.headers.get("Host", ""), content_type, version, alg, given_sig, body_sha256)
     if row is None or secret is None or not ok:
         raise AuthFailed("credential/signature mismatch")
-    return _caller(row)
+    caller = _caller(row)
+    if body_sha256 is not None:
+        await read_hashed_body(request, hmac_auth.CONTENT_SHA256_HEADER, body_sha256,
+                               ctx.config.limits.max_json_body)
+    if not ctx.replay.claim((access_key, given_sig), date.timestamp() + window, now.timestamp()):
+        raise AuthFailed("replayed request: this signature was already used; sign every request afresh")
+    return caller
 
 
 @web.middleware

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote
 
 import sqlalchemy as sa
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import IntegrityError
 
 from common.errors import Conflict, InvalidAPIParameters, PayloadTooLarge
@@ -24,6 +27,15 @@ from manager.folders import folder_relpath, list_files, resolve_inside, safe_rel
 
 routes = web.RouteTableDef()
 UPLOAD_CHUNK = 1024 * 1024
+
+
+@contextlib.asynccontextmanager
+async def _multipart_errors() -> AsyncIterator[None]:
+    """aiohttp's multipart parser reports bad input as assorted exceptions: all of them are a 400."""
+    try:
+        yield
+    except (ValueError, AssertionError, RuntimeError, LookupError, HttpProcessingError) as exc:
+        raise InvalidAPIParameters(f"body: malformed multipart request ({str(exc)[:200]})") from None
 
 
 def _folder_json(folder: ModelFolder) -> dict[str, object]:
@@ -99,35 +111,42 @@ async def upload_files(request: web.Request) -> web.Response:
         raise InvalidAPIParameters("body: expected multipart/form-data with one part per file")
     if request.content_length is not None and request.content_length > limits.max_upload_bytes:
         raise PayloadTooLarge(f"upload over {limits.max_upload_bytes} bytes")
-    try:
+    async with _multipart_errors():
         reader = await request.multipart()
-    except (ValueError, AssertionError) as exc:
-        raise InvalidAPIParameters(f"body: malformed multipart request ({exc})") from None
     written: list[dict[str, object]] = []
     total = 0
     while True:
-        part = await reader.next()
+        async with _multipart_errors():
+            part = await reader.next()
+            filename = getattr(part, "filename", None) if part is not None else None
         if part is None:
             break
         if len(written) >= limits.max_upload_files:
             raise InvalidAPIParameters(f"files: at most {limits.max_upload_files} files per upload")
-        if not getattr(part, "filename", None):
+        if not filename:
             raise InvalidAPIParameters("file: every part needs a filename (the path inside the folder)")
         # aiohttp (and some other clients) percent-encode the filename in Content-Disposition.
-        rel = safe_relative_path(unquote(part.filename))
+        rel = safe_relative_path(unquote(filename))
         dest = resolve_inside(root, rel)
         tmp = dest.with_name(f".{dest.name}.upload-{uuid.uuid4().hex[:8]}")
         size = 0
         try:
             with open(tmp, "wb") as fh:
                 os.fchmod(fh.fileno(), SHARED_FILE_MODE)  # replicas read it as another uid (manager.folders)
-                while chunk := await part.read_chunk(UPLOAD_CHUNK):
+                while True:
+                    async with _multipart_errors():
+                        chunk = await part.read_chunk(UPLOAD_CHUNK)  # type: ignore[union-attr]
+                    if not chunk:
+                        break
                     size += len(chunk)
                     total += len(chunk)
                     if total > limits.max_upload_bytes:
                         raise PayloadTooLarge(f"upload over {limits.max_upload_bytes} bytes")
                     fh.write(chunk)
-            os.replace(tmp, dest)
+            try:
+                os.replace(tmp, dest)
+            except IsADirectoryError:  # a directory appeared there meanwhile
+                raise Conflict(f"path {str(rel)!r}: a directory of that name exists") from None
         finally:
             if tmp.exists():
                 tmp.unlink()

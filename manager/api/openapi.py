@@ -55,8 +55,38 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
 ]
 
 
+UUID = {"type": "string", "format": "uuid"}
+# operations whose success body is a JSON array of the response model
+ARRAY_RESPONSES = {("get", "/services")}
+# operations that can answer 409 (a name taken, a file in the way, an address under contention)
+CONFLICTS = {("post", "/services"), ("post", "/folders"), ("post", "/folders/{name}/files")}
+# error statuses as the handlers use them (RFC 7807 bodies, common/errors.py)
+ERROR_DESCRIPTIONS = {
+    "400": "invalid parameters: the problem's detail and data.errors name each field and the reason",
+    "401": "missing, malformed, expired or replayed signature, or an inactive keypair",
+    "404": "no such object, or one the caller may not see",
+    "405": "method not allowed; the Allow header lists the allowed ones",
+    "409": "conflict: the name is taken, or a file or directory is in the way",
+    "413": "request body too large",
+}
+UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+    "description": "one part per file; each part's filename is its path inside the folder (relative, no '..', "
+                   "names at most 200 bytes, at most limits.max_upload_files parts and limits.max_upload_bytes "
+                   "in all)"}}}}
+
 # (method, path) → query parameters, for the routes that take any
 QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("get", "/services"): [
+        {"name": "name", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "only the service with exactly this name"},
+        {"name": "all", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]},
+         "description": "true: every service the caller may see (admins: their domain or all), not only their own"},
+    ],
+    ("get", "/events/background-task"): [
+        {"name": "task_id", "in": "query", "required": True, "schema": UUID,
+         "description": "the task_id returned by POST /services/_/try"},
+    ],
     ("get", "/services/{service_id}/autoscaling-decisions"): [
         {"name": "limit", "in": "query", "required": False,
          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}},
@@ -66,29 +96,52 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
 }
 
 
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {
+        "schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+def _operation(method: str, path: str, summary: str, request_model: type[BaseModel] | None,
+               response_model: type[BaseModel] | None, status: int) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "security": [{"BackendAI-HMAC": []}]}
+    params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
+    parameters = [{"name": p, "in": "path", "required": True,
+                   "schema": UUID if p.endswith("_id") else {"type": "string"}} for p in params]
+    parameters += QUERY_PARAMETERS.get((method, path), [])
+    if parameters:
+        op["parameters"] = parameters
+    upload = (method, path) == ("post", "/folders/{name}/files")
+    if request_model is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{request_model.__name__}"}}}}
+    elif upload:
+        op["requestBody"] = UPLOAD_BODY
+    success: dict[str, Any] = {"description": "success"}
+    if response_model is not None:
+        ref = {"$ref": f"#/components/schemas/{response_model.__name__}"}
+        schema = {"type": "array", "items": ref} if (method, path) in ARRAY_RESPONSES else ref
+        success["content"] = {"application/json": {"schema": schema}}
+    codes = ["401", "405"]
+    if "requestBody" in op or parameters:
+        codes.append("400")
+    if "requestBody" in op:
+        codes.append("413")
+    if params:
+        codes.append("404")
+    if (method, path) in CONFLICTS:
+        codes.append("409")
+    op["responses"] = {str(status): success, **{c: _problem(ERROR_DESCRIPTIONS[c]) for c in sorted(codes)},
+                       "default": _problem("any other RFC 7807 problem (e.g. 503 while no agent has room)")}
+    return op
+
+
 def build_spec() -> dict[str, Any]:
     models = {m for op in OPERATIONS for m in (op[3], op[4]) if m is not None}
     keyed = [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)]
     _, defs = models_json_schema(keyed, ref_template="#/components/schemas/{model}")
     paths: dict[str, dict[str, Any]] = {}
     for method, path, summary, request_model, response_model, status in OPERATIONS:
-        op: dict[str, Any] = {"summary": summary, "security": [{"BackendAI-HMAC": []}]}
-        params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
-        parameters = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
-        parameters += QUERY_PARAMETERS.get((method, path), [])
-        if parameters:
-            op["parameters"] = parameters
-        if request_model is not None:
-            op["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{request_model.__name__}"}}}}
-        success: dict[str, Any] = {"description": "success"}
-        if response_model is not None:
-            success["content"] = {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{response_model.__name__}"}}}
-        op["responses"] = {str(status): success, "default": {
-            "description": "an RFC 7807 problem", "content": {"application/problem+json": {
-                "schema": {"$ref": "#/components/schemas/Problem"}}}}}
-        paths.setdefault(path, {})[method] = op
+        paths.setdefault(path, {})[method] = _operation(method, path, summary, request_model, response_model, status)
     schemas = dict(defs.get("$defs", {}))
     schemas["Problem"] = {"type": "object", "properties": {
         k: {"type": "string"} for k in ("type", "title", "detail", "msg", "error_code")} | {
@@ -101,7 +154,8 @@ def build_spec() -> dict[str, Any]:
         "components": {"schemas": schemas, "securitySchemes": {"BackendAI-HMAC": {
             "type": "apiKey", "in": "header", "name": "Authorization",
             "description": "BackendAI signMethod=HMAC-SHA256, credential=<access key>:<signature>; see "
-                           "docs/operations.md (Backend.AI keypair signing, Date within ±15 minutes)"}}},
+                           "docs/operations.md (Backend.AI keypair signing, Date within auth.clock_skew, 5 minutes by "
+                           "default; each signature once; optional X-Moorage-Content-SHA256 body hash, signed)"}}},
     }
 
 

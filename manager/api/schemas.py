@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
 
-NAME_PATTERN = r"^\w[\w-]*\w$"
-SERVICE_NAME_MAX = 24  # Backend.AI's SESSION_NAME_MAX_LENGTH
+from manager.api import fields
+from manager.api.fields import NAME_PATTERN, SERVICE_NAME_MAX, SERVICE_NAME_MIN
+
+# Counts and durations are strict integers everywhere (true is not 1). Token lifetimes are bounded here so that
+# no arithmetic on them can overflow; the configured limits.max_token_lifetime_seconds applies after.
+MAX_TIMESTAMP = 10**11  # seconds since 1970: year 5138
 
 
 class _Req(BaseModel):
@@ -32,26 +35,16 @@ class ServiceConfigModel(_Req):
     resources: dict[str, str | int | float] | None = Field(default=None, max_length=32)
     resource_opts: dict[str, Any] | None = Field(default=None, max_length=32)
 
-    @field_validator("environ")
-    @classmethod
-    def _env_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        for key in value or {}:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-                raise ValueError(f"invalid environment variable name {key!r}")
-        return value
-
-    @field_validator("model_mount_destination")
-    @classmethod
-    def _mount(cls, value: str) -> str:
-        if not value.startswith("/") or ".." in value.split("/"):
-            raise ValueError("must be an absolute path without '..'")
-        return value
+    _environ = field_validator("environ")(fields.check_environ)
+    _mount = field_validator("model_mount_destination")(fields.check_mount)
+    _extra_mounts = field_validator("extra_mounts")(fields.check_extra_mounts)
+    _definition_path = field_validator("model_definition_path")(fields.check_definition_path)
 
 
 class NewServiceRequest(_Req):
-    name: str = Field(min_length=4, max_length=SERVICE_NAME_MAX, pattern=NAME_PATTERN,
+    name: str = Field(min_length=SERVICE_NAME_MIN, max_length=SERVICE_NAME_MAX, pattern=NAME_PATTERN,
                       validation_alias=AliasChoices("name", "service_name", "clientSessionToken"))
-    replicas: int = Field(ge=0, validation_alias=AliasChoices("replicas", "desired_session_count",
+    replicas: int = Field(ge=0, strict=True, validation_alias=AliasChoices("replicas", "desired_session_count",
                                                               "desiredSessionCount"))
     image: str | None = Field(default=None, max_length=512, validation_alias=AliasChoices("image", "lang"))
     runtime_variant: str = Field(default="custom", max_length=32)
@@ -59,7 +52,7 @@ class NewServiceRequest(_Req):
                                      validation_alias=AliasChoices("arch", "architecture"))
     group: str = Field(default="default", max_length=64, validation_alias=AliasChoices("group", "groupName"))
     domain: str = Field(default="default", max_length=64, validation_alias=AliasChoices("domain", "domainName"))
-    cluster_size: int = Field(default=1, ge=1, le=1, validation_alias=AliasChoices("cluster_size",
+    cluster_size: int = Field(default=1, ge=1, le=1, strict=True, validation_alias=AliasChoices("cluster_size",
                                                                                    "clusterSize"))
     cluster_mode: str = Field(default="single-node", validation_alias=AliasChoices("cluster_mode",
                                                                                    "clusterMode"))
@@ -86,14 +79,14 @@ class NewServiceRequest(_Req):
 
 
 class ScaleRequest(_Req):
-    to: int = Field(ge=0)
+    to: int = Field(ge=0, strict=True)
 
 
 class UpdateServiceRequest(_Req):
     """``PATCH /services/{id}`` (our extension). Fields left out keep their value. A change to what a replica
     runs (folder, definition, variant, image, environ, resources) — or ``redeploy`` — starts a rolling update."""
 
-    replicas: int | None = Field(default=None, ge=0, validation_alias=AliasChoices(
+    replicas: int | None = Field(default=None, ge=0, strict=True, validation_alias=AliasChoices(
         "replicas", "desired_session_count", "desiredSessionCount"))
     model: str | None = Field(default=None, min_length=1, max_length=128,
                               validation_alias=AliasChoices("model", "model_id"))  # folder name or UUID
@@ -104,21 +97,33 @@ class UpdateServiceRequest(_Req):
     resources: dict[str, str | int | float] | None = Field(default=None, max_length=32)
     resource_opts: dict[str, Any] | None = Field(default=None, max_length=32)
     open_to_public: bool | None = None
-    max_surge: int | None = Field(default=None, ge=1, le=64)  # extra routes a rollout may start at once
+    max_surge: int | None = Field(default=None, ge=1, le=64, strict=True)  # extra routes a rollout may start at once
     redeploy: bool = False  # roll every replica even if nothing changed (e.g. the folder's weights did)
 
-    _env_names = field_validator("environ")(ServiceConfigModel._env_names.__func__)  # type: ignore[attr-defined]
+    _environ = field_validator("environ")(fields.check_environ)
+    _definition_path = field_validator("model_definition_path")(fields.check_definition_path)
 
 
 class TokenRequest(_Req):
-    duration: str | int | float | None = None
-    valid_until: int | None = None
+    duration: StrictInt | StrictFloat | StrictStr | None = Field(default=None)
+    valid_until: StrictInt | None = Field(default=None, gt=0, le=MAX_TIMESTAMP)
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, value: int | float | str | None) -> int | float | str | None:
+        if isinstance(value, str) and len(value) > 32:
+            raise ValueError("at most 32 characters, e.g. '30d'")
+        if isinstance(value, (int, float)) and not 0 < value <= MAX_TIMESTAMP:
+            raise ValueError(f"must be a positive number of seconds up to {MAX_TIMESTAMP}")
+        return value
 
 
 class NewFolderRequest(_Req):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     usage_mode: str = Field(default="model", pattern=r"^(model|general|data)$")
-    host: str | None = None  # accepted for Backend.AI compatibility; there is one storage root
+    host: str | None = Field(default=None, max_length=64)  # Backend.AI compatibility; there is one storage root
+
+    _not_uuid = field_validator("name")(fields.check_not_uuid)
 
 
 class StringFilter(_Req):
@@ -139,8 +144,8 @@ class SearchFilter(_Req):
 
 class SearchServicesRequest(_Req):
     filter: SearchFilter | None = None
-    offset: int = Field(default=0, ge=0, le=1_000_000)
-    limit: int = Field(default=20, ge=1, le=100)
+    offset: int = Field(default=0, ge=0, le=1_000_000, strict=True)
+    limit: int = Field(default=20, ge=1, le=100, strict=True)
 
 
 class RouteTrafficRequest(_Req):

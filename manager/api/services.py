@@ -8,17 +8,17 @@ from typing import Any
 
 import sqlalchemy as sa
 from aiohttp import web
-from sqlalchemy.exc import IntegrityError
 
-from common.errors import Conflict, InvalidAPIParameters, ObjectNotFound
+from common.errors import InvalidAPIParameters, ObjectNotFound
 from common.status import LIVE_ROUTE_LIFECYCLES, EndpointLifecycle, RouteHealth, RouteLifecycle, RouteTraffic, UserRole
+from manager.addresses import insert_endpoint
 from manager.api.auth import Caller, caller_of, can_see_endpoint, endpoint_visibility
 from manager.api.schemas import CompactServeInfo, NewServiceRequest, ScaleRequest, ScaleResponse, ServeInfo
 from manager.api.util import json_response, parse_body, parse_uuid
 from manager.context import CTX
 from manager.db.models import Agent, Endpoint, Event, KeyPair, Route, Session
 from manager.endpoint_status import derive_endpoint_status
-from manager.endpoints import allocate_address, ensure_unique_name, find_folder, resolve_service
+from manager.endpoints import ResolvedService, ensure_unique_name, find_folder, resolve_service
 
 routes = web.RouteTableDef()
 
@@ -173,12 +173,12 @@ async def resolve_create_request(ctx, db, caller: Caller, body: NewServiceReques
     return owner, folder, resolved
 
 
-def new_endpoint(body: NewServiceRequest, owner: Caller, caller: Caller, folder, resolved,  # type: ignore[no-untyped-def]
-                 *, name: str, kind: str, port: int | None, url: str | None) -> Endpoint:
+def new_endpoint(body: NewServiceRequest, owner: Caller, caller: Caller, folder_id: uuid.UUID,
+                 resolved: ResolvedService, *, name: str, kind: str, port: int | None, url: str | None) -> Endpoint:
     return Endpoint(
         id=uuid.uuid4(), name=name, kind=kind, owner_id=owner.user_id, created_user_id=caller.user_id,
         domain_name=body.domain, project_name=body.group, scaling_group=body.config.scaling_group,
-        model_folder_id=folder.id, model_definition_path=resolved.definition_path,
+        model_folder_id=folder_id, model_definition_path=resolved.definition_path,
         model_definition=resolved.definition, model_mount_destination=body.config.model_mount_destination,
         runtime_variant=body.runtime_variant, image=resolved.defaults.image,
         architecture=resolved.defaults.architecture or "x86_64", environ=resolved.defaults.environ,
@@ -198,22 +198,16 @@ async def create_service(request: web.Request) -> web.Response:
     async with ctx.db() as db:
         owner, folder, resolved = await resolve_create_request(ctx, db, caller, body)
         await ensure_unique_name(db, owner.user_id, body.name)
-        for _attempt in range(5):
-            port, subdomain, url = await allocate_address(db, ctx.config, body.name)
-            endpoint = new_endpoint(body, owner, caller, folder, resolved, name=body.name, kind="service",
-                                    port=port, url=url)
-            endpoint.subdomain = subdomain
-            db.add(endpoint)
-            db.add(Event(endpoint_id=endpoint.id, kind="endpoint_created",
-                         data={"replicas": body.replicas, "by": caller.access_key}))
-            try:
-                await db.commit()
-                break
-            except IntegrityError:
-                await db.rollback()
-                await ensure_unique_name(db, owner.user_id, body.name)  # a concurrent create took the name?
-        else:
-            raise Conflict("could not allocate an endpoint address; retry")
+        folder_id = folder.id
+
+    def rows(port: int | None, subdomain: str | None, url: str) -> list[Any]:
+        endpoint = new_endpoint(body, owner, caller, folder_id, resolved, name=body.name, kind="service",
+                                port=port, url=url)
+        endpoint.subdomain = subdomain
+        return [endpoint, Event(endpoint_id=endpoint.id, kind="endpoint_created",
+                                data={"replicas": body.replicas, "by": caller.access_key})]
+
+    endpoint = await insert_endpoint(ctx.db, ctx.config, owner.user_id, body.name, rows)
     ctx.poke(endpoint.id)
     return json_response(serve_info(endpoint, []), status=201)
 
@@ -231,6 +225,8 @@ async def delete_service(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     async with ctx.db() as db:
         endpoint = await load_endpoint(db, caller_of(request), request.match_info["service_id"])
+        if endpoint.lifecycle != EndpointLifecycle.CREATED:  # a second DELETE: it is already going away
+            raise ObjectNotFound(f"service {endpoint.id} not found (it is being destroyed)")
         endpoint.lifecycle = EndpointLifecycle.DESTROYING
         endpoint.replicas = 0
         db.add(Event(endpoint_id=endpoint.id, kind="endpoint_destroy_requested", data={}))

@@ -1,7 +1,9 @@
-"""Request helpers: bounded JSON bodies validated by pydantic, uuid path params."""
+"""Request helpers: bounded JSON bodies validated by pydantic, uuid path params, the signed body hash."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import uuid
 from typing import Any, TypeVar
@@ -13,20 +15,75 @@ from common.errors import InvalidAPIParameters, PayloadTooLarge, invalid_params_
 from manager.context import CTX
 
 M = TypeVar("M", bound=BaseModel)
+# The deepest body a client sends nests 4 levels (config.extra_mounts.<id>.<option>); 32 leaves room for
+# GraphQL variables and resource_opts while keeping every later walk over the value (validation, JSON columns,
+# json.dumps) far from Python's recursion limit.
+MAX_JSON_DEPTH = 32
+# the body auth already read to check its X-Moorage-Content-SHA256 (read_json uses it instead of the stream)
+VERIFIED_BODY: web.RequestKey[bytes] = web.RequestKey("moorage_verified_body", bytes)
 
 
-async def read_json(request: web.Request, limit: int) -> Any:
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The whole body, or 413 when it is over ``limit`` bytes (declared or sent)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body over {limit} bytes")
     raw = await request.content.read(limit + 1)
     if len(raw) > limit:
         raise PayloadTooLarge(f"request body over {limit} bytes")
+    return raw
+
+
+async def read_hashed_body(request: web.Request, header: str, expected: str, limit: int) -> None:
+    """Read the body (a buffered one: JSON, at most ``limit`` bytes) and check it against ``expected``."""
+    if request.content_type.startswith("multipart/"):
+        raise InvalidAPIParameters(f"{header}: not accepted on multipart uploads (they are streamed); omit it")
+    raw = await read_limited(request, limit)
+    if not hmac.compare_digest(hashlib.sha256(raw).hexdigest(), expected):
+        raise InvalidAPIParameters(f"{header}: does not match the SHA-256 of the request body")
+    request[VERIFIED_BODY] = raw
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    raw = request.get(VERIFIED_BODY)
+    if raw is None:
+        raw = await read_limited(request, limit)
+    elif len(raw) > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
     if not raw.strip():
         return {}
+    return loads_bounded(raw)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidAPIParameters(f"body: {name} is not valid JSON (numbers must be finite)")
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers deeper than ``limit`` (iterative: safe on any input)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def loads_bounded(raw: bytes | str) -> Any:
+    """Strict JSON: 400 on syntax errors, NaN/Infinity, or nesting deeper than MAX_JSON_DEPTH."""
+    too_deep = InvalidAPIParameters(f"body: JSON nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidAPIParameters(f"body: invalid JSON ({exc})") from None
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers over 4300 digits
+        raise InvalidAPIParameters(f"body: invalid JSON ({str(exc)[:200]})") from None
+    if json_depth_exceeds(value, MAX_JSON_DEPTH):
+        raise too_deep
+    return value
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:

@@ -6,7 +6,8 @@ header, so the verifier recomputes the same signature. The signed path includes 
 
 Content types: ``application/json`` for JSON bodies, ``text/plain`` when there is no body (even on GET, as the
 official client does), ``multipart/form-data; boundary=...`` for uploads (the signature covers the bare
-``multipart/form-data``).
+``multipart/form-data``). JSON bodies also carry ``X-Moorage-Content-SHA256``, which the signature covers in place
+of the empty-body hash, so a captured request cannot be resent with another body.
 
 Errors: a non-2xx answer raises :class:`APIError`. RFC 7807 bodies (``application/problem+json``) give its
 message from ``detail``, else ``msg``, else ``title``. Connection failures raise :class:`CLIError`.
@@ -109,8 +110,10 @@ class Client:
             content_type = "application/json"
         if content_type is None:
             content_type = "text/plain"
+        # Buffered bodies (JSON) are bound to the signature (X-Moorage-Content-SHA256); streamed uploads are not.
+        hashed = body if isinstance(body, bytes) and not content_type.startswith("multipart/") else None
         headers = sign_request(self.connection.access_key, self.connection.secret_key, method, path_qs,
-                               self.host, content_type)
+                               self.host, content_type, body=hashed)
         headers["Host"] = self.host
         headers["Accept"] = "application/json, application/problem+json"
         headers["User-Agent"] = USER_AGENT

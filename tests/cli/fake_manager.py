@@ -87,7 +87,8 @@ class FakeManager:
         version = request.headers.get("X-BackendAI-Version", "")
         content_type = request.headers.get("Content-Type", "")
         if secret is None or not verify(secret, request.method, request.raw_path, date, request.host,
-                                        content_type, version, alg, sig):
+                                        content_type, version, alg, sig,
+                                        request.headers.get("X-Moorage-Content-SHA256")):
             return problem(401, "Auth Failed", "signature mismatch")
         rec = Recorded(request.method, request.raw_path, content_type, access_key, dict(request.headers))
         if bare_content_type(content_type) == "application/json":
