@@ -33,6 +33,9 @@ from common.protocol import AgentHeartbeat, AgentInfo, KernelSpec
 from common.signing import SignedClient, read_signed_json, signed_request_middleware
 from common.store import AGENTS_PREFIX, EtcdStore
 
+# What an agent whose local replicas run without a sandbox reports as its runtime (``moorage agents`` and the
+# manager's agent list show it), so that nobody mistakes such a host for an isolated one.
+UNSANDBOXED_RUNTIME = "local-nosandbox"
 log = logging.getLogger(__name__)
 
 DEFAULT_LOG_TAIL = 200
@@ -80,7 +83,8 @@ class Agent:
         return AgentInfo(
             agent_id=agent.id, rpc_url=agent.rpc_url, replica_host=agent.replica_host,
             scaling_group=agent.scaling_group, architecture=platform.machine() or "x86_64",
-            runtime=agent.runtime, available_slots=dict(self.slots), version=__version__,
+            runtime=UNSANDBOXED_RUNTIME if getattr(self.runtime, "unsandboxed", False) else agent.runtime,
+            available_slots=dict(self.slots), version=__version__,
             devices=[g.uuid for g in self.gpus],
         )
 

@@ -176,6 +176,11 @@ class LocalRuntime(LaunchFiles):
                                          *self._local.readonly_paths])
 
     @property
+    def unsandboxed(self) -> bool:
+        """Replicas run without any sandbox (only with an explicit ``[local] sandbox = "none"``)."""
+        return self._local.sandbox == "none"
+
+    @property
     def isolates_network(self) -> bool:
         return self.sandboxed and self._local.network == "isolated"
 

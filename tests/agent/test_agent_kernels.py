@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from agent.runtime.procs import group_members
+from agent.server import AGENT_KEY
 from common.signing import RPCError, sign_headers
 from tests.agent.conftest import (
     SANDBOXED,
@@ -384,6 +385,7 @@ async def test_unsandboxed_mode_warns_and_says_so(tmp_path: Path, caplog: pytest
     with caplog.at_level(logging.WARNING):
         async with running_agent(config) as harness:
             assert harness.registry._runtime.describe() == "local (UNSANDBOXED)"
+            assert harness.app[AGENT_KEY].info().runtime == "local-nosandbox"  # what the manager lists
             body = harness.spec()
             await harness.create(body)
             assert (await harness.wait_healthy(body["kernel_id"]))["status"] == "running"
