@@ -107,7 +107,9 @@ def start_forwarder(pasta: str, target_pid: int, host: str, port: int, state_dir
             time.sleep(NAMESPACE_RETRY)
             continue
         unpin(pinned)
-        raise ForwarderFailed(f"pasta exited with {proc.returncode}: {message[-400:]}")
+        hint = " (a non-root agent needs /dev/net/tun usable by its user: mode 0666, Debian's default)" \
+            if "tun" in message and os.geteuid() != 0 else ""
+        raise ForwarderFailed(f"pasta exited with {proc.returncode}: {message[-400:]}{hint}")
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError) as exc:
