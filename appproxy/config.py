@@ -100,6 +100,11 @@ class ProxySection(_Section):
     # Seconds announced in Retry-After on every 503 (overload, no route available).
     retry_after: int = Field(2, ge=1, le=3600)
 
+    # --- CORS (the origins themselves are per endpoint: the route table's cors_allowed_origins) ---
+    # Access-Control-Max-Age of an allowed pre-flight: how long a browser may reuse it. 10 minutes keeps a page's
+    # pre-flights rare; browsers cap it anyway (Chromium at 2 hours).
+    cors_max_age: int = Field(600, ge=0, le=86400)
+
     # --- scale from zero: requests for an endpoint whose route table has no routes are held, not refused ---
     # The proxy signals demand (DEMAND_PREFIX key; the manager scales an endpoint at zero back up) and holds the
     # request until a route appears, for at most this many seconds (→ 503 + Retry-After after that). Loading a

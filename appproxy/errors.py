@@ -8,7 +8,7 @@ from common.errors import ObjectNotFound, PayloadTooLarge, ProblemError, Service
 
 __all__ = [
     "BadGateway", "ColdStartTimeout", "EndpointNotFound", "EndpointOverloaded", "GatewayTimeout", "HoldQueueFull",
-    "MethodNotAllowed", "NoRouteAvailable", "PayloadTooLarge", "RequestHeadersTooLarge",
+    "MethodNotAllowed", "NoRouteAvailable", "PayloadTooLarge", "PreflightRefused", "RequestHeadersTooLarge",
 ]
 
 
@@ -63,3 +63,14 @@ class RequestHeadersTooLarge(ProblemError):
 
 class MethodNotAllowed(ProblemError):
     status, slug, title = 405, "method-not-allowed", "This method is not proxied."
+
+
+class PreflightRefused(ProblemError):
+    """A CORS pre-flight from an origin the endpoint does not allow (:mod:`appproxy.cors`)."""
+
+    status, slug, title = 403, "cors-preflight-refused", "This cross-origin request is not allowed."
+
+    def to_response(self) -> web.Response:
+        response = super().to_response()
+        response.force_close()  # its body (a pre-flight has none) is not drained; browsers reconnect anyway
+        return response

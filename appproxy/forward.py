@@ -20,9 +20,10 @@ Request side
     and the body, in one write.
 
 Response side
-    Status and end-to-end headers are copied; the body is relayed chunk by chunk as it arrives
-    (``StreamResponse``, no buffering), except that a body with a ``Content-Length`` of at most
-    ``SMALL_BODY`` is read first and sent with the headers in one write (a few packets anyway): a
+    Status and end-to-end headers are copied, except the replica's ``Access-Control-*`` ones: the endpoint's CORS
+    policy is the proxy's (:mod:`appproxy.cors`), which adds its own for allowed origins. The body is relayed
+    chunk by chunk as it arrives (``StreamResponse``, no buffering), except that a body with a ``Content-Length``
+    of at most ``SMALL_BODY`` is read first and sent with the headers in one write (a few packets anyway): a
     :class:`~appproxy.httpserver.SizedResponse` carrying the replica's end-to-end header lines byte for byte.
     ``text/event-stream`` and responses without a length get ``X-Accel-Buffering: no`` and, unless the
     replica set one, ``Cache-Control: no-cache`` so that a reverse proxy in front of us does not buffer them
@@ -61,6 +62,7 @@ from multidict import CIMultiDictProxy
 
 from appproxy.balancer import Candidate, pick
 from appproxy.config import OutlierSection, ProxySection
+from appproxy.cors import CorsGrant, CorsPolicy
 from appproxy.errors import BadGateway, GatewayTimeout, NoRouteAvailable, PayloadTooLarge
 from appproxy.httpserver import SizedResponse
 from appproxy.metrics import ProxyMetrics
@@ -141,7 +143,7 @@ def _end_to_end(name: str) -> bool:
     keep = _END_TO_END.get(name)
     if keep is None:
         low = name.lower()
-        keep = not (low in HOP_BY_HOP or low.startswith("proxy-"))
+        keep = not (low in HOP_BY_HOP or low.startswith(("proxy-", "access-control-")))
         if len(_END_TO_END) < 4096:  # bounded: header names are chosen by the replica
             _END_TO_END[name] = keep
     return keep
@@ -172,7 +174,7 @@ _PLAIN_CONNECTION: dict[str, bool] = {}  # Connection header value → names onl
 
 def _keep_raw(name: bytes) -> bool:
     low = name.lower()
-    keep = not (low.decode("latin-1") in HOP_BY_HOP or low.startswith(b"proxy-"))
+    keep = not (low.decode("latin-1") in HOP_BY_HOP or low.startswith((b"proxy-", b"access-control-")))
     if len(_KEEP_RAW) < 4096:
         _KEEP_RAW[name] = keep
     return keep
@@ -263,11 +265,12 @@ class Resumed(Protocol):
 class _Plan:
     """What forwarding needs from one route table, computed once per table (tables are immutable)."""
 
-    __slots__ = ("endpoint", "routes", "single", "table")
+    __slots__ = ("cors", "endpoint", "routes", "single", "table")
 
     def __init__(self, table: RouteTable) -> None:
         self.table = table
         self.endpoint = str(table.endpoint_id)
+        self.cors = CorsPolicy.compile(table.cors_allowed_origins, self.endpoint)  # None: no origin allowed
         # (key, target, route id as a string, Host header)
         by_key = {Forwarder.key(r): r for r in table.routes}  # a duplicated route counts once, as in choose()
         self.routes = [(k, r, str(r.route_id), host_header(r.host, r.port)) for k, r in by_key.items()]
@@ -354,12 +357,13 @@ class Forwarder:
         self.outliers.success(key, 0.0)  # the clock plays no part in a success
 
     # -- forwarding ------------------------------------------------------------------------------------------
-    async def forward(self, request: web.BaseRequest, table: RouteTable, body: bytes, resumed: Resumed | None = None
-                      ) -> tuple[web.StreamResponse | SizedResponse, str]:
+    async def forward(self, request: web.BaseRequest, table: RouteTable, body: bytes, resumed: Resumed | None = None,
+                      cors: CorsGrant | None = None) -> tuple[web.StreamResponse | SizedResponse, str]:
         """Send the request to a route; return the response sent to the client and the route id that served it.
 
         ``resumed``: the first attempt was started by the fast path (same route choice, counters and retry rules;
-        only its response or error comes from there)."""
+        only its response or error comes from there). ``cors``: headers added to the answer (:mod:`appproxy.cors`).
+        """
         pool = self._pool
         if pool is None:
             raise RuntimeError("Forwarder.start() was not called")
@@ -410,7 +414,7 @@ class Forwarder:
                     log.warning("bad response from route %s (%s:%d): %s", route, target.host, target.port, exc)
                     raise BadGateway("The replica sent an invalid response.") from None
                 else:
-                    return await self._relay(request, table, key, target, upstream), route
+                    return await self._relay(request, table, key, target, upstream, cors), route
                 self._failure(table, target, kind)
                 log.info("route %s (%s:%d) of %s failed before the first byte (%s); %s", route, target.host,
                          target.port, table.name, last_error,
@@ -427,7 +431,7 @@ class Forwarder:
         raise BadGateway(f"No replica could be reached ({len(tried)} tried; last error: {last_error}).")
 
     async def _relay(self, request: web.BaseRequest, table: RouteTable, key: RouteKey, target: RouteTarget,
-                     upstream: UpstreamResponse) -> web.StreamResponse | SizedResponse:
+                     upstream: UpstreamResponse, cors: CorsGrant | None = None) -> web.StreamResponse | SizedResponse:
         clean = False
         try:
             status = upstream.status
@@ -449,10 +453,16 @@ class Forwarder:
                 clean = True
                 lines = sized_header_lines(upstream.headers, upstream.raw_headers)
                 if lines is not None:
+                    if cors is not None:
+                        lines += cors.lines
                     return SizedResponse(status, upstream.reason, lines, upstream.headers, body)
-                return web.Response(status=status, reason=upstream.reason,
-                                    headers=client_response_headers(upstream)[0], body=body)
+                headers = client_response_headers(upstream)[0]
+                if cors is not None:
+                    headers += cors.pairs
+                return web.Response(status=status, reason=upstream.reason, headers=headers, body=body)
             headers, _ = client_response_headers(upstream)
+            if cors is not None:
+                headers += cors.pairs
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
             content = upstream.content
             try:

@@ -8,7 +8,9 @@ Request pipeline (ARCHITECTURE §5), per request on an endpoint's port:
 
 1. the endpoint's current route table (404 if the endpoint is gone);
 2. ``CONNECT``/``TRACE`` → 405; request headers larger than ``max_header_size`` in total → 431;
-3. token check unless the endpoint is public (401, :mod:`appproxy.auth`);
+2½. a CORS pre-flight is answered here from the endpoint's allowed origins (204 or 403, :mod:`appproxy.cors`),
+   never forwarded and never read;
+3. token check unless the endpoint is public (401, :mod:`appproxy.auth`), whatever the method;
 3½. no route in the table: signal demand and hold the request until one appears (scale from zero,
    :mod:`appproxy.hold`; bounded by ``hold_timeout``/``hold_max_requests`` → 503 + ``Retry-After``);
 4. admission: at most ``max_concurrency_per_endpoint`` requests in flight → else 503 + ``Retry-After``;
@@ -31,7 +33,14 @@ from aiohttp import web
 from appproxy.admin import AdminServer
 from appproxy.auth import TokenCache, authenticate
 from appproxy.config import ProxyConfig
-from appproxy.errors import EndpointNotFound, EndpointOverloaded, MethodNotAllowed, RequestHeadersTooLarge
+from appproxy.cors import CorsGrant, answer_preflight, is_cors_preflight
+from appproxy.errors import (
+    EndpointNotFound,
+    EndpointOverloaded,
+    MethodNotAllowed,
+    PreflightRefused,
+    RequestHeadersTooLarge,
+)
 from appproxy.fastpath import FastPath
 from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, Resumed, read_body
 from appproxy.frontend import make_frontend
@@ -224,6 +233,19 @@ class AppProxy:
         table = self.routes.get(endpoint_id)
         if table is None:
             raise EndpointNotFound("This endpoint no longer exists.")
+        policy = self.forwarder.plan(table).cors
+        if policy is None:
+            return await self._checked(request, endpoint_id, endpoint, table, None)
+        cors = policy.grant(request.headers.get("Origin"))
+        try:
+            return await self._checked(request, endpoint_id, endpoint, table, cors)
+        except ProblemError as exc:  # the proxy's own answers carry them too: a page can read its 401 or 503
+            if not isinstance(exc, PreflightRefused):
+                exc.headers = {**exc.headers, **dict(cors.pairs)}
+            raise
+
+    async def _checked(self, request: web.BaseRequest, endpoint_id: uuid.UUID, endpoint: str, table: RouteTable,
+                       cors: CorsGrant | None) -> tuple[web.StreamResponse | SizedResponse, str]:
         method = request.method
         if method in REFUSED_METHODS:
             raise MethodNotAllowed(f"{method} is not proxied.")
@@ -231,7 +253,12 @@ class AppProxy:
         if (size := header_bytes(request)) > cfg.max_header_size:
             raise RequestHeadersTooLarge(f"The request headers ({size} bytes) exceed the limit of "
                                          f"{cfg.max_header_size} bytes.")
-        authenticate(self._secret, table, method, request.headers, self._tokens)
+        if method == "OPTIONS" and is_cors_preflight(method, request.headers):
+            response = answer_preflight(self.forwarder.plan(table).cors, request.headers, cfg.cors_max_age)
+            if request.body_exists:
+                response.force_close()  # its body is never read (nor drained)
+            return response, NO_ROUTE
+        authenticate(self._secret, table, request.headers, self._tokens)
         if not table.routes:
             table = await self.hold.wait_for_route(endpoint_id, table)
         if self._admitted[endpoint] >= cfg.max_concurrency_per_endpoint:
@@ -242,15 +269,16 @@ class AppProxy:
             body = await read_body(request, cfg.max_body_size)
             # the table may have changed while the body was uploading: use the newest one
             table = self.routes.get(endpoint_id) or table
-            return await self.forwarder.forward(request, table, body)
+            return await self.forwarder.forward(request, table, body, cors=cors)
         finally:
             self.release(endpoint)
 
     async def resumed(self, request: web.BaseRequest, endpoint: str, table: RouteTable, body: bytes,
-                      attempt: Resumed) -> tuple[web.StreamResponse | SizedResponse, str]:
+                      attempt: Resumed, cors: CorsGrant | None = None
+                      ) -> tuple[web.StreamResponse | SizedResponse, str]:
         """The end of :meth:`_pipeline` for a request the fast path admitted and started forwarding."""
         try:
-            return await self.forwarder.forward(request, table, body, attempt)
+            return await self.forwarder.forward(request, table, body, attempt, cors)
         finally:
             self.release(endpoint)
 
