@@ -97,6 +97,21 @@ class ProxySection(_Section):
     max_body_size: int = Field(32 * MiB, ge=0, le=4096 * MiB)
     # Requests in flight per endpoint → 503 with Retry-After; sheds load instead of queueing without bound.
     max_concurrency_per_endpoint: int = Field(256, ge=1)
+    # --- client connections (slow or greedy clients) ---
+    # A request head (request line and headers) must arrive in full within this many seconds, counted from the
+    # connection's accept or from the first byte of the next request on a kept-alive connection; else the
+    # connection is closed. Without it a client that never finishes its head (slowloris) held a connection for
+    # an hour. A real client sends its head in one go; 15 s leaves room for a slow mobile link.
+    request_head_timeout: float = Field(15.0, gt=0, le=300)
+    # An idle keep-alive connection (between requests) is closed after this many seconds. Above the idle timeout
+    # of the usual load balancers in front (AWS ALB: 60 s) so that they, not we, close it first; raise it above
+    # yours if it is longer. (It was aiohttp's 3630 s: an idle connection cost a socket for an hour.)
+    keepalive_timeout: float = Field(75.0, gt=0, le=3600)
+    # Connections open at once from one client address (per worker process); more → 429 and closed at once.
+    # Generous for browsers and SDK pools (a few to tens each); bounds the sockets and buffers one address can
+    # pin. Behind a load balancer every connection comes from its address: raise it, or 0 for no cap.
+    max_connections_per_client: int = Field(256, ge=0)
+
     # Seconds announced in Retry-After on every 503 (overload, no route available).
     retry_after: int = Field(2, ge=1, le=3600)
 
