@@ -92,9 +92,21 @@ class ProxySection(_Section):
     # Longest request line (method + target + version) → 400 from the parser; long query strings are not
     # an inference use case.
     max_request_line: int = Field(8 * KiB, ge=1 * KiB, le=1 * MiB)
-    # Request body → 413. The body is buffered (so a request can be retried on another replica before the first
-    # byte), so this also bounds memory: worst case ≈ max_body_size × max_concurrency_per_endpoint per endpoint.
+    # Request body → 413 (announced: before reading it; chunked: as soon as it is over, mid-stream).
     max_body_size: int = Field(32 * MiB, ge=0, le=4096 * MiB)
+    # Bodies up to this size are read whole before forwarding, so the request can be retried on another replica
+    # before the first byte; larger ones are streamed to the replica as they arrive (back-pressure both ways) and
+    # are not retried once a byte of them has gone (appproxy.body). Inference requests are JSON of kilobytes; a
+    # 1 MiB buffer keeps nearly all of them retryable while an upload of many MiB never sits whole in memory.
+    retry_buffer_size: int = Field(1 * MiB, ge=64 * KiB, le=64 * MiB)
+    # Process-wide cap on request body bytes held in memory: buffered bodies plus a fixed 256 KiB window per
+    # streamed one → 503 + Retry-After beyond it, before the body is read. Before, buffering was bounded only per
+    # endpoint (32 MiB × 256), in the manager's own process in embedded mode. 256 MiB is 256 buffered bodies at
+    # the largest retry_buffer_size, or a thousand concurrent uploads.
+    max_buffered_body_bytes: int = Field(256 * MiB, ge=256 * KiB, le=16384 * MiB)
+    # A request body that stops arriving for this many seconds → 408 and the connection closed (a client that
+    # announces a body and dribbles it, or sends nothing, no longer holds a replica connection for ever).
+    request_body_timeout: float = Field(60.0, gt=0, le=3600)
     # Requests in flight per endpoint → 503 with Retry-After; sheds load instead of queueing without bound.
     max_concurrency_per_endpoint: int = Field(256, ge=1)
     # --- client connections (slow or greedy clients) ---
@@ -165,6 +177,12 @@ class ProxySection(_Section):
     initial_sync_timeout: float = Field(5.0, ge=0)
     # On stop, in-flight requests (long streams) get this long to finish before their connections are closed.
     shutdown_timeout: float = Field(10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_body_limits(self) -> ProxySection:
+        if self.retry_buffer_size > self.max_buffered_body_bytes:
+            raise ValueError("retry_buffer_size must not exceed max_buffered_body_bytes")
+        return self
 
     @model_validator(mode="after")
     def _check_frontend(self) -> ProxySection:

@@ -102,6 +102,9 @@ class FastPath:
         endpoint = plan.endpoint  # str(endpoint_id), the metrics label
         if proxy._admitted[endpoint] >= cfg.max_concurrency_per_endpoint:
             return False
+        bodies = proxy.bodies
+        if size and bodies.used + size > bodies.limit:  # the body budget is spent: the ordinary path says 503
+            return False
         pool = forwarder._pool
         if pool is None or cfg.upstream_keepalive_timeout <= 0:
             return False
@@ -116,6 +119,7 @@ class FastPath:
             return False
         # -- taken: from here on, what handle() → _pipeline() → forward() count, in their order -----------------
         body = payload.read_nowait() if size else b""
+        bodies.used += size  # given back with the admission: FastExchange._finished or AppProxy.resumed
         cors = None if plan.cors is None else plan.cors.grant(headers.get("Origin"))
         exchange = FastExchange(proxy, conn, message, payload, endpoint, table, chosen, body, conn._loop.time(), cors)
         proxy.metrics.request_started(endpoint)
@@ -214,6 +218,7 @@ class FastExchange:
         else:
             in_flight[key] -= 1
         proxy.metrics.route_finished(self.endpoint, route)
+        proxy.bodies.give_back(len(self.body))
         proxy.release(self.endpoint)
 
     def _hand_over(self) -> None:

@@ -1,8 +1,8 @@
 """Forwarding one request to a replica and streaming the answer back (ARCHITECTURE §5).
 
 Request side
-    The body is read first, up to ``max_body_size`` (413 beyond; ``Expect: 100-continue`` is answered only when
-    we are about to read, i.e. after auth and the concurrency check), so the request can be retried. Headers are
+    A body of up to ``retry_buffer_size`` is read first, so the request can be retried; a larger one is streamed
+    as it arrives (:mod:`appproxy.body`: sizes, the process-wide budget, ``Expect: 100-continue``). Headers are
     copied minus the hop-by-hop ones (Connection, Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade,
     and every header named in Connection), minus ``Authorization`` and ``Cookie`` (the replica never sees the
     caller's credentials), minus Host/Content-Length/Expect (set for the upstream hop). The path and query are
@@ -61,9 +61,10 @@ from aiohttp.http_parser import RawRequestMessage
 from multidict import CIMultiDictProxy
 
 from appproxy.balancer import Candidate, pick
+from appproxy.body import BodyStream
 from appproxy.config import OutlierSection, ProxySection
 from appproxy.cors import CorsGrant, CorsPolicy
-from appproxy.errors import BadGateway, GatewayTimeout, NoRouteAvailable, PayloadTooLarge
+from appproxy.errors import BadGateway, GatewayTimeout, NoRouteAvailable
 from appproxy.httpserver import SizedResponse
 from appproxy.metrics import ProxyMetrics
 from appproxy.outlier import OutlierDetector, OutlierPolicy
@@ -216,25 +217,6 @@ def is_stream(headers: CIMultiDictProxy[str], status: int, method: str) -> bool:
     return "Content-Length" not in headers
 
 
-async def read_body(request: web.BaseRequest, limit: int) -> bytes:
-    """The whole request body, or :class:`PayloadTooLarge` once it exceeds ``limit`` bytes."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"The request body ({length} bytes) exceeds the limit of {limit} bytes.")
-    if not request.body_exists:
-        return b""
-    if request.version >= aiohttp.HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
-        # Deferred from the expect handler: only now that the request is authorised and admitted.
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
-    body = bytearray()
-    while chunk := await request.content.readany():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
-    return bytes(body)
-
-
 def request_target(request: web.BaseRequest) -> str:
     """Path and query as received; always origin-form (an absolute-form target cannot pick the host)."""
     rel = request.rel_url
@@ -357,13 +339,15 @@ class Forwarder:
         self.outliers.success(key, 0.0)  # the clock plays no part in a success
 
     # -- forwarding ------------------------------------------------------------------------------------------
-    async def forward(self, request: web.BaseRequest, table: RouteTable, body: bytes, resumed: Resumed | None = None,
+    async def forward(self, request: web.BaseRequest, table: RouteTable, body: bytes | BodyStream,
+                      resumed: Resumed | None = None,
                       cors: CorsGrant | None = None) -> tuple[web.StreamResponse | SizedResponse, str]:
         """Send the request to a route; return the response sent to the client and the route id that served it.
 
         ``resumed``: the first attempt was started by the fast path (same route choice, counters and retry rules;
         only its response or error comes from there). ``cors``: headers added to the answer (:mod:`appproxy.cors`).
-        """
+        A streamed ``body`` (:class:`appproxy.body.BodyStream`) is retried after a connect failure only: once
+        the client's bytes have gone to a replica, a failure is a 502."""
         pool = self._pool
         if pool is None:
             raise RuntimeError("Forwarder.start() was not called")
@@ -373,6 +357,7 @@ class Forwarder:
         lines = upstream_header_lines(request, self._cfg.trust_forwarded_headers)
         if self._cfg.upstream_keepalive_timeout <= 0:
             lines += b"Connection: close\r\n"  # no pooling: tell the replica, as aiohttp's force_close did
+        size = len(body) if isinstance(body, bytes) else body.length  # None: chunked
         endpoint = plan.endpoint
         metrics = self.metrics
         in_flight = self._in_flight
@@ -398,7 +383,7 @@ class Forwarder:
                         upstream = await resumed.outcome()
                     else:
                         upstream = await pool.request(target.host, target.port, method,
-                                                      request_head(method, target_path, host, lines, len(body)), body)
+                                                      request_head(method, target_path, host, lines, size), body)
                 except UpstreamConnectTimeout:
                     kind, last_error = "connect", "connect timeout"
                 except aiohttp.ServerTimeoutError:  # read timeout before the headers: the replica may be working
@@ -409,6 +394,10 @@ class Forwarder:
                     kind, last_error = "connect", f"connect failed: {exc.os_error.strerror or exc.os_error}"
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                     kind, last_error = "reset", f"connection reset ({type(exc).__name__})"
+                    if not isinstance(body, bytes) and body.started:  # part of a streamed body is gone
+                        self._failure(table, target, kind)
+                        raise BadGateway("The replica closed the connection while the request body was being "
+                                         "sent.") from None
                 except (HttpProcessingError, aiohttp.ClientError) as exc:  # e.g. a malformed response: not retried
                     self._failure(table, target, "protocol")
                     log.warning("bad response from route %s (%s:%d): %s", route, target.host, target.port, exc)

@@ -14,7 +14,8 @@ Request pipeline (ARCHITECTURE §5), per request on an endpoint's port:
 3½. no route in the table: signal demand and hold the request until one appears (scale from zero,
    :mod:`appproxy.hold`; bounded by ``hold_timeout``/``hold_max_requests`` → 503 + ``Retry-After``);
 4. admission: at most ``max_concurrency_per_endpoint`` requests in flight → else 503 + ``Retry-After``;
-5. the body, up to ``max_body_size`` → else 413;
+5. the body, up to ``max_body_size`` → else 413: buffered up to ``retry_buffer_size``, streamed beyond, all
+   within the process-wide ``max_buffered_body_bytes`` → else 503 + ``Retry-After`` (:mod:`appproxy.body`);
 6. route choice, forwarding, retries before the first byte, streaming (:mod:`appproxy.forward`).
 """
 
@@ -32,6 +33,7 @@ from aiohttp import web
 
 from appproxy.admin import AdminServer
 from appproxy.auth import TokenCache, authenticate
+from appproxy.body import BodyBudget, take_body
 from appproxy.config import ProxyConfig
 from appproxy.cors import CorsGrant, answer_preflight, is_cors_preflight
 from appproxy.errors import (
@@ -42,7 +44,7 @@ from appproxy.errors import (
     RequestHeadersTooLarge,
 )
 from appproxy.fastpath import FastPath
-from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, Resumed, read_body
+from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, Resumed
 from appproxy.frontend import make_frontend
 from appproxy.hold import HoldGate
 from appproxy.httpserver import SizedResponse
@@ -116,6 +118,7 @@ class AppProxy:
                 self.registry, self.scraper, known=lambda e: self.routes.get(e) is not None,
                 in_flight=lambda e: self.metrics.in_flight.get(e, 0))
         self._admitted: Counter[str] = Counter()  # endpoint → requests admitted and not finished
+        self.bodies = BodyBudget(cfg.max_buffered_body_bytes)  # request body bytes held in this process
         self._tokens = TokenCache()
         self._names: dict[uuid.UUID, str] = {}  # endpoint id → str(id), the metrics label (UUID.__str__ is slow)
         self._started = False
@@ -265,12 +268,14 @@ class AppProxy:
             raise EndpointOverloaded(f"This endpoint already has {cfg.max_concurrency_per_endpoint} requests in "
                                      f"progress; try again shortly.", retry_after=cfg.retry_after)
         self.admit(endpoint)
+        taken = 0
         try:
-            body = await read_body(request, cfg.max_body_size)
+            body, taken = await take_body(request, cfg, self.bodies)
             # the table may have changed while the body was uploading: use the newest one
             table = self.routes.get(endpoint_id) or table
             return await self.forwarder.forward(request, table, body, cors=cors)
         finally:
+            self.bodies.give_back(taken)
             self.release(endpoint)
 
     async def resumed(self, request: web.BaseRequest, endpoint: str, table: RouteTable, body: bytes,
@@ -280,6 +285,7 @@ class AppProxy:
         try:
             return await self.forwarder.forward(request, table, body, attempt, cors)
         finally:
+            self.bodies.give_back(len(body))  # taken by the fast path
             self.release(endpoint)
 
     # -- admission (at most max_concurrency_per_endpoint requests past the checks per endpoint) ---------------
