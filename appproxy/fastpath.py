@@ -218,7 +218,8 @@ class FastExchange:
         else:
             in_flight[key] -= 1
         proxy.metrics.route_finished(self.endpoint, route)
-        proxy.bodies.give_back(len(self.body))
+        if self.body:
+            proxy.bodies.give_back(len(self.body))
         proxy.release(self.endpoint)
 
     def _hand_over(self) -> None:
