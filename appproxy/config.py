@@ -22,6 +22,16 @@ Example ``appproxy.toml``::
     jwt_secret_file = "/etc/moorage/jwt_secret"   # shared with the manager; never commit the secret itself
     cluster_secret_file = "/etc/moorage/cluster_secret"   # signs the manager's calls to the admin port
 
+Slow, greedy and large requests (defaults shown; each bound is explained beside its field)::
+
+    [proxy]
+    request_head_timeout = 15.0           # a request head must arrive within this (slowloris)
+    keepalive_timeout = 75.0              # idle keep-alive; keep it above the idle timeout of a load balancer in front
+    max_connections_per_client = 256      # per client address; 0 behind a load balancer that is the only client
+    retry_buffer_size = 1048576           # bodies up to 1 MiB are buffered (retryable), larger ones streamed
+    max_buffered_body_bytes = 268435456   # all request bodies held by the process → 503 + Retry-After beyond
+    request_body_timeout = 60.0           # a body that stops arriving → 408
+
 Wildcard mode and the admin listener::
 
     [proxy]

@@ -90,7 +90,7 @@ async def proxy_process(routes: list[dict], proxy: dict | None = None) -> AsyncI
     tables.write_text(json.dumps([table]))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "bench/_lib/proxy_server.py"), "--tables", str(tables),
-        "--proxy", json.dumps({"max_concurrency_per_endpoint": 256, **(proxy or {})}),
+        "--proxy", json.dumps({"max_concurrency_per_endpoint": 256, "shutdown_timeout": 0.5, **(proxy or {})}),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
         assert proc.stdout is not None
@@ -145,7 +145,7 @@ async def test_concurrent_large_bodies_do_not_grow_the_proxy_process(mode: str):
             before = rss_kib(pid, "VmRSS")
             tasks = [asyncio.create_task(upload(port, method, 31 * MiB, chunked=i % 4 == 3))
                      for i, method in enumerate(["POST", "PUT", "OPTIONS", "PATCH"] * 4)]
-            done, pending = await asyncio.wait(tasks, timeout=20 if mode == "reading replica" else 4)
+            done, pending = await asyncio.wait(tasks, timeout=20 if mode == "reading replica" else 3)
             grown = (rss_kib(pid, "VmHWM") - before) // 1024
             for task in pending:
                 task.cancel()
