@@ -5,8 +5,9 @@ Unless the endpoint is ``open_to_public``, a request must carry ``Authorization:
 (:mod:`common.tokens`), bound to the endpoint id, not expired, and whose id is not in the table's
 ``revoked_token_ids``. Failures are 401 RFC 7807 documents with ``WWW-Authenticate: Bearer`` (RFC 6750).
 
-A CORS pre-flight (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``) passes without a token,
-as in Backend.AI: browsers never send credentials on a pre-flight. Any other ``OPTIONS`` needs a token.
+Every method needs a token, ``OPTIONS`` included. A CORS pre-flight never gets here: the proxy answers it itself
+and never forwards it (:mod:`appproxy.cors`); letting it through without a token, as Backend.AI does, handed an
+unauthenticated request, body and all, to a private replica.
 
 Verified tokens are cached (:class:`TokenCache`, bounded LRU keyed by the token string and endpoint): a cache
 hit skips the HMAC and JSON decoding but still checks expiry and revocation against the current table on every
@@ -53,10 +54,6 @@ class EndpointAuthFailed(AuthFailed):
         return response
 
 
-def is_cors_preflight(method: str, headers: Mapping[str, str]) -> bool:
-    return method == "OPTIONS" and "Origin" in headers and "Access-Control-Request-Method" in headers
-
-
 def extract_token(authorization: str | None) -> str:
     if not authorization or not authorization.strip():
         raise EndpointAuthFailed("Authorization header not provided; send 'Authorization: Bearer <token>'.",
@@ -94,10 +91,10 @@ class TokenCache:
         self._tokens.pop((token, endpoint_id), None)
 
 
-def authenticate(secret: str, table: RouteTable, method: str, headers: Mapping[str, str],
+def authenticate(secret: str, table: RouteTable, headers: Mapping[str, str],
                  cache: TokenCache | None = None) -> EndpointToken | None:
     """Return the verified token, or None when the request needs none; raise :class:`EndpointAuthFailed`."""
-    if table.open_to_public or is_cors_preflight(method, headers):
+    if table.open_to_public:
         return None
     token = extract_token(headers.get("Authorization"))
     if cache is not None and (verified := cache.get(token, table.endpoint_id)) is not None:

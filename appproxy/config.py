@@ -22,6 +22,16 @@ Example ``appproxy.toml``::
     jwt_secret_file = "/etc/moorage/jwt_secret"   # shared with the manager; never commit the secret itself
     cluster_secret_file = "/etc/moorage/cluster_secret"   # signs the manager's calls to the admin port
 
+Slow, greedy and large requests (defaults shown; each bound is explained beside its field)::
+
+    [proxy]
+    request_head_timeout = 15.0           # a request head must arrive within this (slowloris)
+    keepalive_timeout = 75.0              # idle keep-alive; keep it above the idle timeout of a load balancer in front
+    max_connections_per_client = 256      # per client address; 0 behind a load balancer that is the only client
+    retry_buffer_size = 1048576           # bodies up to 1 MiB are buffered (retryable), larger ones streamed
+    max_buffered_body_bytes = 268435456   # all request bodies held by the process → 503 + Retry-After beyond
+    request_body_timeout = 60.0           # a body that stops arriving → 408
+
 Wildcard mode and the admin listener::
 
     [proxy]
@@ -92,13 +102,45 @@ class ProxySection(_Section):
     # Longest request line (method + target + version) → 400 from the parser; long query strings are not
     # an inference use case.
     max_request_line: int = Field(8 * KiB, ge=1 * KiB, le=1 * MiB)
-    # Request body → 413. The body is buffered (so a request can be retried on another replica before the first
-    # byte), so this also bounds memory: worst case ≈ max_body_size × max_concurrency_per_endpoint per endpoint.
+    # Request body → 413 (announced: before reading it; chunked: as soon as it is over, mid-stream).
     max_body_size: int = Field(32 * MiB, ge=0, le=4096 * MiB)
+    # Bodies up to this size are read whole before forwarding, so the request can be retried on another replica
+    # before the first byte; larger ones are streamed to the replica as they arrive (back-pressure both ways) and
+    # are not retried once a byte of them has gone (appproxy.body). Inference requests are JSON of kilobytes; a
+    # 1 MiB buffer keeps nearly all of them retryable while an upload of many MiB never sits whole in memory.
+    retry_buffer_size: int = Field(1 * MiB, ge=64 * KiB, le=64 * MiB)
+    # Process-wide cap on request body bytes held in memory: buffered bodies plus a fixed 256 KiB window per
+    # streamed one → 503 + Retry-After beyond it, before the body is read. Before, buffering was bounded only per
+    # endpoint (32 MiB × 256), in the manager's own process in embedded mode. 256 MiB is 256 buffered bodies at
+    # the largest retry_buffer_size, or a thousand concurrent uploads.
+    max_buffered_body_bytes: int = Field(256 * MiB, ge=256 * KiB, le=16384 * MiB)
+    # A request body that stops arriving for this many seconds → 408 and the connection closed (a client that
+    # announces a body and dribbles it, or sends nothing, no longer holds a replica connection for ever).
+    request_body_timeout: float = Field(60.0, gt=0, le=3600)
     # Requests in flight per endpoint → 503 with Retry-After; sheds load instead of queueing without bound.
     max_concurrency_per_endpoint: int = Field(256, ge=1)
+    # --- client connections (slow or greedy clients) ---
+    # A request head (request line and headers) must arrive in full within this many seconds, counted from the
+    # connection's accept or from the first byte of the next request on a kept-alive connection; else the
+    # connection is closed. Without it a client that never finishes its head (slowloris) held a connection for
+    # an hour. A real client sends its head in one go; 15 s leaves room for a slow mobile link.
+    request_head_timeout: float = Field(15.0, gt=0, le=300)
+    # An idle keep-alive connection (between requests) is closed after this many seconds. Above the idle timeout
+    # of the usual load balancers in front (AWS ALB: 60 s) so that they, not we, close it first; raise it above
+    # yours if it is longer. (It was aiohttp's 3630 s: an idle connection cost a socket for an hour.)
+    keepalive_timeout: float = Field(75.0, gt=0, le=3600)
+    # Connections open at once from one client address (per worker process); more → 429 and closed at once.
+    # Generous for browsers and SDK pools (a few to tens each); bounds the sockets and buffers one address can
+    # pin. Behind a load balancer every connection comes from its address: raise it, or 0 for no cap.
+    max_connections_per_client: int = Field(256, ge=0)
+
     # Seconds announced in Retry-After on every 503 (overload, no route available).
     retry_after: int = Field(2, ge=1, le=3600)
+
+    # --- CORS (the origins themselves are per endpoint: the route table's cors_allowed_origins) ---
+    # Access-Control-Max-Age of an allowed pre-flight: how long a browser may reuse it. 10 minutes keeps a page's
+    # pre-flights rare; browsers cap it anyway (Chromium at 2 hours).
+    cors_max_age: int = Field(600, ge=0, le=86400)
 
     # --- scale from zero: requests for an endpoint whose route table has no routes are held, not refused ---
     # The proxy signals demand (DEMAND_PREFIX key; the manager scales an endpoint at zero back up) and holds the
@@ -145,6 +187,12 @@ class ProxySection(_Section):
     initial_sync_timeout: float = Field(5.0, ge=0)
     # On stop, in-flight requests (long streams) get this long to finish before their connections are closed.
     shutdown_timeout: float = Field(10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_body_limits(self) -> ProxySection:
+        if self.retry_buffer_size > self.max_buffered_body_bytes:
+            raise ValueError("retry_buffer_size must not exceed max_buffered_body_bytes")
+        return self
 
     @model_validator(mode="after")
     def _check_frontend(self) -> ProxySection:

@@ -7,8 +7,9 @@ from aiohttp import web
 from common.errors import ObjectNotFound, PayloadTooLarge, ProblemError, ServiceUnavailable
 
 __all__ = [
-    "BadGateway", "ColdStartTimeout", "EndpointNotFound", "EndpointOverloaded", "GatewayTimeout", "HoldQueueFull",
-    "MethodNotAllowed", "NoRouteAvailable", "PayloadTooLarge", "RequestHeadersTooLarge",
+    "BadGateway", "BodyBuffersFull", "ColdStartTimeout", "EndpointNotFound", "EndpointOverloaded", "GatewayTimeout",
+    "HoldQueueFull", "MethodNotAllowed", "NoRouteAvailable", "PayloadTooLarge", "PreflightRefused",
+    "RequestBodyTimeout", "RequestHeadersTooLarge",
 ]
 
 
@@ -40,6 +41,28 @@ class HoldQueueFull(_RetryLater):
     slug, title = "hold-queue-full", "Too many requests are already waiting for this endpoint to start."
 
 
+class BodyBuffersFull(_RetryLater):
+    """The process-wide budget of buffered request bodies (``max_buffered_body_bytes``) is spent."""
+
+    slug, title = "body-buffers-full", "The proxy holds too many request bodies right now."
+
+    def to_response(self) -> web.Response:
+        response = super().to_response()
+        response.force_close()  # the body was not read: not drained either
+        return response
+
+
+class RequestBodyTimeout(ProblemError):
+    """The client stopped sending its request body for ``request_body_timeout`` seconds."""
+
+    status, slug, title = 408, "request-body-timeout", "The request body did not arrive in time."
+
+    def to_response(self) -> web.Response:
+        response = super().to_response()
+        response.force_close()
+        return response
+
+
 class EndpointNotFound(ObjectNotFound):
     slug, title = "endpoint-not-found", "No endpoint is served here."
 
@@ -63,3 +86,14 @@ class RequestHeadersTooLarge(ProblemError):
 
 class MethodNotAllowed(ProblemError):
     status, slug, title = 405, "method-not-allowed", "This method is not proxied."
+
+
+class PreflightRefused(ProblemError):
+    """A CORS pre-flight from an origin the endpoint does not allow (:mod:`appproxy.cors`)."""
+
+    status, slug, title = 403, "cors-preflight-refused", "This cross-origin request is not allowed."
+
+    def to_response(self) -> web.Response:
+        response = super().to_response()
+        response.force_close()  # its body (a pre-flight has none) is not drained; browsers reconnect anyway
+        return response

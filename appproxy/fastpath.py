@@ -36,6 +36,7 @@ from aiohttp.http_parser import RawRequestMessage, RawResponseMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from appproxy.auth import authenticate
+from appproxy.cors import CorsGrant
 from appproxy.forward import (
     SMALL_BODY,
     STATUS_CLIENT_CLOSED,
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _NOTHING: frozenset[RouteKey] = frozenset()
+# CONNECT/TRACE are refused, OPTIONS may be a CORS pre-flight (answered by the proxy): the ordinary path's business
+_DECLINED_METHODS = frozenset({"CONNECT", "TRACE", "OPTIONS"})
 
 
 class FastPath:
@@ -76,7 +79,7 @@ class FastPath:
         method = message.method
         headers = message.headers
         cfg = proxy.config.proxy
-        if method in ("CONNECT", "TRACE") or "Expect" in headers or message.compression is not None:
+        if method in _DECLINED_METHODS or "Expect" in headers or message.compression is not None:
             return False
         raw = message.raw_headers
         if sum(len(name) + len(value) for name, value in raw) + 4 * len(raw) > cfg.max_header_size:
@@ -91,13 +94,16 @@ class FastPath:
             return False
         if not table.open_to_public:
             try:
-                authenticate(proxy._secret, table, method, headers, proxy._tokens)
+                authenticate(proxy._secret, table, headers, proxy._tokens)
             except ProblemError:
                 return False  # the ordinary path answers it (and counts it)
         forwarder = proxy.forwarder
         plan = forwarder.plan(table)
         endpoint = plan.endpoint  # str(endpoint_id), the metrics label
         if proxy._admitted[endpoint] >= cfg.max_concurrency_per_endpoint:
+            return False
+        bodies = proxy.bodies
+        if size and bodies.used + size > bodies.limit:  # the body budget is spent: the ordinary path says 503
             return False
         pool = forwarder._pool
         if pool is None or cfg.upstream_keepalive_timeout <= 0:
@@ -113,7 +119,9 @@ class FastPath:
             return False
         # -- taken: from here on, what handle() → _pipeline() → forward() count, in their order -----------------
         body = payload.read_nowait() if size else b""
-        exchange = FastExchange(proxy, conn, message, payload, endpoint, table, chosen, body, conn._loop.time())
+        bodies.used += size  # given back with the admission: FastExchange._finished or AppProxy.resumed
+        cors = None if plan.cors is None else plan.cors.grant(headers.get("Origin"))
+        exchange = FastExchange(proxy, conn, message, payload, endpoint, table, chosen, body, conn._loop.time(), cors)
         proxy.metrics.request_started(endpoint)
         proxy.admit(endpoint)
         forwarder._in_flight[key] += 1
@@ -136,14 +144,15 @@ class FastPath:
 class FastExchange:
     """One request on the fast path, from the request sent to the answer written (or handed over)."""
 
-    __slots__ = ("body", "chosen", "conn", "endpoint", "error", "head", "message", "payload", "proto", "proxy",
-                 "started", "table", "upstream")
+    __slots__ = ("body", "chosen", "conn", "cors", "endpoint", "error", "head", "message", "payload", "proto",
+                 "proxy", "started", "table", "upstream")
 
     def __init__(self, proxy: AppProxy, conn: HttpConnection, message: RawRequestMessage, payload: StreamReader,
                  endpoint: str, table: RouteTable, chosen: tuple[RouteKey, RouteTarget, str, str], body: bytes,
-                 started: float) -> None:
+                 started: float, cors: CorsGrant | None = None) -> None:
         self.proxy, self.conn, self.message, self.payload = proxy, conn, message, payload
         self.endpoint, self.table, self.chosen, self.body, self.started = endpoint, table, chosen, body, started
+        self.cors = cors  # CORS headers for the answer (appproxy.cors); None: the endpoint has no policy
         self.head = b""
         self.proto: ReplicaProtocol | None = None
         self.upstream: UpstreamResponse | None = None
@@ -176,6 +185,8 @@ class FastExchange:
         forwarder._pool.release((target.host, target.port), self.proto, payload)  # type: ignore[union-attr,arg-type]
         self._finished(route)
         proxy.metrics.request_finished(self.endpoint, route, status, self.conn._loop.time() - self.started)
+        if self.cors is not None:
+            lines += self.cors.lines
         self.conn.finish_fast(self.message, SizedResponse(status, message.reason, lines, headers, body), self.started)
 
     def on_error(self, exc: BaseException) -> None:
@@ -207,6 +218,8 @@ class FastExchange:
         else:
             in_flight[key] -= 1
         proxy.metrics.route_finished(self.endpoint, route)
+        if self.body:
+            proxy.bodies.give_back(len(self.body))
         proxy.release(self.endpoint)
 
     def _hand_over(self) -> None:
@@ -215,7 +228,7 @@ class FastExchange:
 
         async def rest(request: web.BaseRequest) -> web.StreamResponse | SizedResponse:
             return await proxy.respond(self.endpoint, self.started,
-                                       proxy.resumed(request, self.endpoint, self.table, self.body, self))
+                                       proxy.resumed(request, self.endpoint, self.table, self.body, self, self.cors))
 
         self.conn.continue_with(self.message, self.payload, rest)
 

@@ -1,8 +1,8 @@
 """Forwarding one request to a replica and streaming the answer back (ARCHITECTURE §5).
 
 Request side
-    The body is read first, up to ``max_body_size`` (413 beyond; ``Expect: 100-continue`` is answered only when
-    we are about to read, i.e. after auth and the concurrency check), so the request can be retried. Headers are
+    A body of up to ``retry_buffer_size`` is read first, so the request can be retried; a larger one is streamed
+    as it arrives (:mod:`appproxy.body`: sizes, the process-wide budget, ``Expect: 100-continue``). Headers are
     copied minus the hop-by-hop ones (Connection, Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade,
     and every header named in Connection), minus ``Authorization`` and ``Cookie`` (the replica never sees the
     caller's credentials), minus Host/Content-Length/Expect (set for the upstream hop). The path and query are
@@ -20,9 +20,10 @@ Request side
     and the body, in one write.
 
 Response side
-    Status and end-to-end headers are copied; the body is relayed chunk by chunk as it arrives
-    (``StreamResponse``, no buffering), except that a body with a ``Content-Length`` of at most
-    ``SMALL_BODY`` is read first and sent with the headers in one write (a few packets anyway): a
+    Status and end-to-end headers are copied, except the replica's ``Access-Control-*`` ones: the endpoint's CORS
+    policy is the proxy's (:mod:`appproxy.cors`), which adds its own for allowed origins. The body is relayed
+    chunk by chunk as it arrives (``StreamResponse``, no buffering), except that a body with a ``Content-Length``
+    of at most ``SMALL_BODY`` is read first and sent with the headers in one write (a few packets anyway): a
     :class:`~appproxy.httpserver.SizedResponse` carrying the replica's end-to-end header lines byte for byte.
     ``text/event-stream`` and responses without a length get ``X-Accel-Buffering: no`` and, unless the
     replica set one, ``Cache-Control: no-cache`` so that a reverse proxy in front of us does not buffer them
@@ -60,8 +61,10 @@ from aiohttp.http_parser import RawRequestMessage
 from multidict import CIMultiDictProxy
 
 from appproxy.balancer import Candidate, pick
+from appproxy.body import BodyStream
 from appproxy.config import OutlierSection, ProxySection
-from appproxy.errors import BadGateway, GatewayTimeout, NoRouteAvailable, PayloadTooLarge
+from appproxy.cors import CorsGrant, CorsPolicy
+from appproxy.errors import BadGateway, GatewayTimeout, NoRouteAvailable
 from appproxy.httpserver import SizedResponse
 from appproxy.metrics import ProxyMetrics
 from appproxy.outlier import OutlierDetector, OutlierPolicy
@@ -141,7 +144,7 @@ def _end_to_end(name: str) -> bool:
     keep = _END_TO_END.get(name)
     if keep is None:
         low = name.lower()
-        keep = not (low in HOP_BY_HOP or low.startswith("proxy-"))
+        keep = not (low in HOP_BY_HOP or low.startswith(("proxy-", "access-control-")))
         if len(_END_TO_END) < 4096:  # bounded: header names are chosen by the replica
             _END_TO_END[name] = keep
     return keep
@@ -172,7 +175,7 @@ _PLAIN_CONNECTION: dict[str, bool] = {}  # Connection header value → names onl
 
 def _keep_raw(name: bytes) -> bool:
     low = name.lower()
-    keep = not (low.decode("latin-1") in HOP_BY_HOP or low.startswith(b"proxy-"))
+    keep = not (low.decode("latin-1") in HOP_BY_HOP or low.startswith((b"proxy-", b"access-control-")))
     if len(_KEEP_RAW) < 4096:
         _KEEP_RAW[name] = keep
     return keep
@@ -214,25 +217,6 @@ def is_stream(headers: CIMultiDictProxy[str], status: int, method: str) -> bool:
     return "Content-Length" not in headers
 
 
-async def read_body(request: web.BaseRequest, limit: int) -> bytes:
-    """The whole request body, or :class:`PayloadTooLarge` once it exceeds ``limit`` bytes."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"The request body ({length} bytes) exceeds the limit of {limit} bytes.")
-    if not request.body_exists:
-        return b""
-    if request.version >= aiohttp.HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
-        # Deferred from the expect handler: only now that the request is authorised and admitted.
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
-    body = bytearray()
-    while chunk := await request.content.readany():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
-    return bytes(body)
-
-
 def request_target(request: web.BaseRequest) -> str:
     """Path and query as received; always origin-form (an absolute-form target cannot pick the host)."""
     rel = request.rel_url
@@ -263,11 +247,12 @@ class Resumed(Protocol):
 class _Plan:
     """What forwarding needs from one route table, computed once per table (tables are immutable)."""
 
-    __slots__ = ("endpoint", "routes", "single", "table")
+    __slots__ = ("cors", "endpoint", "routes", "single", "table")
 
     def __init__(self, table: RouteTable) -> None:
         self.table = table
         self.endpoint = str(table.endpoint_id)
+        self.cors = CorsPolicy.compile(table.cors_allowed_origins, self.endpoint)  # None: no origin allowed
         # (key, target, route id as a string, Host header)
         by_key = {Forwarder.key(r): r for r in table.routes}  # a duplicated route counts once, as in choose()
         self.routes = [(k, r, str(r.route_id), host_header(r.host, r.port)) for k, r in by_key.items()]
@@ -354,12 +339,15 @@ class Forwarder:
         self.outliers.success(key, 0.0)  # the clock plays no part in a success
 
     # -- forwarding ------------------------------------------------------------------------------------------
-    async def forward(self, request: web.BaseRequest, table: RouteTable, body: bytes, resumed: Resumed | None = None
-                      ) -> tuple[web.StreamResponse | SizedResponse, str]:
+    async def forward(self, request: web.BaseRequest, table: RouteTable, body: bytes | BodyStream,
+                      resumed: Resumed | None = None,
+                      cors: CorsGrant | None = None) -> tuple[web.StreamResponse | SizedResponse, str]:
         """Send the request to a route; return the response sent to the client and the route id that served it.
 
         ``resumed``: the first attempt was started by the fast path (same route choice, counters and retry rules;
-        only its response or error comes from there)."""
+        only its response or error comes from there). ``cors``: headers added to the answer (:mod:`appproxy.cors`).
+        A streamed ``body`` (:class:`appproxy.body.BodyStream`) is retried after a connect failure only: once
+        the client's bytes have gone to a replica, a failure is a 502."""
         pool = self._pool
         if pool is None:
             raise RuntimeError("Forwarder.start() was not called")
@@ -369,6 +357,7 @@ class Forwarder:
         lines = upstream_header_lines(request, self._cfg.trust_forwarded_headers)
         if self._cfg.upstream_keepalive_timeout <= 0:
             lines += b"Connection: close\r\n"  # no pooling: tell the replica, as aiohttp's force_close did
+        size = len(body) if isinstance(body, bytes) else body.length  # None: chunked
         endpoint = plan.endpoint
         metrics = self.metrics
         in_flight = self._in_flight
@@ -394,7 +383,7 @@ class Forwarder:
                         upstream = await resumed.outcome()
                     else:
                         upstream = await pool.request(target.host, target.port, method,
-                                                      request_head(method, target_path, host, lines, len(body)), body)
+                                                      request_head(method, target_path, host, lines, size), body)
                 except UpstreamConnectTimeout:
                     kind, last_error = "connect", "connect timeout"
                 except aiohttp.ServerTimeoutError:  # read timeout before the headers: the replica may be working
@@ -405,12 +394,16 @@ class Forwarder:
                     kind, last_error = "connect", f"connect failed: {exc.os_error.strerror or exc.os_error}"
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                     kind, last_error = "reset", f"connection reset ({type(exc).__name__})"
+                    if not isinstance(body, bytes) and body.started:  # part of a streamed body is gone
+                        self._failure(table, target, kind)
+                        raise BadGateway("The replica closed the connection while the request body was being "
+                                         "sent.") from None
                 except (HttpProcessingError, aiohttp.ClientError) as exc:  # e.g. a malformed response: not retried
                     self._failure(table, target, "protocol")
                     log.warning("bad response from route %s (%s:%d): %s", route, target.host, target.port, exc)
                     raise BadGateway("The replica sent an invalid response.") from None
                 else:
-                    return await self._relay(request, table, key, target, upstream), route
+                    return await self._relay(request, table, key, target, upstream, cors), route
                 self._failure(table, target, kind)
                 log.info("route %s (%s:%d) of %s failed before the first byte (%s); %s", route, target.host,
                          target.port, table.name, last_error,
@@ -427,7 +420,7 @@ class Forwarder:
         raise BadGateway(f"No replica could be reached ({len(tried)} tried; last error: {last_error}).")
 
     async def _relay(self, request: web.BaseRequest, table: RouteTable, key: RouteKey, target: RouteTarget,
-                     upstream: UpstreamResponse) -> web.StreamResponse | SizedResponse:
+                     upstream: UpstreamResponse, cors: CorsGrant | None = None) -> web.StreamResponse | SizedResponse:
         clean = False
         try:
             status = upstream.status
@@ -449,10 +442,16 @@ class Forwarder:
                 clean = True
                 lines = sized_header_lines(upstream.headers, upstream.raw_headers)
                 if lines is not None:
+                    if cors is not None:
+                        lines += cors.lines
                     return SizedResponse(status, upstream.reason, lines, upstream.headers, body)
-                return web.Response(status=status, reason=upstream.reason,
-                                    headers=client_response_headers(upstream)[0], body=body)
+                headers = client_response_headers(upstream)[0]
+                if cors is not None:
+                    headers += cors.pairs
+                return web.Response(status=status, reason=upstream.reason, headers=headers, body=body)
             headers, _ = client_response_headers(upstream)
+            if cors is not None:
+                headers += cors.pairs
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
             content = upstream.content
             try:

@@ -97,6 +97,10 @@ def _make_server(config: ProxySection,
         max_line_size=config.max_request_line,
         max_field_size=config.max_header_size,
         max_headers=config.max_header_count,
+        head_timeout=config.request_head_timeout,
+        keepalive_timeout=config.keepalive_timeout,
+        max_connections_per_client=config.max_connections_per_client,
+        retry_after=config.retry_after,
     )
 
 

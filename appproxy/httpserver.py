@@ -24,6 +24,12 @@ request body the handler did not read is drained for up to ``lingering_time`` se
 reused (else closed), at most ``MAX_QUEUED`` parsed requests buffered per connection (reading pauses beyond), a
 declined ``Upgrade`` continues as plain HTTP. :meth:`HttpServer.shutdown` stops accepting, closes idle
 connections, lets requests in progress finish within the timeout and then cancels them.
+
+Slow and greedy clients (aiohttp has neither bound): a request head must be complete within ``head_timeout``
+seconds of the connection's accept, or of the first byte of the next request on a kept-alive connection, else the
+connection is closed (slowloris). Both deadlines share the one keep-alive timer per connection, so a request costs
+nothing more. At most ``max_connections_per_client`` connections per client address are open at once; one more is
+answered ``429`` and closed before anything of it is read.
 """
 
 from __future__ import annotations
@@ -56,7 +62,8 @@ access_log = logging.getLogger("aiohttp.access")
 
 READ_BUFSIZE: Final = 2**16  # the request body StreamReader's high-water mark (aiohttp's default)
 MAX_QUEUED: Final = 32  # parsed requests waiting behind the one in progress before reading pauses
-KEEPALIVE_TIMEOUT: Final = 3630.0  # aiohttp's default: longer than a load balancer's idle timeout
+KEEPALIVE_TIMEOUT: Final = 75.0  # the defaults here are appproxy.config's
+HEAD_TIMEOUT: Final = 15.0
 LINGERING_TIME: Final = 10.0
 _SERVER_LINE: Final = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 _OCTET_STREAM: Final = b"Content-Type: application/octet-stream\r\n"
@@ -104,9 +111,9 @@ class _ErrInfo:
 class HttpConnection(BaseProtocol):
     """One client connection (see the module docstring)."""
 
-    __slots__ = ("_close_after", "_closed", "_done_waiter", "_fast", "_idle_close_at", "_idle_handle",
-                 "_in_progress", "_queue", "_read_paused_for_queue", "_request", "_server", "_tail", "_task",
-                 "peername", "remote", "request_count", "scheme", "sockname", "ssl_context")
+    __slots__ = ("_close_after", "_closed", "_counted", "_done_waiter", "_fast", "_head_started", "_idle_close_at",
+                 "_idle_handle", "_in_progress", "_queue", "_read_paused_for_queue", "_request", "_server", "_tail",
+                 "_task", "peername", "remote", "request_count", "scheme", "sockname", "ssl_context")
 
     def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
         # auto_decompress off: a Content-Encoding body is relayed as sent, with its header (decoded, it reached the
@@ -127,6 +134,8 @@ class HttpConnection(BaseProtocol):
         self._tail = b""  # bytes after an Upgrade request, parsed once the upgrade is declined
         self._idle_handle: asyncio.TimerHandle | None = None
         self._idle_close_at = 0.0
+        self._head_started = False  # a request head is on its way: the deadline is the head timeout's
+        self._counted = False  # counted in the server's connections per client address
         self._done_waiter: asyncio.Future[None] | None = None  # shutdown() waiting for the request in progress
         self.request_count = 0
         self.peername: Any = None
@@ -151,12 +160,32 @@ class HttpConnection(BaseProtocol):
         self.scheme = "https" if self.ssl_context else "http"
         peer = self.peername
         self.remote = str(peer[0]) if isinstance(peer, (list, tuple)) else (peer or "")
-        self._server.connections.add(self)
-        self._arm_idle()
+        server = self._server
+        server.connections.add(self)
+        if server.max_connections_per_client:
+            per_client = server.per_client
+            per_client[self.remote] = count = per_client.get(self.remote, 0) + 1
+            self._counted = True
+            if count > server.max_connections_per_client:
+                self._closed = True  # nothing of it is read
+                tr.write(server.too_many_connections)
+                tr.close()
+                return
+        self._head_started = True  # the first request's head is due within the head timeout of the accept
+        self._arm_timer(server.head_timeout)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._closed = True
-        self._server.connections.discard(self)
+        server = self._server
+        server.connections.discard(self)
+        if self._counted:
+            self._counted = False
+            per_client = server.per_client
+            count = per_client.get(self.remote, 0) - 1
+            if count > 0:
+                per_client[self.remote] = count
+            else:
+                per_client.pop(self.remote, None)
         super().connection_lost(exc)
         if self._idle_handle is not None:
             self._idle_handle.cancel()
@@ -190,6 +219,9 @@ class HttpConnection(BaseProtocol):
             self._upgraded = True
             self._tail = tail
         if not messages:
+            if not self._head_started and self._task is None and self._fast is None and not self._in_progress:
+                self._head_started = True  # the first bytes of the next request: its head is due in head_timeout
+                self._arm_timer(self._server.head_timeout)
             return
         self.request_count += len(messages)
         queue = self._queue
@@ -229,10 +261,27 @@ class HttpConnection(BaseProtocol):
             pass
 
     def _arm_idle(self) -> None:
-        """(Re)start the keep-alive timer: one handle per connection, moved forward lazily."""
-        self._idle_close_at = self._loop.time() + self._server.keepalive_timeout
+        """(Re)start the keep-alive timer: one handle per connection, moved forward lazily (a pending handle fires
+        no later than the new deadline, unless the keep-alive timeout is the shorter one)."""
+        self._head_started = False
+        server = self._server
+        if server.keepalive_timeout < server.head_timeout:
+            self._arm_timer(server.keepalive_timeout)
+            return
+        self._idle_close_at = self._loop.time() + server.keepalive_timeout
         if self._idle_handle is None:
             self._idle_handle = self._loop.call_at(self._idle_close_at, self._idle_check)
+
+    def _arm_timer(self, delay: float) -> None:
+        """Close in ``delay`` seconds unless a request is in progress then: the same handle as the keep-alive
+        timer, brought forward when it would fire later."""
+        self._idle_close_at = at = self._loop.time() + delay
+        handle = self._idle_handle
+        if handle is not None:
+            if handle.when() <= at:
+                return
+            handle.cancel()
+        self._idle_handle = self._loop.call_at(at, self._idle_check)
 
     def _idle_check(self) -> None:
         self._idle_handle = None
@@ -437,6 +486,12 @@ class HttpConnection(BaseProtocol):
         return response
 
 
+def _too_many_connections(retry_after: int) -> bytes:
+    body = b"Too many connections from this address.\n"
+    return (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: %d\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (retry_after, len(body), body))
+
+
 class Listener:
     """One listening socket of an :class:`HttpServer`."""
 
@@ -458,11 +513,17 @@ class HttpServer:
 
     def __init__(self, handler: Handler, *, fast: FastHandler | None = None, max_line_size: int = 8190,
                  max_field_size: int = 8190, max_headers: int = 128, access_log_enabled: bool = False,
-                 keepalive_timeout: float = KEEPALIVE_TIMEOUT, lingering_time: float = LINGERING_TIME) -> None:
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT, lingering_time: float = LINGERING_TIME,
+                 head_timeout: float = HEAD_TIMEOUT, max_connections_per_client: int = 0, retry_after: int = 2
+                 ) -> None:
         self.handler = handler
         self.fast = fast
         self.max_line_size, self.max_field_size, self.max_headers = max_line_size, max_field_size, max_headers
         self.keepalive_timeout = keepalive_timeout
+        self.head_timeout = head_timeout
+        self.max_connections_per_client = max_connections_per_client  # 0: no cap
+        self.per_client: dict[str, int] = {}  # client address → connections open (only with a cap)
+        self.too_many_connections = _too_many_connections(retry_after)
         self.lingering_time = lingering_time
         self.access_logger = AccessLogger(access_log, AccessLogger.LOG_FORMAT) if access_log_enabled else None
         self.connections: set[HttpConnection] = set()

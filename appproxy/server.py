@@ -8,11 +8,14 @@ Request pipeline (ARCHITECTURE §5), per request on an endpoint's port:
 
 1. the endpoint's current route table (404 if the endpoint is gone);
 2. ``CONNECT``/``TRACE`` → 405; request headers larger than ``max_header_size`` in total → 431;
-3. token check unless the endpoint is public (401, :mod:`appproxy.auth`);
+2½. a CORS pre-flight is answered here from the endpoint's allowed origins (204 or 403, :mod:`appproxy.cors`),
+   never forwarded and never read;
+3. token check unless the endpoint is public (401, :mod:`appproxy.auth`), whatever the method;
 3½. no route in the table: signal demand and hold the request until one appears (scale from zero,
    :mod:`appproxy.hold`; bounded by ``hold_timeout``/``hold_max_requests`` → 503 + ``Retry-After``);
 4. admission: at most ``max_concurrency_per_endpoint`` requests in flight → else 503 + ``Retry-After``;
-5. the body, up to ``max_body_size`` → else 413;
+5. the body, up to ``max_body_size`` → else 413: buffered up to ``retry_buffer_size``, streamed beyond, all
+   within the process-wide ``max_buffered_body_bytes`` → else 503 + ``Retry-After`` (:mod:`appproxy.body`);
 6. route choice, forwarding, retries before the first byte, streaming (:mod:`appproxy.forward`).
 """
 
@@ -30,10 +33,18 @@ from aiohttp import web
 
 from appproxy.admin import AdminServer
 from appproxy.auth import TokenCache, authenticate
+from appproxy.body import BodyBudget, take_body
 from appproxy.config import ProxyConfig
-from appproxy.errors import EndpointNotFound, EndpointOverloaded, MethodNotAllowed, RequestHeadersTooLarge
+from appproxy.cors import CorsGrant, answer_preflight, is_cors_preflight
+from appproxy.errors import (
+    EndpointNotFound,
+    EndpointOverloaded,
+    MethodNotAllowed,
+    PreflightRefused,
+    RequestHeadersTooLarge,
+)
 from appproxy.fastpath import FastPath
-from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, Resumed, read_body
+from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, Resumed
 from appproxy.frontend import make_frontend
 from appproxy.hold import HoldGate
 from appproxy.httpserver import SizedResponse
@@ -107,6 +118,7 @@ class AppProxy:
                 self.registry, self.scraper, known=lambda e: self.routes.get(e) is not None,
                 in_flight=lambda e: self.metrics.in_flight.get(e, 0))
         self._admitted: Counter[str] = Counter()  # endpoint → requests admitted and not finished
+        self.bodies = BodyBudget(cfg.max_buffered_body_bytes)  # request body bytes held in this process
         self._tokens = TokenCache()
         self._names: dict[uuid.UUID, str] = {}  # endpoint id → str(id), the metrics label (UUID.__str__ is slow)
         self._started = False
@@ -224,6 +236,19 @@ class AppProxy:
         table = self.routes.get(endpoint_id)
         if table is None:
             raise EndpointNotFound("This endpoint no longer exists.")
+        policy = self.forwarder.plan(table).cors
+        if policy is None:
+            return await self._checked(request, endpoint_id, endpoint, table, None)
+        cors = policy.grant(request.headers.get("Origin"))
+        try:
+            return await self._checked(request, endpoint_id, endpoint, table, cors)
+        except ProblemError as exc:  # the proxy's own answers carry them too: a page can read its 401 or 503
+            if not isinstance(exc, PreflightRefused):
+                exc.headers = {**exc.headers, **dict(cors.pairs)}
+            raise
+
+    async def _checked(self, request: web.BaseRequest, endpoint_id: uuid.UUID, endpoint: str, table: RouteTable,
+                       cors: CorsGrant | None) -> tuple[web.StreamResponse | SizedResponse, str]:
         method = request.method
         if method in REFUSED_METHODS:
             raise MethodNotAllowed(f"{method} is not proxied.")
@@ -231,27 +256,36 @@ class AppProxy:
         if (size := header_bytes(request)) > cfg.max_header_size:
             raise RequestHeadersTooLarge(f"The request headers ({size} bytes) exceed the limit of "
                                          f"{cfg.max_header_size} bytes.")
-        authenticate(self._secret, table, method, request.headers, self._tokens)
+        if method == "OPTIONS" and is_cors_preflight(method, request.headers):
+            response = answer_preflight(self.forwarder.plan(table).cors, request.headers, cfg.cors_max_age)
+            if request.body_exists:
+                response.force_close()  # its body is never read (nor drained)
+            return response, NO_ROUTE
+        authenticate(self._secret, table, request.headers, self._tokens)
         if not table.routes:
             table = await self.hold.wait_for_route(endpoint_id, table)
         if self._admitted[endpoint] >= cfg.max_concurrency_per_endpoint:
             raise EndpointOverloaded(f"This endpoint already has {cfg.max_concurrency_per_endpoint} requests in "
                                      f"progress; try again shortly.", retry_after=cfg.retry_after)
         self.admit(endpoint)
+        taken = 0
         try:
-            body = await read_body(request, cfg.max_body_size)
+            body, taken = await take_body(request, cfg, self.bodies)
             # the table may have changed while the body was uploading: use the newest one
             table = self.routes.get(endpoint_id) or table
-            return await self.forwarder.forward(request, table, body)
+            return await self.forwarder.forward(request, table, body, cors=cors)
         finally:
+            self.bodies.give_back(taken)
             self.release(endpoint)
 
     async def resumed(self, request: web.BaseRequest, endpoint: str, table: RouteTable, body: bytes,
-                      attempt: Resumed) -> tuple[web.StreamResponse | SizedResponse, str]:
+                      attempt: Resumed, cors: CorsGrant | None = None
+                      ) -> tuple[web.StreamResponse | SizedResponse, str]:
         """The end of :meth:`_pipeline` for a request the fast path admitted and started forwarding."""
         try:
-            return await self.forwarder.forward(request, table, body, attempt)
+            return await self.forwarder.forward(request, table, body, attempt, cors)
         finally:
+            self.bodies.give_back(len(body))  # taken by the fast path
             self.release(endpoint)
 
     # -- admission (at most max_concurrency_per_endpoint requests past the checks per endpoint) ---------------

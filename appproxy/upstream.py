@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
 import aiohttp
@@ -58,10 +59,12 @@ class UpstreamConnectTimeout(TimeoutError):
     """No connection within the connect timeout."""
 
 
-def request_head(method: str, target: str, host_header: str, header_lines: bytes, body_size: int) -> bytes:
+def request_head(method: str, target: str, host_header: str, header_lines: bytes, body_size: int | None) -> bytes:
     """The request line and headers. ``header_lines`` is ``b"Name: value\\r\\n"...`` (values came out of
-    aiohttp's request parser, so they hold no CR/LF)."""
-    if body_size or method not in _METHODS_WITHOUT_BODY:
+    aiohttp's request parser, so they hold no CR/LF). ``body_size`` None: a chunked body follows."""
+    if body_size is None:
+        length = b"Transfer-Encoding: chunked\r\n"
+    elif body_size or method not in _METHODS_WITHOUT_BODY:
         length = b"Content-Length: %d\r\n" % body_size
     else:
         length = b""
@@ -74,6 +77,13 @@ def host_header(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return host if port == 80 else f"{host}:{port}"
+
+
+class BodySource(Protocol):
+    """A request body sent as it arrives (:class:`appproxy.body.BodyStream`) rather than held as bytes: it calls
+    ``send`` with each piece, which returns once the replica's connection can take more."""
+
+    async def write_to(self, send: Callable[[bytes], Awaitable[None]]) -> None: ...
 
 
 class ResponseListener(Protocol):
@@ -293,9 +303,13 @@ class UpstreamPool:
         return proto
 
     # -- a request -------------------------------------------------------------------------------------------
-    async def request(self, host: str, port: int, method: str, head: bytes, body: bytes) -> UpstreamResponse:
-        """Send ``head`` + ``body`` (see :func:`request_head`) and return once the response headers are in."""
+    async def request(self, host: str, port: int, method: str, head: bytes, body: bytes | BodySource
+                      ) -> UpstreamResponse:
+        """Send ``head`` + ``body`` (see :func:`request_head`) and return once the response headers are in.
+        A streamed body always goes on a new connection: an idle one found closed could not be retried."""
         key = (host, port)
+        if not isinstance(body, bytes):
+            return await self._exchange(key, await self._connect(host, port), method, head, body)
         proto = self._take_idle(key)
         if proto is None:
             proto = await self._connect(host, port)
@@ -340,10 +354,28 @@ class UpstreamPool:
             transport.write(head)
             transport.write(body)
 
+    @staticmethod
+    async def _send(proto: ResponseHandler, data: bytes) -> None:
+        """Write a piece of a streamed body; wait while the replica's connection holds more than its high-water
+        mark (back-pressure: the client's body is not read meanwhile)."""
+        transport = proto.transport
+        if transport is None or transport.is_closing():
+            raise aiohttp.ServerDisconnectedError("the replica closed the connection during the request body")
+        transport.write(data)
+        if proto.writing_paused:
+            try:
+                await proto._drain_helper()
+            except ConnectionError as exc:
+                raise aiohttp.ServerDisconnectedError(f"the replica closed the connection ({exc})") from None
+
     async def _exchange(self, key: tuple[str, int], proto: ResponseHandler, method: str, head: bytes,
-                        body: bytes) -> UpstreamResponse:
+                        body: bytes | BodySource) -> UpstreamResponse:
         try:
-            self._write(proto, method, head, body)
+            if isinstance(body, bytes):
+                self._write(proto, method, head, body)
+            else:
+                self._write(proto, method, head, b"")
+                await body.write_to(lambda data: self._send(proto, data))
             if proto.writing_paused:
                 await proto._drain_helper()  # a large body: wait for the replica to take it
             proto.start_timeout()

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +29,8 @@ from common.status import KernelStatus, RouteHealth
 MAX_KERNELS_PER_HEARTBEAT = 4096
 PROXIES_PREFIX = "/moorage/proxies/"  # one leased key per live app proxy worker: ProxyRegistration JSON
 DEMAND_PREFIX = "/moorage/demand/"  # one key per endpoint with requests waiting for a route: DemandSignal JSON
+MAX_CORS_ORIGINS = 64  # entries of RouteTable.cors_allowed_origins (a handful of web front ends per endpoint)
+MAX_ORIGIN_LENGTH = 512  # one origin: scheme, host name (at most 253) and port
 MAX_KERNEL_STATS = 32  # entries of KernelReport.stats (a handful are used; bounds what a heartbeat may carry)
 
 
@@ -124,6 +126,10 @@ class RouteTable(_Wire):
     # Whether a request that finds no route should be held (a replica is starting, or the endpoint is at zero
     # replicas and an autoscaling rule will wake it) rather than answered 503 at once (failing starts, no rule).
     hold_requests: bool = True
+    # Origins whose browser pages may call this endpoint (CORS, answered by the app proxy: appproxy.cors), e.g.
+    # ["https://chat.example.com", "http://localhost:3000"], or ["*"] for any origin. Empty: none.
+    cors_allowed_origins: list[Annotated[str, Field(max_length=MAX_ORIGIN_LENGTH)]] = Field(
+        default_factory=list, max_length=MAX_CORS_ORIGINS)
     updated_at: float = 0.0
 
 

@@ -83,16 +83,17 @@ async def test_public_endpoint_needs_no_token(make_proxy, serve, upstreams, http
         assert "Authorization" not in (await resp.json())["headers"]
 
 
-async def test_cors_preflight_passes_without_token(make_proxy, serve, upstreams, http):
+async def test_cors_preflight_is_answered_by_the_proxy(make_proxy, serve, upstreams, http):
     up = await upstreams("a")
     proxy = await make_proxy()
     table = make_table(port=free_port(), routes=[up.target()])
     url = await serve(proxy, table)
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     async with http.options(url + "/v1/chat/completions", headers=preflight) as resp:
-        assert resp.status == 200
+        assert resp.status == 403  # no origin allowed by default (tests/security covers the rest)
     async with http.options(url + "/v1/chat/completions") as resp:  # not a pre-flight: token needed
         assert resp.status == 401
+    assert up.hits == 0
 
 
 # --- headers ---------------------------------------------------------------------------------------------------
