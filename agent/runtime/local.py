@@ -313,6 +313,10 @@ class LocalRuntime(LaunchFiles):
                 identity = Identity(uid, uid)
                 for path in (work, launch, launch / "launcher.py", launch / "spec.json"):
                     os.chown(path, uid, uid)
+                # bwrap enters the work dir as root without CAP_DAC_OVERRIDE, before setpriv: it must be
+                # traversable whatever the agent's umask (the kernel dirs above it are 0700 on the host)
+                for path in (work, launch):
+                    os.chmod(path, 0o755)
             passwd, group = passwd_lines(uid if uid is not None else os.getuid(),
                                          uid if uid is not None else os.getgid(), work_dir)
             for name, text in (("passwd", passwd), ("group", group)):
