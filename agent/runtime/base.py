@@ -45,6 +45,7 @@ class ReplicaPlan:
     platform_environ: dict[str, str] = field(default_factory=dict)  # e.g. CUDA_VISIBLE_DEVICES; beats environ
     gpu_devices: list[str] = field(default_factory=list)  # GPU UUIDs allocated to this replica
     labels: dict[str, str] = field(default_factory=dict)  # extra identification (docker labels)
+    network_outbound: bool = False  # the service allows outbound connections (docs/security.md)
 
 
 @dataclass

@@ -263,7 +263,8 @@ class DockerRuntime(LaunchFiles):
                 if not pid:
                     raise RuntimeError("the container ended before its port could be forwarded")
                 info.update(await asyncio.to_thread(start_forwarder, self._pasta, pid, self._replica_host,
-                                                    plan.port, kernel_dir, pin=True))
+                                                    plan.port, kernel_dir, pin=True,
+                                                    outbound=plan.network_outbound))
         except Exception:
             stop_forwarder(info)
             await self._remove(container.id)

@@ -271,19 +271,21 @@ class LocalRuntime(LaunchFiles):
         handle, info_fd = self._start(plan, kernel_dir)
         if info_fd is not None:
             try:
-                await asyncio.to_thread(self._attach_forwarder, handle, info_fd, plan.port, kernel_dir)
+                await asyncio.to_thread(self._attach_forwarder, handle, info_fd, plan.port, kernel_dir,
+                                        plan.network_outbound)
             except Exception:
                 await self.stop(handle, 0)
                 raise
         return handle
 
-    def _attach_forwarder(self, handle: KernelHandle, info_fd: int, port: int, kernel_dir: Path) -> None:
+    def _attach_forwarder(self, handle: KernelHandle, info_fd: int, port: int, kernel_dir: Path,
+                          outbound: bool) -> None:
         assert self._pasta is not None
         init = read_child_pid(info_fd)
         if init is None:
             raise RuntimeUnavailable("the sandbox ended before its network could be set up")
         handle.info.update(start_forwarder(self._pasta, init, self._agent.replica_host, port, kernel_dir,
-                                           userns=not self._privileged))
+                                           userns=not self._privileged, outbound=outbound))
 
     def _start(self, plan: ReplicaPlan, kernel_dir: Path) -> tuple[KernelHandle, int | None]:
         work = kernel_dir / "work"

@@ -8,10 +8,11 @@ replica's namespace. Connections from the host's loopback are spliced to the nam
 replica may listen on 127.0.0.1 or 0.0.0.0 alike; the app proxy and the agent's health checks connect as
 before.
 
-When ``replica_host`` is not a loopback address (app proxies on other hosts), pasta must also configure a
-tap interface in the namespace (``--config-net``) so that remote connections arrive; the replica must then
-listen on 0.0.0.0, and the namespace gets pasta's address and route (no mapping of the gateway to the
-host). Operators restrict who may connect to the replica port range with the host firewall.
+When ``replica_host`` is not a loopback address (app proxies on other hosts), or the service allows
+outbound connections (``network_outbound``, e.g. to download weights), pasta also configures a tap interface
+in the namespace (``--config-net``): remote connections arrive there (the replica must then listen on
+0.0.0.0), and outbound ones leave through pasta's NAT, never to the host's loopback (no mapping of the
+gateway to the host). Operators restrict who may connect to the replica port range with the host firewall.
 
 pasta runs as root only to enter the namespace (owned by the host's user namespace); it then confines
 itself (empty mount namespace, seccomp, no new privileges). It daemonises and writes its pid file; the pid
@@ -49,8 +50,10 @@ def is_loopback(host: str) -> bool:
 
 
 def pasta_argv(pasta: str, netns: str, host: str, port: int, pid_file: str, *, run_as_root: bool,
-               userns: str | None = None) -> list[str]:
-    """The pasta command line that forwards ``host:port`` into the namespace at ``netns`` (pure)."""
+               userns: str | None = None, outbound: bool = False) -> list[str]:
+    """The pasta command line that forwards ``host:port`` into the namespace at ``netns`` (pure). With
+    ``outbound`` (or a non-loopback ``host``) the namespace also gets pasta's address and default route, so
+    the replica can open connections out through pasta; never to the host's loopback (no gateway mapping)."""
     argv = [pasta, "--netns", netns]
     if userns:
         argv += ["--userns", userns]
@@ -61,8 +64,8 @@ def pasta_argv(pasta: str, netns: str, host: str, port: int, pid_file: str, *, r
     bind = f"[{host}]" if ":" in host else host
     argv += ["-t", f"{bind}/{port}", "-T", "none", "-U", "none", "-u", "none", "--no-map-gw", "--no-icmp",
              "-q", "-P", pid_file]
-    if not is_loopback(host):
-        argv += ["--config-net"]  # remote proxies arrive over pasta's tap interface
+    if outbound or not is_loopback(host):
+        argv += ["--config-net"]  # remote proxies arrive, and outbound leaves, over pasta's tap interface
     return argv
 
 
@@ -82,7 +85,7 @@ def pin_namespace(target_pid: int, state_dir: Path) -> str:
 
 
 def start_forwarder(pasta: str, target_pid: int, host: str, port: int, state_dir: Path,
-                    *, userns: bool = False, pin: bool = False) -> dict[str, Any]:
+                    *, userns: bool = False, pin: bool = False, outbound: bool = False) -> dict[str, Any]:
     """Start pasta for the namespace of ``target_pid`` (pinned first with ``pin``); return what
     :func:`stop_forwarder` needs."""
     pid_file = state_dir / PID_FILE
@@ -90,7 +93,7 @@ def start_forwarder(pasta: str, target_pid: int, host: str, port: int, state_dir
     netns = pin_namespace(target_pid, state_dir) if pin else f"/proc/{target_pid}/ns/net"
     pinned = {"fwd_netns": netns} if pin else {}
     argv = pasta_argv(pasta, netns, host, port, str(pid_file), run_as_root=os.geteuid() == 0,
-                      userns=f"/proc/{target_pid}/ns/user" if userns else None)
+                      userns=f"/proc/{target_pid}/ns/user" if userns else None, outbound=outbound)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:

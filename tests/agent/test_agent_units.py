@@ -349,3 +349,19 @@ def test_image_command_for_definitions_without_start_command() -> None:
         "/bin/tini -- python3 -m 'x y'"
     assert image_command({"Entrypoint": None, "Cmd": ["python3"]}) == "python3"
     assert image_command({}) is None
+
+
+def test_pasta_forwards_one_port_and_opens_the_network_only_when_asked() -> None:
+    from agent.runtime.netfwd import pasta_argv
+
+    argv = pasta_argv("pasta", "/proc/9/ns/net", "127.0.0.1", 30001, "/k/netfwd.pid", run_as_root=True)
+    assert argv[:4] == ["pasta", "--netns", "/proc/9/ns/net", "--netns-only"] and "--runas" in argv
+    assert "127.0.0.1/30001" in argv and "--no-map-gw" in argv
+    for flag in ("-T", "-U", "-u"):  # nothing forwarded from the namespace to the host, no UDP
+        assert argv[argv.index(flag) + 1] == "none"
+    assert "--config-net" not in argv  # loopback proxy: no interface, no route, no way out
+    assert "--config-net" in pasta_argv("pasta", "n", "127.0.0.1", 1, "p", run_as_root=True, outbound=True)
+    assert "--config-net" in pasta_argv("pasta", "n", "10.0.0.5", 1, "p", run_as_root=True)
+    userns = pasta_argv("pasta", "n", "::1", 1, "p", run_as_root=False, userns="/proc/9/ns/user")
+    assert "--userns" in userns and "--netns-only" not in userns and "--runas" not in userns
+    assert "[::1]/1" in userns
