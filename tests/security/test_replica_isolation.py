@@ -16,8 +16,19 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.e2e.harness import PYTHON, REPO, Daemons, free_port_block, http_request, moorage, moorage_json, wait_for
-from tests.services import free_port, wait_port
+from tests.agent.dockerd import IMAGE, running_dockerd
+from tests.e2e.harness import (
+    PYTHON,
+    REPO,
+    Daemons,
+    cluster_processes,
+    free_port_block,
+    http_request,
+    moorage,
+    moorage_json,
+    wait_for,
+)
+from tests.services import EtcdServer, free_port, wait_port
 
 pytestmark = pytest.mark.e2e
 
@@ -34,6 +45,21 @@ def _host_address() -> str | None:
 def _route_port(env: dict[str, str], service: str) -> int:
     info = moorage_json(env, "service", "info", service)
     return next(r["port"] for r in info["routes"] if r.get("port"))
+
+
+def probe(replica: str, reads: list[str], targets: list[str], lists: list[str]) -> dict:
+    """Ask the hostile replica at ``host:port`` (reached from the host, as the proxy does) what it got."""
+    query = urlencode([*(("read", p) for p in reads), *(("connect", t) for t in targets),
+                       *(("list", p) for p in lists)], doseq=True)
+    status, _, body = http_request(f"http://{replica}/probe?{query}", timeout=60)
+    assert status == 200, body
+    got = json.loads(body)
+    assert got["uid"] != 0 and got["gid"] != 0 and 0 not in got["groups"], got
+    for path in reads:
+        assert not got["read"][path].startswith("READ"), (path, got["read"][path])
+    for target in targets:
+        assert got["connect"][target] != "CONNECTED", (target, got["connect"])
+    return got
 
 
 def _listening_ports(pid: int) -> set[int]:
@@ -78,19 +104,9 @@ def test_hostile_replica_reads_and_reaches_nothing(tmp_path: Path, data_dir: Pat
         host_ip = _host_address()
         if host_ip:
             targets += [f"{host_ip}:{port}", f"{host_ip}:5432", f"{host_ip}:{victim_port}"]
-        query = urlencode([*(("read", p) for p in reads), *(("connect", t) for t in targets),
-                           ("list", "/"), ("list", str(data_dir)), ("list", str(data_dir / "storage")),
-                           ("list", "/home"), ("list", "/etc/ssh")], doseq=True)
         # The test (on the host) reaches the replica's port: the forwarder works for the proxy and probes.
-        status, _, body = http_request(f"http://127.0.0.1:{hostile_port}/probe?{query}", timeout=60)
-        assert status == 200, body
-        got = json.loads(body)
-
-        assert got["uid"] != 0 and got["gid"] != 0 and 0 not in got["groups"], got
-        for path in reads:
-            assert not got["read"][path].startswith("READ"), (path, got["read"][path])
-        for target in targets:
-            assert got["connect"][target] != "CONNECTED", (target, got["connect"])
+        got = probe(f"127.0.0.1:{hostile_port}", reads, targets,
+                    ["/", str(data_dir), str(data_dir / "storage"), "/home", "/etc/ssh"])
         for path in (str(data_dir), str(data_dir / "storage")):
             assert got["list"][path].startswith("denied"), (path, got["list"][path])
         assert got["list"]["/home"] == ["work"] and got["list"]["/etc/ssh"] == []
@@ -103,3 +119,37 @@ def test_hostile_replica_reads_and_reaches_nothing(tmp_path: Path, data_dir: Pat
             pass
     finally:
         daemons.stop_all()
+
+
+def test_hostile_replica_in_a_cluster_docker_agent_reaches_nothing(tmp_path: Path, pg_url: str,
+                                                                   etcd_server: EtcdServer) -> None:
+    """The same hostile folder on a cluster-mode agent with the Docker runtime (PostgreSQL, etcd, daemons as
+    processes): no host path but its own, its own uid, and no way to the manager, the agent, etcd,
+    PostgreSQL, Redis or the other service's container."""
+    with running_dockerd() as dockerd, cluster_processes(tmp_path, pg_url, etcd_server) as cluster:
+        env = cluster.agent_env("docker-agent", MOORAGE_AGENT__AGENT__RUNTIME="docker",
+                                MOORAGE_AGENT__DOCKER__SOCKET=dockerd.socket, MOORAGE_AGENT__DOCKER__PULL="never",
+                                MOORAGE_AGENT__DOCKER__SHM_SIZE="64m")
+        cluster.start_agent("docker-agent")
+        for name, source in (("hostile", HOSTILE), ("victim", REPO / "configs/models/echo")):
+            moorage(cluster.cli_env, "folder", "create", name)
+            moorage(cluster.cli_env, "folder", "upload", name, str(source))
+            moorage(cluster.cli_env, "service", "create", name, "1", "--name", name, "--image", IMAGE,
+                    "-r", "cpu=0.25", "-r", "mem=64m")
+        for name in ("hostile", "victim"):
+            wait_for(lambda n=name: cluster.info(n)["status"] == "HEALTHY", 180, f"{name} healthy",
+                     on_timeout=cluster.daemons.logs)
+        routes = {n: next(r for r in cluster.info(n)["routes"] if r.get("port")) for n in ("hostile", "victim")}
+        manager_port = int(cluster.manager_url.rsplit(":", 1)[1])
+        targets = [f"127.0.0.1:{manager_port}", f"127.0.0.1:{cluster.agents['docker-agent']['port']}",
+                   f"127.0.0.1:{etcd_server.client_port}", "127.0.0.1:5432", "127.0.0.1:6379",
+                   f"127.0.0.1:{routes['victim']['port']}"]
+        host_ip = _host_address()
+        if host_ip:
+            targets += [f"{host_ip}:{manager_port}", f"{host_ip}:5432", f"{host_ip}:{etcd_server.client_port}"]
+        storage_file = next(cluster.storage.rglob("echo_server.py"))
+        state_dir = env["MOORAGE_AGENT__AGENT__STATE_DIR"]
+        reads = [str(storage_file), str(cluster.cluster_secret), "/etc/shadow", f"{state_dir}/kernels"]
+        got = probe(f"127.0.0.1:{routes['hostile']['port']}", reads, targets, ["/", "/models"])
+        assert "hostile_server.py" in got["list"]["/models"]
+        assert http_request(f"http://127.0.0.1:{routes['victim']['port']}/health")[0] == 200
