@@ -31,6 +31,7 @@ PROXIES_PREFIX = "/moorage/proxies/"  # one leased key per live app proxy worker
 DEMAND_PREFIX = "/moorage/demand/"  # one key per endpoint with requests waiting for a route: DemandSignal JSON
 MAX_CORS_ORIGINS = 64  # entries of RouteTable.cors_allowed_origins (a handful of web front ends per endpoint)
 MAX_ORIGIN_LENGTH = 512  # one origin: scheme, host name (at most 253) and port
+UNSANDBOXED_RUNTIME = "local-nosandbox"  # AgentInfo.runtime of an agent whose replicas run without a sandbox
 MAX_KERNEL_STATS = 32  # entries of KernelReport.stats (a handful are used; bounds what a heartbeat may carry)
 
 
@@ -53,6 +54,10 @@ class KernelSpec(_Wire):
     resource_slots: dict[str, str] = Field(default_factory=dict)
     image: str | None = None
     runtime_variant: str = "custom"
+    # Whether the replica may open outbound connections (the service's ``network_outbound``, e.g. to download
+    # weights). False, and absent from a spec of an older manager: no outbound network at all, only its port is
+    # reachable (docs/security.md "Replica network"). Changing it on a service rolls its replicas.
+    network_outbound: bool = False
 
 
 class KernelError(_Wire):

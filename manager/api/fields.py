@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 from common.mounts import mount_destination_problem
+from common.protocol import MAX_CORS_ORIGINS, MAX_ORIGIN_LENGTH
 from manager.folders import relative_path_problem
 
 # Backend.AI's session-name rule, ASCII only (Python's \\w would admit look-alike letters and digits).
@@ -24,6 +25,10 @@ MAX_ENV_NAME = 128
 MAX_ENV_VALUE = 32 * 1024
 MAX_ENV_TOTAL = 256 * 1024
 MAX_EXTRA_MOUNT_KEY = 128
+# CORS origins (docs/security.md "App proxy"): what a browser sends as Origin, scheme://host[:port] with http or
+# https, a DNS name or a bracketed IPv6 address; the same rule as the app proxy's (it ignores anything else).
+ANY_ORIGIN = "*"
+ORIGIN = re.compile(r"^https?://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?$")
 
 
 def check_environ(value: dict[str, str] | None) -> dict[str, str] | None:
@@ -73,6 +78,27 @@ def check_definition_path(value: str | None) -> str | None:
         if problem is not None:
             raise ValueError(f"must be a path inside the model folder: {problem}")
     return value
+
+
+def check_cors_origins(value: list[str] | None) -> list[str] | None:
+    """Origins as browsers send them (lower case, no trailing ``/``), each at most once; ``"*"``: any origin."""
+    if value is None:
+        return None
+    if len(value) > MAX_CORS_ORIGINS:
+        raise ValueError(f"at most {MAX_CORS_ORIGINS} origins")
+    out: list[str] = []
+    for entry in value:
+        if len(entry) > MAX_ORIGIN_LENGTH:
+            raise ValueError(f"an origin is longer than {MAX_ORIGIN_LENGTH} characters")
+        origin = entry.strip().lower()
+        origin = origin[:-1] if origin.endswith("/") and origin != ANY_ORIGIN else origin
+        match = ORIGIN.match(origin)
+        if origin != ANY_ORIGIN and (match is None or not 0 < int((match.group(3) or ":443")[1:]) <= 65535):
+            raise ValueError(f"{entry[:100]!r} is not an origin: use scheme://host[:port] with http or https "
+                             "(no path), e.g. https://chat.example.com, or \"*\" for any origin")
+        if origin not in out:
+            out.append(origin)
+    return out
 
 
 def check_not_uuid(value: str) -> str:

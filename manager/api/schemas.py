@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
+from common.protocol import MAX_CORS_ORIGINS, MAX_ORIGIN_LENGTH
 from manager.api import fields
 from manager.api.fields import NAME_PATTERN, SERVICE_NAME_MAX, SERVICE_NAME_MIN
 
 # Counts and durations are strict integers everywhere (true is not 1). Token lifetimes are bounded here so that
 # no arithmetic on them can overflow; the configured limits.max_token_lifetime_seconds applies after.
 MAX_TIMESTAMP = 10**11  # seconds since 1970: year 5138
+
+Origin = Annotated[str, Field(max_length=MAX_ORIGIN_LENGTH)]
+CORS_DESCRIPTION = (
+    "Origins whose browser pages may call the service (CORS, answered by the app proxy): scheme://host[:port] "
+    f"with http or https, or \"*\" for any origin; at most {MAX_CORS_ORIGINS}. Stored as browsers send them (lower "
+    "case, no trailing slash). Empty (the default): no cross-origin browser request is allowed.")
+OUTBOUND_DESCRIPTION = (
+    "Whether replicas may open outbound network connections (e.g. to download weights). Default false: a "
+    "replica reaches nothing beyond its own port. Changing it rolls the replicas (a new revision).")
 
 
 class _Req(BaseModel):
@@ -65,7 +85,13 @@ class NewServiceRequest(_Req):
                                      validation_alias=AliasChoices("callback_url", "callbackUrl", "CallbackURL"))
     owner_access_key: str | None = Field(default=None, max_length=32)
     open_to_public: bool = False
+    # extensions (the official client never sends them; the defaults are the safe ones)
+    cors_allowed_origins: list[Origin] = Field(default_factory=list, max_length=MAX_CORS_ORIGINS,
+                                               description=CORS_DESCRIPTION)
+    network_outbound: StrictBool = Field(default=False, description=OUTBOUND_DESCRIPTION)
     config: ServiceConfigModel
+
+    _cors = field_validator("cors_allowed_origins")(fields.check_cors_origins)
 
     @field_validator("cluster_mode")
     @classmethod
@@ -97,11 +123,15 @@ class UpdateServiceRequest(_Req):
     resources: dict[str, str | int | float] | None = Field(default=None, max_length=32)
     resource_opts: dict[str, Any] | None = Field(default=None, max_length=32)
     open_to_public: bool | None = None
+    cors_allowed_origins: list[Origin] | None = Field(default=None, max_length=MAX_CORS_ORIGINS,
+                                                      description=CORS_DESCRIPTION + " Replaces the whole list.")
+    network_outbound: StrictBool | None = Field(default=None, description=OUTBOUND_DESCRIPTION)
     max_surge: int | None = Field(default=None, ge=1, le=64, strict=True)  # extra routes a rollout may start at once
     redeploy: bool = False  # roll every replica even if nothing changed (e.g. the folder's weights did)
 
     _environ = field_validator("environ")(fields.check_environ)
     _definition_path = field_validator("model_definition_path")(fields.check_definition_path)
+    _cors = field_validator("cors_allowed_origins")(fields.check_cors_origins)
 
 
 class TokenRequest(_Req):
@@ -158,10 +188,15 @@ class _Resp(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+SANDBOXED_DESCRIPTION = ("False when the replica runs on an agent without a replica sandbox (runtime "
+                         "local-nosandbox): its code can reach what the agent's user can.")
+
+
 class ActiveRoute(_Resp):
     route_id: uuid.UUID
     session_id: uuid.UUID | None
     traffic_ratio: float
+    sandboxed: bool = Field(default=True, description=SANDBOXED_DESCRIPTION)  # extension
 
 
 class RouteInfo(_Resp):
@@ -178,6 +213,7 @@ class RouteInfo(_Resp):
     error_data: dict[str, Any] | None
     created_at: str | None
     revision: int = 1
+    sandboxed: bool = Field(default=True, description=SANDBOXED_DESCRIPTION)
 
 
 class ServeInfo(_Resp):
@@ -205,6 +241,8 @@ class ServeInfo(_Resp):
     revision: int = 1  # bumped by every PATCH that changes what replicas run
     max_surge: int = 1
     rollout: dict[str, Any] | None = None  # {"revision", "current", "outdated", "serving"} while routes differ
+    cors_allowed_origins: list[str] = Field(default_factory=list, description=CORS_DESCRIPTION)
+    network_outbound: bool = Field(default=False, description=OUTBOUND_DESCRIPTION)
 
 
 class CompactServeInfo(_Resp):

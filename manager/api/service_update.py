@@ -2,7 +2,8 @@
 
 A change to what a replica runs bumps the endpoint's ``revision``; the control loop then rolls the routes over
 (manager/control/planner.py): new routes start (at most ``max_surge`` extra at a time) and an old route retires
-only once enough new ones are healthy. Changing only ``replicas``, ``open_to_public`` or ``max_surge`` does not.
+only once enough new ones are healthy. Changing only ``replicas``, ``open_to_public``, ``cors_allowed_origins``
+or ``max_surge`` does not; ``network_outbound`` does (the agent applies it when it starts a replica).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ routes = web.RouteTableDef()
 
 # Endpoint columns that define what a replica runs; any change to one of them is a new revision.
 SPEC_FIELDS = ("model_folder_id", "runtime_variant", "model_definition_path", "model_definition", "image",
-               "environ", "resource_slots", "resource_opts")
+               "environ", "resource_slots", "resource_opts", "network_outbound")
 
 
 def _spec(endpoint: Endpoint) -> dict[str, Any]:
@@ -82,6 +83,8 @@ async def update_service(request: web.Request) -> web.Response:
             endpoint.environ = resolved.defaults.environ
             endpoint.resource_slots = resolved.slots.to_json()
             endpoint.resource_opts = resolved.defaults.resource_opts
+        if body.network_outbound is not None:
+            endpoint.network_outbound = body.network_outbound
         changed = sorted(k for k, v in _spec(endpoint).items() if v != before[k])
         if changed or body.redeploy:
             endpoint.revision += 1
@@ -92,6 +95,8 @@ async def update_service(request: web.Request) -> web.Response:
             endpoint.open_to_public = body.open_to_public
         if body.max_surge is not None:
             endpoint.max_surge = body.max_surge
+        if body.cors_allowed_origins is not None:  # published with the route table: the poke below republishes
+            endpoint.cors_allowed_origins = body.cors_allowed_origins
         db.add(Event(endpoint_id=endpoint.id, kind="endpoint_updated", data={
             "by": caller.access_key, "revision": endpoint.revision, "changed": changed,
             "redeploy": body.redeploy, "fields": sorted(given)}))

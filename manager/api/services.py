@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from common.errors import InvalidAPIParameters, ObjectNotFound
+from common.protocol import UNSANDBOXED_RUNTIME
 from common.status import LIVE_ROUTE_LIFECYCLES, EndpointLifecycle, RouteHealth, RouteLifecycle, RouteTraffic, UserRole
 from manager.addresses import insert_endpoint
 from manager.api.auth import Caller, caller_of, can_see_endpoint, endpoint_visibility
@@ -34,16 +35,23 @@ async def load_endpoint(db, caller: Caller, service_id: str) -> Endpoint:  # typ
 
 
 async def _routes_with_sessions(db, endpoint_ids: list[uuid.UUID]):  # type: ignore[no-untyped-def]
+    """(route, session or None, the session's agent's runtime or None) of the endpoints' unterminated routes."""
     if not endpoint_ids:
         return []
     rows = await db.execute(
-        sa.select(Route, Session).outerjoin(Session, Session.id == Route.session_id)
+        sa.select(Route, Session, Agent.runtime).outerjoin(Session, Session.id == Route.session_id)
+        .outerjoin(Agent, Agent.id == Session.agent_id)
         .where(Route.endpoint_id.in_(endpoint_ids), Route.lifecycle != RouteLifecycle.TERMINATED)  # history grows
         .order_by(Route.created_at))
     return rows.all()
 
 
-def _route_json(route: Route, session: Session | None) -> dict[str, Any]:
+def _sandboxed(runtime: str | None) -> bool:
+    """False only for a replica on an agent that runs replicas without a sandbox (docs/security.md)."""
+    return runtime != UNSANDBOXED_RUNTIME
+
+
+def _route_json(route: Route, session: Session | None, runtime: str | None) -> dict[str, Any]:
     return {
         "route_id": str(route.id),
         "session_id": str(route.session_id) if route.session_id else None,
@@ -58,6 +66,7 @@ def _route_json(route: Route, session: Session | None) -> dict[str, Any]:
         "error_data": route.error_data,
         "created_at": route.created_at.isoformat() if route.created_at else None,
         "revision": route.revision,
+        "sandboxed": _sandboxed(runtime),
     }
 
 
@@ -83,10 +92,11 @@ def serve_info(endpoint: Endpoint, rows: list) -> dict[str, Any]:  # type: ignor
 
 
 def _serve_info_fields(endpoint: Endpoint, rows: list) -> dict[str, Any]:  # type: ignore[type-arg]
-    own = [(r, s) for r, s in rows if r.endpoint_id == endpoint.id]
-    active = [r for r, _ in own if r.lifecycle == RouteLifecycle.RUNNING and r.traffic == RouteTraffic.ACTIVE]
+    own = [(r, s, runtime) for r, s, runtime in rows if r.endpoint_id == endpoint.id]
+    active = [(r, runtime) for r, _, runtime in own
+              if r.lifecycle == RouteLifecycle.RUNNING and r.traffic == RouteTraffic.ACTIVE]
     status = derive_endpoint_status(endpoint.lifecycle, endpoint.replicas,
-                                    [(r.lifecycle, r.health) for r, _ in own if _visible(r)])
+                                    [(r.lifecycle, r.health) for r, _, _ in own if _visible(r)])
     return {
         "endpoint_id": str(endpoint.id),
         "model_id": str(endpoint.model_folder_id) if endpoint.model_folder_id else None,
@@ -96,7 +106,8 @@ def _serve_info_fields(endpoint: Endpoint, rows: list) -> dict[str, Any]:  # typ
         "desired_session_count": endpoint.replicas,
         "model_definition_path": endpoint.model_definition_path,
         "active_routes": [{"route_id": str(r.id), "session_id": str(r.session_id) if r.session_id else None,
-                           "traffic_ratio": r.traffic_ratio} for r in active],
+                           "traffic_ratio": r.traffic_ratio, "sandboxed": _sandboxed(runtime)}
+                          for r, runtime in active],
         "service_endpoint": endpoint.url,
         "is_public": endpoint.open_to_public,
         "runtime_variant": endpoint.runtime_variant,
@@ -107,10 +118,12 @@ def _serve_info_fields(endpoint: Endpoint, rows: list) -> dict[str, Any]:  # typ
         "image": endpoint.image,
         "resource_slots": endpoint.resource_slots,
         "created_at": endpoint.created_at.isoformat() if endpoint.created_at else None,
-        "routes": [_route_json(r, s) for r, s in own if _visible(r)],
+        "routes": [_route_json(r, s, runtime) for r, s, runtime in own if _visible(r)],
         "revision": endpoint.revision,
         "max_surge": endpoint.max_surge,
-        "rollout": rollout_state(endpoint, [r for r, _ in own]),
+        "rollout": rollout_state(endpoint, [r for r, _, _ in own]),
+        "cors_allowed_origins": list(endpoint.cors_allowed_origins or []),
+        "network_outbound": endpoint.network_outbound,
     }
 
 
@@ -186,7 +199,8 @@ def new_endpoint(body: NewServiceRequest, owner: Caller, caller: Caller, folder_
         extra_mounts=body.config.extra_mounts, tag=body.tag, startup_command=body.startup_command,
         bootstrap_script=body.bootstrap_script, callback_url=body.callback_url,
         cluster_mode=body.cluster_mode, cluster_size=body.cluster_size, replicas=body.replicas,
-        open_to_public=body.open_to_public, proxy_port=port, url=url, lifecycle=EndpointLifecycle.CREATED,
+        open_to_public=body.open_to_public, cors_allowed_origins=body.cors_allowed_origins,
+        network_outbound=body.network_outbound, proxy_port=port, url=url, lifecycle=EndpointLifecycle.CREATED,
     )
 
 

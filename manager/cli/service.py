@@ -1,6 +1,7 @@
 """``moorage service``: model services (Backend.AI "endpoints"), over the ``/services`` REST API.
 
-- ``service create MODEL_FOLDER COUNT --name NAME ...`` → ``POST /services`` (Backend.AI's create body)
+- ``service create MODEL_FOLDER COUNT --name NAME ...`` → ``POST /services`` (Backend.AI's create body; plus
+  ``cors_allowed_origins`` / ``network_outbound`` only with ``--cors-origin`` / ``--allow-outbound``)
 - ``service list``                                   → ``GET /services``
 - ``service info NAME_OR_ID [--json]``                → ``GET /services/{id}``
 - ``service scale NAME_OR_ID COUNT``                  → ``POST /services/{id}/scale {"to": COUNT}``
@@ -72,6 +73,11 @@ def build_create_body(args: argparse.Namespace) -> dict[str, Any]:
         "extra_mounts": {},
         "model_definition_path": args.model_definition_path,
     })
+    extensions: dict[str, Any] = {}  # only when asked for: otherwise the body stays Backend.AI's exactly
+    if args.cors_origins:
+        extensions["cors_allowed_origins"] = list(args.cors_origins)
+    if args.allow_outbound:
+        extensions["network_outbound"] = True
     return drop_none({
         "name": args.name,
         "replicas": args.count,
@@ -83,6 +89,7 @@ def build_create_body(args: argparse.Namespace) -> dict[str, Any]:
         "cluster_size": 1,
         "cluster_mode": "single-node",
         "config": config,
+        **extensions,
     })
 
 
@@ -179,6 +186,10 @@ def print_service_info(info: dict[str, Any]) -> None:
         ("URL", info.get("service_endpoint") or "(not assigned yet)"),
         ("Public", info.get("is_public")),
     ]
+    if "cors_allowed_origins" in info:
+        fields.append(("CORS origins", ", ".join(info["cors_allowed_origins"] or []) or "(none)"))
+    if "network_outbound" in info:
+        fields.append(("Outbound network", "allowed" if info["network_outbound"] else "blocked"))
     if "retries" in info:
         fields.append(("Retries", info.get("retries")))
     if "revision" in info:
@@ -199,6 +210,10 @@ def print_service_info(info: dict[str, Any]) -> None:
               r.get("traffic"), r.get("traffic_ratio"), r.get("revision"), _route_address(r), r.get("agent")]
              for r in routes],
         )
+    for route in routes:
+        if route.get("sandboxed") is False:
+            print(f"WARNING: route {route.get('route_id')} runs WITHOUT a sandbox on agent {route.get('agent')} "
+                  "(runtime local-nosandbox): the replica's code can reach everything the agent's user can.")
     failed = [r for r in routes if r.get("error_data")]
     for route in failed:
         print(f"Route {route.get('route_id')} ({route.get('lifecycle') or 'error'}):")
@@ -342,6 +357,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="resource group (default: default)")
     create.add_argument("--model-definition-path", default=None,
                         help="definition file inside the folder (default: model-definition.yaml)")
+    create.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="URL",
+                        help="let browser pages of this origin call the service, e.g. https://chat.example.com "
+                             "or * for any (repeatable; default: none)")
+    create.add_argument("--allow-outbound", action="store_true",
+                        help="let replicas open outbound network connections (default: none)")
     create.add_argument("--json", action="store_true", help="print the manager's JSON answer")
     create.set_defaults(func=cmd_create)
 

@@ -1,8 +1,9 @@
 """``moorage service update``: change a running service without downtime → ``PATCH /services/{id}``.
 
-Changing the image, model folder, definition, runtime variant, environment or resources (or ``--redeploy``)
-starts a rolling update: new replicas start (at most ``--max-surge`` extra at once) and old ones retire only when
-enough new ones are healthy. ``--wait`` follows it until every replica runs the new revision.
+Changing the image, model folder, definition, runtime variant, environment, resources or outbound network
+access (or ``--redeploy``) starts a rolling update: new replicas start (at most ``--max-surge`` extra at once)
+and old ones retire only when enough new ones are healthy. ``--wait`` follows it until every replica runs the
+new revision. CORS origins, visibility and the replica count change without one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def build_update_body(args: argparse.Namespace) -> dict[str, Any]:
         body["resources"] = dict(args.resources)
     if args.public is not None:
         body["open_to_public"] = args.public
+    if args.cors_origins is not None or args.clear_cors_origins:
+        body["cors_allowed_origins"] = list(args.cors_origins or [])
+    if args.outbound is not None:
+        body["network_outbound"] = args.outbound
     if args.redeploy:
         body["redeploy"] = True
     if not body:
@@ -98,6 +103,15 @@ def register_update(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     visibility.add_argument("--public", dest="public", action="store_const", const=True, default=None,
                             help="no token needed")
     visibility.add_argument("--private", dest="public", action="store_const", const=False, help="tokens needed")
+    cors = update.add_mutually_exclusive_group()
+    cors.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="URL",
+                      help="origin whose browser pages may call the service (repeatable); REPLACES the whole list")
+    cors.add_argument("--clear-cors-origins", action="store_true", help="allow no cross-origin browser requests")
+    outbound = update.add_mutually_exclusive_group()
+    outbound.add_argument("--allow-outbound", dest="outbound", action="store_const", const=True, default=None,
+                          help="let replicas open outbound connections (rolling update)")
+    outbound.add_argument("--deny-outbound", dest="outbound", action="store_const", const=False,
+                          help="no outbound network for replicas (rolling update)")
     update.add_argument("--max-surge", type=int, default=None, help="extra replicas a rollout may start at once")
     update.add_argument("--redeploy", action="store_true", help="roll every replica even if nothing changed")
     update.add_argument("--wait", action="store_true", help="follow the rollout until it finishes")

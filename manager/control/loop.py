@@ -247,7 +247,8 @@ class ControlLoop:
                     kernel_id=session.id, endpoint_id=endpoint.id, route_id=route.id, endpoint_name=endpoint.name,
                     folder_relpath=folder.host_relpath, mount_destination=endpoint.model_mount_destination,
                     model_definition=endpoint.model_definition, environ=dict(endpoint.environ or {}),
-                    resource_slots=request.to_json(), image=endpoint.image, runtime_variant=endpoint.runtime_variant)
+                    resource_slots=request.to_json(), image=endpoint.image, runtime_variant=endpoint.runtime_variant,
+                    network_outbound=endpoint.network_outbound)
                 starts.append((agent.id, agent.rpc_url, spec))
             if placed:  # one flush inserts every session; only then may the routes point at them (foreign key)
                 await db.flush()

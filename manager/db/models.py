@@ -146,6 +146,10 @@ class Endpoint(Base):
     # "service", or "dry_run" for the short-lived endpoint of POST /services/_/try (hidden from listings)
     kind: Mapped[str] = mapped_column(sa.String(16), default="service", server_default="service")
     open_to_public: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    # origins whose browser pages may call the endpoint (published in the route table; the app proxy answers CORS)
+    cors_allowed_origins: Mapped[list[str]] = mapped_column(JSONType, default=list, server_default=sa.text("'[]'"))
+    # whether replicas may open outbound connections (KernelSpec.network_outbound); part of what a replica runs
+    network_outbound: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     proxy_port: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)  # port-mode port, never reused live
     subdomain: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)  # wildcard mode, never reused live
     url: Mapped[str | None] = mapped_column(sa.String(1024), nullable=True)

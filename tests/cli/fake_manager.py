@@ -132,6 +132,15 @@ class FakeManager:
         except LookupError:
             return problem(404, "Object Not Found", "endpoint not found", error_code="endpoint_not-found")
 
+    async def update_service(self, request: web.Request) -> web.Response:
+        """PATCH: the given fields replace the record's; the answer is the record plus ``changed`` (none)."""
+        try:
+            service = self._service(request)
+        except LookupError:
+            return problem(404, "Object Not Found", "endpoint not found", error_code="endpoint_not-found")
+        service.update(self.last("PATCH").body)
+        return web.json_response({**service, "changed": []})
+
     async def delete_service(self, request: web.Request) -> web.Response:
         try:
             self._service(request)
@@ -203,6 +212,7 @@ class FakeManager:
         app.router.add_get("/services", self.list_services)
         app.router.add_post("/services", self.create_service)
         app.router.add_get("/services/{service_id}", self.get_service)
+        app.router.add_patch("/services/{service_id}", self.update_service)
         app.router.add_delete("/services/{service_id}", self.delete_service)
         app.router.add_post("/services/{service_id}/scale", self.scale_service)
         app.router.add_post("/services/{service_id}/token", self.mint_token)

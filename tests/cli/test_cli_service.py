@@ -218,3 +218,46 @@ def test_non_json_server_error(cluster, capsys):
     assert main(["service", "list"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: HTTP 502") and "Bad Gateway from proxy" in err
+
+
+def test_create_sends_cors_origins_and_outbound_only_when_given(cluster, capsys):
+    assert main(["service", "create", "echo", "1", "--name", "cors-svc", "--cors-origin", "https://chat.example.com",
+                 "--cors-origin", "http://localhost:3000", "--allow-outbound"]) == 0
+    body = cluster.last("POST").body
+    assert body["cors_allowed_origins"] == ["https://chat.example.com", "http://localhost:3000"]
+    assert body["network_outbound"] is True
+    assert main(["service", "create", "echo", "1", "--name", "plain-svc"]) == 0
+    body = cluster.last("POST").body  # the Backend.AI body exactly, as before (no new keys)
+    assert "cors_allowed_origins" not in body and "network_outbound" not in body
+
+
+def test_update_sets_and_clears_cors_origins_and_outbound(cluster, capsys):
+    svc = cluster.add_service("upd-svc")
+    assert main(["service", "update", "upd-svc", "--cors-origin", "*", "--allow-outbound"]) == 0
+    rec = cluster.last("PATCH")
+    assert rec.path_qs == f"/services/{svc['endpoint_id']}"
+    assert rec.body == {"cors_allowed_origins": ["*"], "network_outbound": True}
+    assert main(["service", "update", "upd-svc", "--clear-cors-origins", "--deny-outbound"]) == 0
+    assert cluster.last("PATCH").body == {"cors_allowed_origins": [], "network_outbound": False}
+    assert main(["service", "update", "upd-svc", "--allow-outbound", "--deny-outbound"]) == 2
+    assert main(["service", "update", "upd-svc", "--cors-origin", "*", "--clear-cors-origins"]) == 2
+
+
+def test_info_shows_settings_and_warns_about_unsandboxed_routes(cluster, capsys):
+    boxed, bare = str(uuid.uuid4()), str(uuid.uuid4())
+    route = {"session_id": "s", "lifecycle": "running", "health": "healthy", "traffic": "active",
+             "traffic_ratio": 1.0, "host": "127.0.0.1", "port": 30001, "error_data": None}
+    cluster.add_service("mixed-svc", cors_allowed_origins=["https://chat.example.com"], network_outbound=True,
+                        routes=[{**route, "route_id": boxed, "agent": "a1", "sandboxed": True},
+                                {**route, "route_id": bare, "agent": "a2", "sandboxed": False}])
+    assert main(["service", "info", "mixed-svc"]) == 0
+    out = capsys.readouterr().out
+    assert "https://chat.example.com" in out
+    assert any("Outbound network" in line and "allowed" in line for line in out.splitlines()), out
+    warnings = [line for line in out.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and bare in warnings[0] and "a2" in warnings[0] and "sandbox" in warnings[0], out
+
+    cluster.add_service("old-svc", routes=[{**route, "route_id": boxed, "agent": "a1"}])  # an older manager
+    assert main(["service", "info", "old-svc"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING" not in out and "Outbound" not in out and "CORS" not in out
