@@ -249,3 +249,66 @@ def test_plain_configs_keep_plain_http(tmp_path: Path) -> None:
     assert config.public_url == "http://127.0.0.1:8090"
     acfg = load_agent_config(None, {"agent": {"listen_port": 6001}}, environ={})
     assert acfg.agent.rpc_url == "http://127.0.0.1:6001" and acfg.server_ssl_context() is None
+
+
+# -- the daemons as processes -------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_cluster_processes_serve_an_endpoint_over_https(tmp_path: Path, pg_url: str, etcd_server) -> None:
+    """``moorage manager``, ``agent`` and ``appproxy`` as processes, every listener on HTTPS from one private CA:
+    heartbeats and RPC cross TLS both ways, the CLI reaches the manager through ``SSL_CERT_FILE``, and the endpoint
+    URL the manager hands out is an ``https://`` URL that answers with a token."""
+    import json
+    import urllib.request
+
+    from tests.e2e.harness import REPO, cluster_processes, moorage, moorage_json, wait_for
+    from tests.services import wait_port
+
+    ca = TestCA(tmp_path / "pki")
+    mcert, acert, pcert = ca.issue("manager"), ca.issue("agent"), ca.issue("proxy")
+    tls_env = {
+        "MOORAGE_MANAGER__MANAGER__TLS_CERT_FILE": mcert.cert_file,
+        "MOORAGE_MANAGER__MANAGER__TLS_KEY_FILE": mcert.key_file,
+        "MOORAGE_MANAGER__MANAGER__TLS_CA_FILE": ca.ca_file,
+        "MOORAGE_MANAGER__APPPROXY__SCHEME": "https",
+        "MOORAGE_APPPROXY__PROXY__TLS_CERT_FILE": pcert.cert_file,
+        "MOORAGE_APPPROXY__PROXY__TLS_KEY_FILE": pcert.key_file,
+    }
+    with cluster_processes(tmp_path, pg_url, etcd_server, heartbeat_timeout=10.0, manager_env=tls_env) as cluster:
+        manager_url = cluster.manager_url.replace("http://", "https://")
+        env = {**cluster.cli_env, "MOORAGE_ENDPOINT": manager_url, "SSL_CERT_FILE": ca.ca_file}
+        cluster.agent_env("tls-agent", MOORAGE_AGENT__AGENT__MANAGER_URL=manager_url,
+                          MOORAGE_AGENT__AGENT__TLS_CA_FILE=ca.ca_file,
+                          MOORAGE_AGENT__AGENT__TLS_CERT_FILE=acert.cert_file,
+                          MOORAGE_AGENT__AGENT__TLS_KEY_FILE=acert.key_file,
+                          MOORAGE_AGENT__AGENT__HEARTBEAT_INTERVAL="1")
+        cluster.start_agent("tls-agent")
+        wait_port("127.0.0.1", cluster.agents["tls-agent"]["port"], 30)
+        logs = cluster.daemons.logs
+        wait_for(lambda: any(a["id"] == "tls-agent" and a["status"] == "alive"
+                             for a in moorage_json(env, "agents", "--json")), 60, "the agent alive", on_timeout=logs)
+        moorage(env, "folder", "create", "echo")
+        moorage(env, "folder", "upload", "echo", str(REPO / "configs/models/echo"))
+        moorage(env, "service", "create", "echo", "1", "--name", "echo-tls", "-r", "cpu=0.25", "-r", "mem=64m")
+        info = wait_for(lambda: (i := moorage_json(env, "service", "info", "echo-tls"))["status"] == "HEALTHY" and i,
+                        90, "a healthy replica (started over HTTPS RPC)", on_timeout=logs)
+        url = info["service_endpoint"]
+        assert url.startswith("https://127.0.0.1:"), url
+        token = moorage(env, "service", "token", "echo-tls", "--duration", "1h").stdout.strip()
+        body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "hello"}]}).encode()
+        context = ssl.create_default_context(cafile=ca.ca_file)
+
+        def chat() -> bytes | None:
+            request = urllib.request.Request(url + "/v1/chat/completions", data=body, method="POST",
+                                             headers={"Authorization": f"Bearer {token}",
+                                                      "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, context=context, timeout=10) as resp:
+                    return resp.read() if resp.status == 200 else None
+            except OSError:
+                return None
+
+        answer = wait_for(chat, 30, "the endpoint answering over HTTPS", on_timeout=logs)
+        assert b"echo: hello" in answer
+    manager_log = (tmp_path / "manager.log").read_text(errors="replace")
+    assert "listening on https://" in manager_log and "plain HTTP" not in manager_log, manager_log[-2000:]
