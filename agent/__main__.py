@@ -23,6 +23,8 @@ from common.fileperms import private_umask
 
 async def serve(config_path: str | None) -> None:
     config = load_agent_config(config_path)
+    ssl_context = config.server_ssl_context()  # a bad certificate stops the start here
+    config.client_ssl()
     app = build_agent_app(config)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
@@ -31,10 +33,11 @@ async def serve(config_path: str | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, config.agent.listen_host, config.agent.listen_port)
+        site = web.TCPSite(runner, config.agent.listen_host, config.agent.listen_port, ssl_context=ssl_context)
         await site.start()
-        logging.getLogger("agent").info("agent %s listening on %s:%d", config.agent.id,
-                                        config.agent.listen_host, config.agent.listen_port)
+        logging.getLogger("agent").info("agent %s listening on %s://%s:%d", config.agent.id,
+                                        "https" if ssl_context else "http", config.agent.listen_host,
+                                        config.agent.listen_port)
         await stop.wait()
         logging.getLogger("agent").info("shutting down (replicas keep running)")
     finally:

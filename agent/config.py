@@ -7,9 +7,12 @@ a default that works for a single-host install; the comments next to them say wh
     id = "gpu-node-1"                       # default: the hostname
     listen_host = "0.0.0.0"
     listen_port = 6001
-    advertise_url = "http://10.0.0.11:6001" # what the manager calls
+    advertise_url = "https://10.0.0.11:6001"  # what the manager calls
     replica_host = "10.0.0.11"              # what the app proxy (and our prober) connects to
-    manager_url = "http://manager.internal:8090"
+    manager_url = "https://manager.internal:8090"
+    tls_ca_file = "/etc/moorage/ca.pem"     # the CA of the manager's certificate (default: system store)
+    tls_cert_file = "/etc/moorage/agent.crt"  # HTTPS for the RPC listener (advertise_url then https://)
+    tls_key_file = "/etc/moorage/agent.key"
     port_range = [30000, 31000]
     state_dir = "/var/lib/moorage/agent"
     storage_root = "/mnt/moorage-storage"   # the same tree the manager sees
@@ -34,6 +37,7 @@ from __future__ import annotations
 import os
 import posixpath
 import socket
+import ssl
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from common.config import load_config, read_secret
 from common.slots import parse_binary_size
+from common.tls import check_pair, client_ssl, server_context
 
 ENV_PREFIX = "MOORAGE_AGENT"
 _AGENT_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"  # = common.protocol.AgentInfo.agent_id
@@ -86,6 +91,13 @@ class AgentSection(_Section):
     # the scale autoscaling acts on. 0 disables sampling.
     stats_interval: float = Field(default=5.0, ge=0, le=300)
     manager_url: str | None = None  # None: no heartbeats (RPC only)
+    # HTTPS for the RPC listener (the manager's calls; advertise_url then defaults to https://): PEM certificate
+    # chain and its private key (unencrypted, chmod 600), both or neither. Required in production unless the
+    # RPC port is on a private network only (docs/security.md, "TLS").
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # CA bundle (PEM) trusted for the https:// manager_url (heartbeats). Default: the system trust store.
+    tls_ca_file: str | None = None
     # Failed/exited/terminated kernels stay in the list this long so the manager sees the final state.
     terminal_retention: float = Field(default=600.0, ge=0)
     # SIGTERM → SIGKILL grace when a replica is stopped; inference servers flush and exit well within it.
@@ -117,6 +129,11 @@ class AgentSection(_Section):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _tls(self) -> AgentSection:
+        check_pair(self.tls_cert_file, self.tls_key_file)
+        return self
+
     @property
     def rpc_url(self) -> str:
         if self.advertise_url:
@@ -124,7 +141,8 @@ class AgentSection(_Section):
         host = self.replica_host if self.listen_host in _WILDCARD_HOSTS else self.listen_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"http://{host}:{self.listen_port}"
+        scheme = "https" if self.tls_cert_file else "http"
+        return f"{scheme}://{host}:{self.listen_port}"
 
 
 class ReplicaUidSection(_Section):
@@ -271,6 +289,14 @@ class AgentConfig(_Section):
         self.agent.state_dir = Path(os.path.abspath(os.path.expanduser(self.agent.state_dir)))
         self.agent.storage_root = Path(os.path.abspath(os.path.expanduser(self.agent.storage_root)))
         return self
+
+    def server_ssl_context(self) -> ssl.SSLContext | None:
+        """The RPC listener's TLS context (None: plain HTTP); ConfigError for unreadable or mismatched files."""
+        return server_context(self.agent.tls_cert_file, self.agent.tls_key_file, "agent")
+
+    def client_ssl(self) -> Any:
+        """``ssl=`` of the heartbeat client (common.tls.client_ssl)."""
+        return client_ssl(self.agent.tls_ca_file, "agent.tls_ca_file")
 
     def cluster_secret(self) -> str:
         """The manager ↔ agent HMAC secret (file wins over inline); raises ConfigError when missing."""

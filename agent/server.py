@@ -96,7 +96,7 @@ class Agent:
         log.info("agent %s: runtime %s, slots %s, rpc %s", self.config.agent.id, self.runtime.describe(),
                  self.slots, self.config.agent.rpc_url)
         if self.config.agent.manager_url:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.config.client_ssl()))
             self.heartbeat = HeartbeatLoop(
                 SignedClient(self._session, self._secret), self.config.agent.manager_url,
                 self.heartbeat_payload, self.registry.destroy_kernel, self.config.agent.heartbeat_interval)

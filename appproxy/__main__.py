@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_proxy_config(args.config)
         config.jwt_secret()
         config.cluster_secret()
+        config.server_ssl_context()  # certificate and key readable, matching (before any worker starts)
         workers = args.workers if args.workers is not None else config.proxy.workers
         if not 1 <= workers <= 64:
             raise ConfigError("--workers must be between 1 and 64")

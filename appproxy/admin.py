@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -40,8 +41,10 @@ def _signed_except_open(secret: str) -> Any:
 
 class AdminServer:
     def __init__(self, host: str, port: int, secret: str, registry: CollectorRegistry, scraper: ReplicaScraper,
-                 known: Callable[[uuid.UUID], bool], in_flight: Callable[[str], int]) -> None:
+                 known: Callable[[uuid.UUID], bool], in_flight: Callable[[str], int],
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._host, self._port = host, port
+        self.ssl_context = ssl_context  # HTTPS ([proxy] tls_cert_file), like the endpoints' listeners
         self._registry = registry
         self._scraper = scraper
         self._known = known
@@ -55,7 +58,7 @@ class AdminServer:
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, ssl_context=self.ssl_context)
         await site.start()
         server = site._server  # the real port when 0 was asked for
         sockets = getattr(server, "sockets", None) or []

@@ -32,11 +32,17 @@ Slow, greedy and large requests (defaults shown; each bound is explained beside 
     max_buffered_body_bytes = 268435456   # all request bodies held by the process → 503 + Retry-After beyond
     request_body_timeout = 60.0           # a body that stops arriving → 408
 
+HTTPS on every listener (endpoints and admin port; the manager's ``[appproxy] scheme = "https"`` goes with it)::
+
+    [proxy]
+    tls_cert_file = "/etc/moorage/proxy.crt"   # for the public host name, or "*.apps.example.com" in wildcard mode
+    tls_key_file = "/etc/moorage/proxy.key"    # unencrypted PEM, chmod 600
+
 Wildcard mode and the admin listener::
 
     [proxy]
     frontend = "wildcard"
-    wildcard_domain = ".apps.example.com"   # endpoint with subdomain "chat" → http://chat.apps.example.com
+    wildcard_domain = ".apps.example.com"   # endpoint with subdomain "chat" → http(s)://chat.apps.example.com
     wildcard_port = 8080
     admin_host = "10.0.0.5"                 # a private address: /metrics is unauthenticated
     admin_port = 9180
@@ -44,12 +50,14 @@ Wildcard mode and the admin listener::
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from common.config import ConfigError, load_config, read_secret
+from common.tls import check_pair, server_context
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -71,6 +79,14 @@ class ProxySection(_Section):
     frontend: Literal["port", "wildcard"] = "port"
     wildcard_domain: str = Field("", max_length=253)  # e.g. ".apps.example.com" (leading dot required)
     wildcard_port: int = Field(8080, ge=0, le=65535)
+
+    # --- TLS: HTTPS on every listener of this proxy (the endpoints' ports or the wildcard port, and the admin
+    # port). PEM certificate chain and its private key (unencrypted, chmod 600), both or neither; checked at start.
+    # Wildcard mode needs a certificate for "*<wildcard_domain>"; port mode one for the public host name. Set the
+    # manager's [appproxy] scheme = "https" so that the endpoint URLs it hands out say so. Required in production
+    # unless a TLS-terminating balancer is in front (docs/security.md, "TLS").
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     # --- admin listener: Prometheus /metrics (open) and the manager's JSON API (signed requests) ---
     # Bind it to a private address: /metrics is served without authentication. None: no admin listener.
@@ -189,6 +205,11 @@ class ProxySection(_Section):
     shutdown_timeout: float = Field(10.0, ge=0)
 
     @model_validator(mode="after")
+    def _check_tls(self) -> ProxySection:
+        check_pair(self.tls_cert_file, self.tls_key_file)
+        return self
+
+    @model_validator(mode="after")
     def _check_body_limits(self) -> ProxySection:
         if self.retry_buffer_size > self.max_buffered_body_bytes:
             raise ValueError("retry_buffer_size must not exceed max_buffered_body_bytes")
@@ -249,6 +270,10 @@ class ProxyConfig(_Section):
         except OSError as exc:
             raise ConfigError(f"secrets.jwt_secret_file: cannot read {self.secrets.jwt_secret_file!r}: "
                               f"{exc.strerror or exc}") from None
+
+    def server_ssl_context(self) -> ssl.SSLContext | None:
+        """The listeners' TLS context (None: plain HTTP); ConfigError for unreadable or mismatched files."""
+        return server_context(self.proxy.tls_cert_file, self.proxy.tls_key_file, "proxy")
 
     def cluster_secret(self) -> str | None:
         """The internal request signing secret; None when the admin listener is off (then it is not needed)."""

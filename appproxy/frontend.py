@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -83,7 +84,8 @@ def local_port(request: web.BaseRequest) -> int | None:
 
 def _make_server(config: ProxySection,
                  handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse | SizedResponse]],
-                 fast: Callable[[HttpConnection, RawRequestMessage, StreamReader], bool] | None) -> HttpServer:
+                 fast: Callable[[HttpConnection, RawRequestMessage, StreamReader], bool] | None,
+                 ssl_context: ssl.SSLContext | None = None) -> HttpServer:
     async def serve(request: web.BaseRequest) -> web.StreamResponse | SizedResponse:
         if "Expect" in request.headers and (refused := unknown_expect(request)) is not None:
             return refused
@@ -101,6 +103,7 @@ def _make_server(config: ProxySection,
         keepalive_timeout=config.keepalive_timeout,
         max_connections_per_client=config.max_connections_per_client,
         retry_after=config.retry_after,
+        ssl_context=ssl_context,
     )
 
 
@@ -115,14 +118,15 @@ def host_key(host: str) -> str:
 
 class WildcardFrontend:
     def __init__(self, config: ProxySection, routes: RouteCache, handler: Handler, *,
-                 reuse_port: bool = False, fast: FastHandler | None = None) -> None:
+                 reuse_port: bool = False, fast: FastHandler | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._cfg = config
         self._routes = routes
         self._handler = handler
         self._fast_handler = fast
         self._reuse_port = reuse_port
         self._domain = config.wildcard_domain.lower().rstrip(".")
-        self._server = _make_server(config, self._handle, self._fast if fast is not None else None)
+        self._server = _make_server(config, self._handle, self._fast if fast is not None else None, ssl_context)
         self._site: Listener | None = None
         self._host_map: dict[str, uuid.UUID] = {}  # what the handler reads: lower-case host → endpoint
         self._conflicts: set[tuple[str, uuid.UUID]] = set()
@@ -146,7 +150,8 @@ class WildcardFrontend:
     async def start(self) -> None:
         self._site = await self._server.listen(self._cfg.bind_host, self._cfg.wildcard_port,
                                                reuse_port=self._reuse_port)
-        log.info("wildcard frontend listening on %s:%d for *%s", self._cfg.bind_host, self.port, self._domain)
+        log.info("wildcard frontend listening on %s:%d for *%s%s", self._cfg.bind_host, self.port, self._domain,
+                 " (HTTPS)" if self._server.ssl_context else "")
 
     async def stop(self) -> None:
         self._host_map = {}
@@ -182,13 +187,14 @@ class WildcardFrontend:
 
 class PortFrontend:
     def __init__(self, config: ProxySection, routes: RouteCache, handler: Handler, *,
-                 reuse_port: bool = False, fast: FastHandler | None = None) -> None:
+                 reuse_port: bool = False, fast: FastHandler | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._cfg = config
         self._routes = routes
         self._handler = handler
         self._fast_handler = fast
         self._reuse_port = reuse_port
-        self._server = _make_server(config, self._handle, self._fast if fast is not None else None)
+        self._server = _make_server(config, self._handle, self._fast if fast is not None else None, ssl_context)
         self._sites: dict[int, tuple[uuid.UUID, Listener]] = {}
         self._port_map: dict[int, uuid.UUID] = {}  # what the handler reads: bound port → endpoint
         self._bind_errors: dict[int, str] = {}  # port → last error, to log each new error once
@@ -311,6 +317,7 @@ Frontend = PortFrontend | WildcardFrontend
 
 
 def make_frontend(config: ProxySection, routes: RouteCache, handler: Handler, *, reuse_port: bool = False,
-                  fast: FastHandler | None = None) -> Frontend:
+                  fast: FastHandler | None = None, ssl_context: ssl.SSLContext | None = None) -> Frontend:
+    """``ssl_context``: HTTPS on the endpoints' listeners (``[proxy] tls_cert_file``)."""
     cls = WildcardFrontend if config.frontend == "wildcard" else PortFrontend
-    return cls(config, routes, handler, reuse_port=reuse_port, fast=fast)
+    return cls(config, routes, handler, reuse_port=reuse_port, fast=fast, ssl_context=ssl_context)

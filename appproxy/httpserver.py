@@ -30,6 +30,11 @@ seconds of the connection's accept, or of the first byte of the next request on 
 connection is closed (slowloris). Both deadlines share the one keep-alive timer per connection, so a request costs
 nothing more. At most ``max_connections_per_client`` connections per client address are open at once; one more is
 answered ``429`` and closed before anything of it is read.
+
+TLS (``ssl_context``): every listener serves HTTPS; asyncio's TLS transport hands this protocol the decrypted bytes
+and encrypts what it writes, so the parser, the fast path and the timers work unchanged. A TLS handshake must
+finish within ``head_timeout`` (it precedes the head timer); a client speaking plain HTTP to a TLS port fails the
+handshake and is closed.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -514,9 +520,10 @@ class HttpServer:
     def __init__(self, handler: Handler, *, fast: FastHandler | None = None, max_line_size: int = 8190,
                  max_field_size: int = 8190, max_headers: int = 128, access_log_enabled: bool = False,
                  keepalive_timeout: float = KEEPALIVE_TIMEOUT, lingering_time: float = LINGERING_TIME,
-                 head_timeout: float = HEAD_TIMEOUT, max_connections_per_client: int = 0, retry_after: int = 2
-                 ) -> None:
+                 head_timeout: float = HEAD_TIMEOUT, max_connections_per_client: int = 0, retry_after: int = 2,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.ssl_context = ssl_context  # HTTPS on every listener when set (the connection sees decrypted bytes)
         self.fast = fast
         self.max_line_size, self.max_field_size, self.max_headers = max_line_size, max_field_size, max_headers
         self.keepalive_timeout = keepalive_timeout
@@ -531,8 +538,11 @@ class HttpServer:
 
     async def listen(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 128) -> Listener:
         loop = asyncio.get_running_loop()
+        # The TLS handshake comes before connection_made (and so before the head timer): it gets the head timeout.
+        tls = self.ssl_context
         server = await loop.create_server(lambda: HttpConnection(self, loop), host, port, family=socket.AF_UNSPEC,
-                                          reuse_address=True, reuse_port=reuse_port or None, backlog=backlog)
+                                          reuse_address=True, reuse_port=reuse_port or None, backlog=backlog,
+                                          ssl=tls, ssl_handshake_timeout=self.head_timeout if tls else None)
         listener = Listener(server)
         self._listeners.append(listener)
         return listener

@@ -35,13 +35,14 @@ def default_proxy_id(configured: str | None, admin_port: int | None, worker_inde
     return f"{host[:80]}-{admin_port or 0}"
 
 
-def admin_url(advertise_host: str | None, admin_host: str, port: int) -> str:
+def admin_url(advertise_host: str | None, admin_host: str, port: int, tls: bool = False) -> str:
+    """What the manager calls: ``https://`` when the admin listener serves TLS."""
     host = advertise_host or admin_host
     if host in _ANY_ADDRESS:
         host = socket.getfqdn()  # bound to every address: the manager needs a name; set admin_advertise_host
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 class Registration:

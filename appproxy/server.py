@@ -94,6 +94,7 @@ class AppProxy:
         self.config = config
         self._secret = config.jwt_secret()  # fail at construction, not at the first request
         cluster_secret = config.cluster_secret()  # likewise; None when there is no admin listener
+        ssl_context = config.server_ssl_context()  # likewise: HTTPS on every listener when set
         self._store = store
         self.metrics = ProxyMetrics()
         self.registry = make_registry(self.metrics)  # this proxy's own; never the global registry
@@ -101,7 +102,7 @@ class AppProxy:
         self.forwarder = Forwarder(config.proxy, config.outlier, self.metrics, rng=rng)
         self.fastpath = FastPath(self)
         self.frontend = make_frontend(config.proxy, self.routes, self.handle, reuse_port=reuse_port,
-                                      fast=self.fastpath.take)
+                                      fast=self.fastpath.take, ssl_context=ssl_context)
         self.scraper = ReplicaScraper(config.proxy, self.routes, self.forwarder, self.metrics)
         self.admin: AdminServer | None = None
         cfg = config.proxy
@@ -116,7 +117,7 @@ class AppProxy:
             self.admin = AdminServer(
                 cfg.admin_host, cfg.admin_port + worker_index if cfg.admin_port else 0, cluster_secret,
                 self.registry, self.scraper, known=lambda e: self.routes.get(e) is not None,
-                in_flight=lambda e: self.metrics.in_flight.get(e, 0))
+                in_flight=lambda e: self.metrics.in_flight.get(e, 0), ssl_context=ssl_context)
         self._admitted: Counter[str] = Counter()  # endpoint → requests admitted and not finished
         self.bodies = BodyBudget(cfg.max_buffered_body_bytes)  # request body bytes held in this process
         self._tokens = TokenCache()
@@ -148,8 +149,8 @@ class AppProxy:
         except BaseException:
             await self.stop()
             raise
-        log.info("app proxy started: %d endpoint(s), %s frontend%s%s", len(self.routes.tables),
-                 self.config.proxy.frontend,
+        log.info("app proxy started: %d endpoint(s), %s frontend over %s%s%s", len(self.routes.tables),
+                 self.config.proxy.frontend, "HTTPS" if self.config.proxy.tls_cert_file else "plain HTTP",
                  f", ports {sorted(self.frontend.ports)}" if self.config.proxy.frontend == "port" else "",
                  f", admin on {self.config.proxy.admin_host}:{self.admin.port}" if self.admin else "")
 
@@ -185,7 +186,8 @@ class AppProxy:
         cfg = self.config.proxy
         proxy_id = default_proxy_id(cfg.proxy_id, self.admin.port, self._worker_index, self._reuse_port)
         self.hold.proxy_id = proxy_id
-        url = admin_url(cfg.admin_advertise_host, cfg.admin_host, self.admin.port)
+        url = admin_url(cfg.admin_advertise_host, cfg.admin_host, self.admin.port,
+                        tls=self.admin.ssl_context is not None)
         self.registration = Registration(self._store, registration_info(proxy_id, url, self._worker_index),
                                          ttl=cfg.registration_ttl, lease_store_factory=self._lease_store_factory)
         await self.registration.start()

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from common.config import load_config, read_secret
+from common.tls import check_pair, client_ssl, server_context
 
 
 class ManagerSection(BaseModel):
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8090, ge=0, le=65535)
-    public_url: str | None = None  # what clients use; default http://listen_host:listen_port
+    public_url: str | None = None  # what clients use; default http(s)://listen_host:listen_port
     storage_root: Path = Path("/var/lib/moorage/storage")  # model folders; shared with agents (NFS in a cluster)
     auto_migrate: bool = False  # run `alembic upgrade head` at start (embedded mode does)
+    # HTTPS for the API listener (required in production, docs/security.md "TLS"): PEM certificate chain and its
+    # private key (unencrypted, chmod 600), both or neither; checked at start. TLS 1.2 minimum.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # CA bundle (PEM) trusted for the manager's own HTTPS calls: agents' RPC and app proxies' admin ports. Default:
+    # the system trust store. Not a client-certificate setting.
+    tls_ca_file: str | None = None
+
+    @model_validator(mode="after")
+    def _tls(self) -> ManagerSection:
+        check_pair(self.tls_cert_file, self.tls_key_file)
+        return self
 
 
 class DatabaseSection(BaseModel):
@@ -35,6 +49,8 @@ class AppProxySection(BaseModel):
 
     frontend: Literal["port", "wildcard"] = "port"
     public_host: str = "127.0.0.1"
+    # "https" when the app proxies serve TLS ([proxy] tls_cert_file) or sit behind a TLS-terminating balancer:
+    # endpoint URLs are built with it (the proxies cannot tell the manager).
     scheme: Literal["http", "https"] = "http"
     port_range: tuple[int, int] = (10300, 10999)
     wildcard_domain: str = ""  # e.g. ".apps.example.com"
@@ -174,7 +190,16 @@ class ManagerConfig(BaseModel):
     @property
     def public_url(self) -> str:
         m = self.manager
-        return (m.public_url or f"http://{m.listen_host}:{m.listen_port}").rstrip("/")
+        scheme = "https" if m.tls_cert_file else "http"
+        return (m.public_url or f"{scheme}://{m.listen_host}:{m.listen_port}").rstrip("/")
+
+    def server_ssl_context(self) -> ssl.SSLContext | None:
+        """The API listener's TLS context (None: plain HTTP); ConfigError for unreadable or mismatched files."""
+        return server_context(self.manager.tls_cert_file, self.manager.tls_key_file, "manager")
+
+    def client_ssl(self) -> Any:
+        """``ssl=`` of the manager's HTTP client (agents, app proxy admin ports): see common.tls.client_ssl."""
+        return client_ssl(self.manager.tls_ca_file, "manager.tls_ca_file")
 
     def cluster_secret(self) -> str:
         return read_secret(self.secrets.cluster_secret, self.secrets.cluster_secret_file, "secrets.cluster_secret")

@@ -120,16 +120,14 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
     pcfg = ProxyConfig.model_validate({"proxy": {"bind_host": host},
                                        "secrets": {"jwt_secret": secret_values["jwt_secret"]}})
     store = MemoryStore()
-    from manager.server import build_manager_app
+    from manager.server import build_manager_app, start_manager_site
 
     manager_app = build_manager_app(mcfg, store)
     agent_app = build_agent_app(acfg)
-    manager_runner = web.AppRunner(manager_app, access_log=None)
     agent_runner = web.AppRunner(agent_app, access_log=None)
     proxy = AppProxy(pcfg, store)
-    await manager_runner.setup()
+    manager_runner = await start_manager_site(manager_app, mcfg)  # loopback, plain HTTP (one machine)
     try:
-        await web.TCPSite(manager_runner, host, port).start()
         await agent_runner.setup()
         await web.TCPSite(agent_runner, host, agent_port).start()
         await proxy.start()

@@ -37,6 +37,7 @@ from manager.control.duties import ManagerDuties
 from manager.control.leader import Candidate, make_election
 from manager.control.publish_soon import PublishSoon
 from manager.db import engine as db_engine
+from manager.http_errors import ProblemAppRunner
 from manager.secretbox import SecretBox, check_and_seal_keypairs
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
     cluster_secret = config.cluster_secret()
     jwt_secret = config.jwt_secret()
     keypair_box = SecretBox(config.keypair_encryption_key())
+    client_ssl = config.client_ssl()  # a missing or bad CA file stops the start here
     app = web.Application(
         middlewares=[problem_middleware, signed_request_middleware(cluster_secret, "/internal/"), auth_middleware],
         client_max_size=MAX_REQUEST_BODY,
@@ -62,7 +64,8 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
         except BaseException:
             await engine.dispose()
             raise
-        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, limit_per_host=10))
+        # agents' RPC and app proxies' admin ports, over HTTPS when they serve it ([manager] tls_ca_file)
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, limit_per_host=10, ssl=client_ssl))
         ctx = ManagerContext(config=config, engine=engine, db=db_engine.make_sessionmaker(engine), store=store,
                              http=http, agents=SignedClient(http, cluster_secret), cluster_secret=cluster_secret,
                              jwt_secret=jwt_secret, keypair_box=keypair_box,
@@ -95,3 +98,18 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
                   service_update.routes, autoscaling.routes):
         app.add_routes(table)
     return app
+
+
+async def start_manager_site(app: web.Application, config: ManagerConfig) -> web.AppRunner:
+    """Serve ``app`` on ``[manager] listen_host:listen_port``, over HTTPS when ``tls_cert_file`` is set; errors of
+    aiohttp's own (malformed requests) as RFC 7807 (manager.http_errors). The caller cleans the runner up."""
+    ssl_context = config.server_ssl_context()  # before the app starts: a bad certificate is a config error
+    runner = ProblemAppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.manager.listen_host, config.manager.listen_port,
+                          ssl_context=ssl_context).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner

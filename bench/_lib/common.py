@@ -21,7 +21,7 @@ LIB = Path(__file__).resolve().parent
 
 def ensure_tools(*names: str) -> None:
     """apt-get install what is missing (nginx-light provides nginx, wrk provides wrk)."""
-    packages = {"nginx": "nginx-light", "wrk": "wrk"}
+    packages = {"nginx": "nginx-light", "wrk": "wrk", "bwrap": "bubblewrap", "pasta": "passt"}
     missing = [packages[n] for n in names if shutil.which(n) is None and not os.path.exists(f"/usr/sbin/{n}")]
     if missing:
         print(f"installing {' '.join(missing)} ...", flush=True)

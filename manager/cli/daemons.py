@@ -19,19 +19,23 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-async def serve_until_signal(app, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
-    """Run an aiohttp app until SIGTERM/SIGINT, then clean up (cleanup_ctx runs)."""
-    from aiohttp import web
+async def serve_until_signal(app, config) -> None:  # type: ignore[no-untyped-def]
+    """Run the manager app until SIGTERM/SIGINT, then clean up (cleanup_ctx runs)."""
+    from manager.server import start_manager_site
 
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    runner = await start_manager_site(app, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    logging.getLogger("moorage").info("listening on http://%s:%s", host, port)
+    m = config.manager
+    logging.getLogger("moorage").info("listening on %s://%s:%s (public URL %s)",
+                                      "https" if m.tls_cert_file else "http", m.listen_host, m.listen_port,
+                                      config.public_url)
+    if not config.public_url.startswith("https://"):
+        logging.getLogger("moorage").warning(
+            "the API is served over plain HTTP: set [manager] tls_cert_file and tls_key_file in production "
+            "(or terminate TLS in front of it and set public_url); keys, tokens and prompts cross the network in clear")
     try:
         await stop.wait()
     finally:
@@ -56,10 +60,11 @@ def run_manager(args: argparse.Namespace) -> int:
     config = _load_manager_config(args)
 
     async def _main() -> None:
+        config.server_ssl_context()  # certificate problems are reported before anything connects
         store = EtcdStore(config.etcd.host, config.etcd.port, config.etcd.namespace)
         try:
             app = build_manager_app(config, store)
-            await serve_until_signal(app, config.manager.listen_host, config.manager.listen_port)
+            await serve_until_signal(app, config)
         finally:
             await store.close()
 
