@@ -527,7 +527,7 @@ class KernelRegistry:
                 platform_environ=gpu_environ(allocation, self._gpu_memory, bool(self.gpus)),
                 gpu_devices=allocation.uuids if allocation else [],
                 labels={"ai.moorage.agent": self._cfg.id, "ai.moorage.endpoint-name": spec.endpoint_name},
-                network_outbound=bool(getattr(spec, "network_outbound", False)),
+                network_outbound=spec.network_outbound,
             )
             k.handle = await self._runtime.start(plan, k.kernel_dir)
         except asyncio.CancelledError:

@@ -29,13 +29,10 @@ from agent.runtime import KernelRuntime, make_runtime
 from agent.stats import StatsCollector
 from common.errors import InvalidAPIParameters, invalid_params_from_validation, problem_middleware
 from common.lease import LeaseKeeper
-from common.protocol import AgentHeartbeat, AgentInfo, KernelSpec
+from common.protocol import UNSANDBOXED_RUNTIME, AgentHeartbeat, AgentInfo, KernelSpec
 from common.signing import SignedClient, read_signed_json, signed_request_middleware
 from common.store import AGENTS_PREFIX, EtcdStore
 
-# What an agent whose local replicas run without a sandbox reports as its runtime (``moorage agents`` and the
-# manager's agent list show it), so that nobody mistakes such a host for an isolated one.
-UNSANDBOXED_RUNTIME = "local-nosandbox"
 log = logging.getLogger(__name__)
 
 DEFAULT_LOG_TAIL = 200

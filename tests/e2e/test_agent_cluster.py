@@ -11,10 +11,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +27,7 @@ from tests.e2e.harness import (
     cluster_processes,
     http_request,
     moorage,
+    netns_hosts,
     pids_matching,
     wait_for,
 )
@@ -135,41 +133,6 @@ def test_agent_sigkill_routes_leave_traffic_then_readoption_without_duplicates(
 # ---------------------------------------------------------------------------------------------------------
 # Two hosts in two network namespaces
 # ---------------------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def netns_hosts(count: int) -> Iterator[list[dict[str, str]]]:
-    """``count`` network namespaces, each joined to the host by a veth pair: host side 10.231.<n>.1/24,
-    namespace side 10.231.<n>.2/24 (n chosen free). Everything is removed afterwards."""
-    tag = secrets.token_hex(2)
-    created: list[dict[str, str]] = []
-
-    def ip(*args: str, ns: str | None = None) -> None:
-        cmd = (["ip", "netns", "exec", ns, "ip"] if ns else ["ip"]) + list(args)
-        subprocess.run(cmd, check=True, capture_output=True, timeout=20)
-
-    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True).stdout
-    subnets = [n for n in range(10, 250) if f"10.231.{n}." not in used]
-    try:
-        for i in range(count):
-            n = subnets[(int(tag, 16) + i * 7) % len(subnets)]
-            ns, host_if, ns_if = f"moorage-{tag}-{i}", f"mh{tag}{i}", f"mn{tag}{i}"
-            entry = {"ns": ns, "host_if": host_if, "host_ip": f"10.231.{n}.1", "ns_ip": f"10.231.{n}.2"}
-            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=20)
-            created.append(entry)
-            ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-            ip("link", "set", ns_if, "netns", ns)
-            ip("addr", "add", f"{entry['host_ip']}/24", "dev", host_if)
-            ip("link", "set", host_if, "up")
-            ip("addr", "add", f"{entry['ns_ip']}/24", "dev", ns_if, ns=ns)
-            ip("link", "set", ns_if, "up", ns=ns)
-            ip("link", "set", "lo", "up", ns=ns)
-            ip("route", "add", "default", "via", entry["host_ip"], ns=ns)
-        yield created
-    finally:
-        for entry in created:
-            subprocess.run(["ip", "link", "del", entry["host_if"]], capture_output=True, check=False)
-            subprocess.run(["ip", "netns", "del", entry["ns"]], capture_output=True, check=False)
-
 
 def test_agent_two_hosts_in_network_namespaces_served_through_one_proxy(
         tmp_path: Path, pg_url: str, etcd_server: EtcdServer) -> None:
