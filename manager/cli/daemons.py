@@ -56,8 +56,9 @@ def run_manager(args: argparse.Namespace) -> int:
     config = _load_manager_config(args)
 
     async def _main() -> None:
-        store = EtcdStore(config.etcd.host, config.etcd.port, config.etcd.namespace)
+        store = EtcdStore.from_config(config.etcd)
         try:
+            await store.check()  # a wrong etcd password stops the manager here, in one line
             app = build_manager_app(config, store)
             await serve_until_signal(app, config.manager.listen_host, config.manager.listen_port)
         finally:
