@@ -19,12 +19,19 @@ from agent.runtime.base import RuntimeUnavailable
 from agent.server import build_agent_app
 from common.config import ConfigError
 from common.fileperms import private_umask
+from common.store import EtcdStore
 
 
 async def serve(config_path: str | None) -> None:
     config = load_agent_config(config_path)
     ssl_context = config.server_ssl_context()  # a bad certificate stops the start here
     config.client_ssl()
+    if config.etcd.host:  # a wrong etcd password stops the agent here, in one line
+        store = EtcdStore.from_config(config.etcd)
+        try:
+            await store.check()
+        finally:
+            await store.close()
     app = build_agent_app(config)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()

@@ -30,6 +30,8 @@ a default that works for a single-host install; the comments next to them say wh
     host = "10.0.0.2"
     port = 2379
     namespace = "/prod"
+    user = "moorage"                        # etcd authentication (common.config.EtcdSection)
+    password_file = "/etc/moorage/etcd_password"
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.config import EtcdSection as CommonEtcdSection
 from common.config import load_config, read_secret
 from common.slots import parse_binary_size
 from common.tls import check_pair, client_ssl, server_context
@@ -265,12 +268,11 @@ class GpuSection(_Section):
     exclude: list[str] = Field(default_factory=list)
 
 
-class EtcdSection(_Section):
-    """Registration in etcd under a lease (``/moorage/agents/<id>``). No host: no registration."""
+class EtcdSection(CommonEtcdSection):
+    """Registration in etcd under a lease (``/moorage/agents/<id>``). No host: no registration. The other keys
+    (port, namespace, user, password, password_file) are the manager's and app proxy's."""
 
-    host: str | None = None
-    port: int = Field(default=2379, ge=1, le=65535)
-    namespace: str = ""
+    host: str | None = None  # type: ignore[assignment]
     lease_ttl: int = Field(default=10, ge=2, le=600)  # seconds; the key vanishes this long after the agent dies
 
 

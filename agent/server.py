@@ -69,7 +69,7 @@ class Agent:
         if not etcd.host:
             log.info("agent %s: [etcd] host is not set; not registering in etcd", self.config.agent.id)
             return
-        self.lease = LeaseKeeper(lambda: EtcdStore(etcd.host or "", etcd.port, etcd.namespace), etcd.lease_ttl,
+        self.lease = LeaseKeeper(EtcdStore.from_config(etcd).clone, etcd.lease_ttl,
                                  self._register, name=f"agent {self.config.agent.id} registration")
         self._lease_task = asyncio.create_task(self.lease.run(), name="agent-etcd-registration")
 

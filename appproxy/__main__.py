@@ -38,10 +38,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 async def serve(config: ProxyConfig, worker_index: int = 0, workers: int = 1) -> int:
-    store = EtcdStore(config.etcd.host, config.etcd.port, config.etcd.namespace)
-    etcd = config.etcd
+    store = EtcdStore.from_config(config.etcd)
+    try:
+        await store.check()  # a wrong etcd password stops the proxy here, in one line
+    except BaseException:
+        await store.close()
+        raise
     proxy = AppProxy(config, store, worker_index=worker_index, reuse_port=workers > 1,
-                     lease_store_factory=lambda: EtcdStore(etcd.host, etcd.port, etcd.namespace))
+                     lease_store_factory=store.clone)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         config.jwt_secret()
         config.cluster_secret()
         config.server_ssl_context()  # certificate and key readable, matching (before any worker starts)
+        config.etcd.credentials()  # the password file's mode, before any worker starts
         workers = args.workers if args.workers is not None else config.proxy.workers
         if not 1 <= workers <= 64:
             raise ConfigError("--workers must be between 1 and 64")

@@ -17,6 +17,8 @@ Example ``appproxy.toml``::
     [etcd]
     host = "127.0.0.1"
     port = 2379
+    user = "moorage"                               # etcd authentication (common.config.EtcdSection)
+    password_file = "/etc/moorage/etcd_password"
 
     [secrets]
     jwt_secret_file = "/etc/moorage/jwt_secret"   # shared with the manager; never commit the secret itself
@@ -56,7 +58,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from common.config import ConfigError, load_config, read_secret
+from common.config import ConfigError, EtcdSection, load_config, read_secret
 from common.tls import check_pair, server_context
 
 KiB = 1024
@@ -236,14 +238,6 @@ class OutlierSection(_Section):
     # When fewer than this fraction of the routes are available, balance over all of them (Envoy's 50 %):
     # a false ejection of most replicas must not turn into a full outage.
     panic_threshold: float = Field(0.5, ge=0, le=1)
-
-
-class EtcdSection(_Section):
-    """Where the route tables live; used by ``python -m appproxy`` only (embedded mode passes a store)."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(2379, ge=1, le=65535)
-    namespace: str = ""
 
 
 class SecretsSection(_Section):

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 T = TypeVar("T", bound=BaseModel)
 log = logging.getLogger(__name__)
@@ -128,9 +128,9 @@ def check_secret_file_mode(path: str, what: str) -> None:
                     "can read the secret (chmod 600 makes it private to its owner)", what, path, mode, st.st_gid)
 
 
-def read_secret(value: str | None, file: str | None, what: str) -> str:
-    """A secret given inline (env) or as a file path; files win. Empty secrets are refused, and so are files
-    that others can read (:func:`check_secret_file_mode`)."""
+def read_secret(value: str | None, file: str | None, what: str, min_length: int = 32) -> str:
+    """A secret given inline (env) or as a file path; files win. Secrets shorter than ``min_length`` (empty ones
+    included) are refused, and so are files that others can read (:func:`check_secret_file_mode`)."""
     if file:
         check_secret_file_mode(file, what)
         try:
@@ -139,6 +139,42 @@ def read_secret(value: str | None, file: str | None, what: str) -> str:
             raise ConfigError(f"{what}: cannot read secret file {file!r}: {exc.strerror or exc}") from None
     else:
         secret = (value or "").strip()
-    if len(secret) < 32:  # HS256 keys shorter than 32 bytes are weak (PyJWT warns about them too)
-        raise ConfigError(f"{what} must be set (at least 32 characters), inline via the environment or as a file")
+    # Our own keys: HS256 keys shorter than 32 bytes are weak (PyJWT warns about them too). Passwords chosen
+    # elsewhere (etcd's) pass min_length=1.
+    if len(secret) < min_length:
+        size = f"at least {min_length} characters" if min_length > 1 else "not empty"
+        raise ConfigError(f"{what} must be set ({size}), inline via the environment or as a file")
     return secret
+
+
+class EtcdSection(BaseModel):
+    """``[etcd]`` of the manager, agent and app proxy configs: where etcd is and how to log in to it.
+
+    With ``user`` set, every etcd client of the component logs in as that user (etcd authentication,
+    docs/operations.md "etcd"); its role must allow reading and writing ``<namespace>/moorage/``. The password
+    comes inline (``..._ETCD__PASSWORD``, the environment) or from ``password_file`` (which wins), under the
+    same rules as the other secret files; it is never logged or printed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=2379, ge=1, le=65535)
+    namespace: str = ""  # prefix of every key, e.g. "/prod"; several clusters can share one etcd
+    user: str | None = Field(default=None, min_length=1, max_length=256)
+    password: SecretStr | None = None
+    password_file: str | None = None
+
+    @model_validator(mode="after")
+    def _login(self) -> EtcdSection:
+        if (self.password is not None or self.password_file) and not self.user:
+            raise ValueError("etcd password or password_file is set but user is not")
+        return self
+
+    def credentials(self) -> tuple[str, str] | None:
+        """``(user, password)``, reading the password file now; None without ``user``. Raises
+        :class:`ConfigError` when the password is missing or its file is readable by others."""
+        if not self.user:
+            return None
+        inline = self.password.get_secret_value() if self.password is not None else None
+        return self.user, read_secret(inline, self.password_file, "etcd.password", min_length=1)

@@ -5,6 +5,12 @@ contents of the prefix first, then ``put``/``delete`` events. The etcd implement
 when the watch stream breaks it reconnects with back-off and resumes from the last revision it saw, or, if
 that revision was compacted meanwhile, sends a fresh ``reset``. Consumers therefore keep serving the last state
 they had while etcd is away and converge when it is back.
+
+With a user and password (``[etcd] user`` / ``password_file``, :meth:`EtcdStore.from_config`), every client logs
+in. etcd forgets an auth token when it restarts and after ``--auth-token-ttl`` (300 s) without use; a call
+refused for that reason is retried once on a fresh client, which logs in again. :meth:`EtcdStore.check`, run
+by each daemon at start, turns a wrong password, a missing login or a role without access to the prefix into
+one clear :class:`EtcdAuthError` instead of endless retries.
 """
 
 from __future__ import annotations
@@ -14,10 +20,16 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from common.config import ConfigError
+
+if TYPE_CHECKING:
+    from common.config import EtcdSection
 
 log = logging.getLogger(__name__)
 
+MOORAGE_PREFIX = "/moorage/"  # every key below lives under it (plus the namespace): what an etcd role must grant
 ROUTES_PREFIX = "/moorage/routes/"  # one key per endpoint: the route table the app proxies serve
 AGENTS_PREFIX = "/moorage/agents/"  # one leased key per live agent
 
@@ -82,6 +94,10 @@ class MemoryStore:
         return None
 
 
+class EtcdAuthError(ConfigError):
+    """etcd refused our login or our access to Moorage's keys: a configuration error, fatal at start."""
+
+
 class EtcdStore:
     """etcd v3 through aetcd, wrapped so that watches resume after etcd restarts."""
 
@@ -92,20 +108,69 @@ class EtcdStore:
     RECONNECT_MAX = 2.0
     OP_TIMEOUT = 5.0
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 2379, namespace: str = "") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 2379, namespace: str = "", *,
+                 user: str | None = None, password: str | None = None) -> None:
+        if (user is None) != (password is None):
+            raise ValueError("etcd user and password go together")
         self._host = host
         self._port = port
         self._ns = namespace.rstrip("/")
+        self._user = user
+        self.__password = password  # name-mangled and never part of a message or repr
         self._client = self._new_client()
+
+    @classmethod
+    def from_config(cls, section: EtcdSection) -> EtcdStore:
+        """A store for an ``[etcd]`` section; reads the password (file) once. Raises ConfigError when the
+        password is missing or its file is readable by others."""
+        credentials = section.credentials()
+        user, password = credentials if credentials else (None, None)
+        return cls(section.host or "", section.port, section.namespace, user=user, password=password)
+
+    def __repr__(self) -> str:
+        return f"EtcdStore({self._host}:{self._port}, namespace={self._ns!r}, user={self._user!r})"
 
     def _new_client(self):  # type: ignore[no-untyped-def]
         import aetcd
 
-        return aetcd.Client(host=self._host, port=self._port, timeout=int(self.OP_TIMEOUT))
+        return aetcd.Client(host=self._host, port=self._port, username=self._user, password=self.__password,
+                            timeout=int(self.OP_TIMEOUT))
 
     def clone(self) -> EtcdStore:
-        """A new store (own client) with the same address and namespace, e.g. for a LeaseKeeper's factory."""
-        return EtcdStore(self._host, self._port, self._ns)
+        """A new store (own client) with the same address, namespace and login, e.g. for a LeaseKeeper's
+        factory."""
+        return EtcdStore(self._host, self._port, self._ns, user=self._user, password=self.__password)
+
+    async def check(self) -> None:
+        """Log in and read Moorage's prefix once, at start. Raises :class:`EtcdAuthError` with the fix when etcd
+        refuses the password, wants a login we do not have, has authentication off while we have a user, or
+        the user's role does not reach the prefix. An unreachable etcd is only logged: the daemons wait for
+        etcd as before."""
+        from aetcd import exceptions as etcd_exc
+
+        where = f"etcd at {self._host}:{self._port}"
+        prefix = self._ns + MOORAGE_PREFIX
+        try:
+            await self._call(lambda c: c.get(prefix.encode()))
+        except (TimeoutError, etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError) as exc:
+            log.warning("%s is not reachable (%s); carrying on, etcd calls are retried", where,
+                        type(exc).__name__)
+        except etcd_exc.ClientError as exc:
+            text = str(exc)
+            if "authentication failed" in text:
+                raise EtcdAuthError(f"{where} refused the login of user {self._user!r}: wrong user or password "
+                                    "(check [etcd] user and password_file)") from None
+            if "user name is empty" in text:
+                raise EtcdAuthError(f"{where} requires authentication: set [etcd] user and password_file "
+                                    "(docs/operations.md, \"etcd\")") from None
+            if "authentication is not enabled" in text:
+                raise EtcdAuthError(f"{where} has authentication disabled but [etcd] user is set: enable it "
+                                    "(etcdctl auth enable) or remove the user") from None
+            if "permission denied" in text:
+                raise EtcdAuthError(f"{where}: user {self._user!r} may not read {prefix}: grant its role "
+                                    f"readwrite on the prefix {prefix}") from None
+            log.warning("%s: reading %s at start failed (%s: %s); carrying on, etcd calls are retried", where,
+                        prefix, type(exc).__name__, text)
 
     def _k(self, key: str) -> bytes:
         return (self._ns + key).encode()
@@ -120,7 +185,8 @@ class EtcdStore:
 
         try:
             return await asyncio.wait_for(op(self._client), self.OP_TIMEOUT)
-        except (TimeoutError, etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError):
+        except (TimeoutError, etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError,
+                etcd_exc.UnauthenticatedError):  # "invalid auth token": etcd restarted or the token expired
             old, self._client = self._client, self._new_client()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.close(), 2.0)

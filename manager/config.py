@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from common.config import load_config, read_secret
+from common.config import EtcdSection, load_config, read_secret
 from common.tls import check_pair, client_ssl, server_context
 
 
@@ -34,12 +34,6 @@ class ManagerSection(BaseModel):
 
 class DatabaseSection(BaseModel):
     url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/moorage"
-
-
-class EtcdSection(BaseModel):
-    host: str = "127.0.0.1"
-    port: int = 2379
-    namespace: str = ""
 
 
 class AppProxySection(BaseModel):

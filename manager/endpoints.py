@@ -27,7 +27,7 @@ from common.errors import (
 )
 from common.slots import ResourceSlots, SlotError
 from manager.addresses import name_taken, subdomain_base  # noqa: F401  (subdomain_base: re-exported)
-from manager.api.auth import Caller
+from manager.api.auth import Caller, owner_visibility
 from manager.config import ManagerConfig
 from manager.db.models import ModelFolder
 from manager.folders import list_files, safe_relative_path
@@ -38,13 +38,12 @@ KNOWN_VARIANTS = tuple(RUNTIME_VARIANT_LABELS)
 
 
 async def find_folder(db: AsyncSession, caller: Caller, name_or_id: str) -> ModelFolder:
-    """A folder of the caller's (admins may name any folder by id). Unknown or foreign → 404."""
+    """A folder of the caller's by name; by id, any folder whose owner the caller may act for (superadmins: any,
+    domain admins: their domain's users', manager.api.auth.owner_visibility). Unknown or foreign → 404."""
     query = sa.select(ModelFolder)
     try:
         folder_id = uuid.UUID(name_or_id)
-        query = query.where(ModelFolder.id == folder_id)
-        if not caller.is_admin:
-            query = query.where(ModelFolder.owner_id == caller.user_id)
+        query = query.where(ModelFolder.id == folder_id, owner_visibility(caller, ModelFolder.owner_id))
     except ValueError:
         query = query.where(ModelFolder.name == name_or_id, ModelFolder.owner_id == caller.user_id)
     folder = (await db.execute(query)).scalar_one_or_none()

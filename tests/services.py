@@ -65,7 +65,8 @@ def postgres_database() -> Iterator[str]:
 class EtcdServer:
     """A real etcd on loopback with a temporary data dir; can be stopped and restarted on the same ports."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: list[str] | None = None) -> None:
+        self.extra_args = list(extra_args or [])  # e.g. ["--auth-token-ttl", "1"]
         self.binary = shutil.which("etcd") or "/usr/bin/etcd"
         if not os.path.exists(self.binary):
             raise RuntimeError("etcd is not installed: run `make deps` (apt-get install etcd-server)")
@@ -82,9 +83,33 @@ class EtcdServer:
             "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
             "--initial-cluster", f"test=http://127.0.0.1:{self.peer_port}",
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port("127.0.0.1", self.client_port)
+
+    def enable_auth(self, root_password: str, users: dict[str, tuple[str, str]]) -> None:
+        """Turn on authentication (what ``etcdctl user add``, ``role grant-permission --prefix`` and ``auth
+        enable`` do, over etcd's own gRPC API): a ``root`` user, and per entry ``name: (password, prefix)`` a user
+        with a role of the same name that may read and write the keys under ``prefix``. From then on clients need
+        a user and password."""
+        import grpc
+        from aetcd import rpc
+        from aetcd.rpc import auth_pb2, rpc_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{self.client_port}") as channel:
+            auth = rpc_pb2_grpc.AuthStub(channel)
+            auth.UserAdd(rpc.AuthUserAddRequest(name="root", password=root_password), timeout=10)
+            auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"), timeout=10)
+            for name, (password, prefix) in users.items():
+                end = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the range [prefix, end) is "every key under prefix"
+                auth.UserAdd(rpc.AuthUserAddRequest(name=name, password=password), timeout=10)
+                auth.RoleAdd(rpc.AuthRoleAddRequest(name=name), timeout=10)
+                perm = auth_pb2.Permission(permType=auth_pb2.Permission.READWRITE, key=prefix.encode(),
+                                           range_end=end.encode())
+                auth.RoleGrantPermission(rpc.AuthRoleGrantPermissionRequest(name=name, perm=perm), timeout=10)
+                auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user=name, role=name), timeout=10)
+            auth.AuthEnable(rpc.AuthEnableRequest(), timeout=10)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from common.errors import InvalidAPIParameters, ObjectNotFound
 from common.status import EndpointLifecycle, RouteLifecycle, RouteTraffic
-from manager.api.auth import caller_of, endpoint_visibility
+from manager.api.auth import caller_of, can_act_for, endpoint_visibility
 from manager.api.schemas import (
     NewServiceRequest,
     RuntimesResponse,
@@ -112,7 +112,11 @@ async def background_task_events(request: web.Request) -> web.StreamResponse:
     if not raw:
         raise InvalidAPIParameters("task_id: required")
     task = ctx.bgtasks.get(parse_uuid(raw, "task_id"))
-    if task is None or (task.owner != caller.user_id and not caller.is_admin):
+    if task is not None and task.owner != caller.user_id:
+        async with ctx.db() as db:
+            if not await can_act_for(db, caller, task.owner):
+                task = None
+    if task is None:
         raise ObjectNotFound(f"background task {raw} not found")
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})

@@ -13,11 +13,11 @@ from common.errors import InvalidAPIParameters, ObjectNotFound
 from common.protocol import UNSANDBOXED_RUNTIME
 from common.status import LIVE_ROUTE_LIFECYCLES, EndpointLifecycle, RouteHealth, RouteLifecycle, RouteTraffic, UserRole
 from manager.addresses import insert_endpoint
-from manager.api.auth import Caller, caller_of, can_see_endpoint, endpoint_visibility
+from manager.api.auth import Caller, caller_of, can_act_for, can_see_endpoint, endpoint_visibility
 from manager.api.schemas import CompactServeInfo, NewServiceRequest, ScaleRequest, ScaleResponse, ServeInfo
 from manager.api.util import json_response, parse_body, parse_uuid
 from manager.context import CTX
-from manager.db.models import Agent, Endpoint, Event, KeyPair, Route, Session
+from manager.db.models import Agent, Endpoint, Event, KeyPair, Route, Session, User
 from manager.endpoint_status import derive_endpoint_status
 from manager.endpoints import ResolvedService, ensure_unique_name, find_folder, resolve_service
 
@@ -29,7 +29,7 @@ async def load_endpoint(db, caller: Caller, service_id: str) -> Endpoint:  # typ
     endpoint_id = parse_uuid(service_id, "service_id")
     endpoint = await db.get(Endpoint, endpoint_id)
     if (endpoint is None or endpoint.lifecycle == EndpointLifecycle.DESTROYED
-            or not can_see_endpoint(caller, endpoint)):
+            or not await can_see_endpoint(db, caller, endpoint)):
         raise ObjectNotFound(f"service {service_id} not found")
     return endpoint
 
@@ -175,10 +175,14 @@ async def resolve_create_request(ctx, db, caller: Caller, body: NewServiceReques
         if not caller.is_admin:
             raise InvalidAPIParameters("owner_access_key: only administrators may create on behalf of others")
         kp = await db.get(KeyPair, body.owner_access_key)
-        if kp is None:
+        owner_user = await db.get(User, kp.user_id) if kp is not None else None
+        # A domain admin acts only for users of its domain; others' keys read as unknown (no existence leak).
+        if kp is None or owner_user is None or not await can_act_for(db, caller, kp.user_id):
             raise InvalidAPIParameters("owner_access_key: no such keypair")
-        owner = Caller(kp.user_id, kp.access_key, kp.role, caller.domain)
+        owner = Caller(kp.user_id, kp.access_key, kp.role, owner_user.domain_name)
     folder = await find_folder(db, owner, body.config.model)
+    if owner is not caller and not await can_act_for(db, caller, folder.owner_id):
+        raise ObjectNotFound(f"model folder {body.config.model!r} not found")  # the owner's reach, not the caller's
     resolved = resolve_service(
         ctx.config, folder, body.runtime_variant, body.config.model_definition_path, body.image,
         body.architecture, body.config.resources, body.config.resource_opts, body.config.environ,

@@ -61,8 +61,9 @@ def run_manager(args: argparse.Namespace) -> int:
 
     async def _main() -> None:
         config.server_ssl_context()  # certificate problems are reported before anything connects
-        store = EtcdStore(config.etcd.host, config.etcd.port, config.etcd.namespace)
+        store = EtcdStore.from_config(config.etcd)
         try:
+            await store.check()  # a wrong etcd password stops the manager here, in one line
             app = build_manager_app(config, store)
             await serve_until_signal(app, config)
         finally:
