@@ -299,6 +299,7 @@ class KernelRegistry:
         self._wall = wall
         self._ports = PortAllocator(config.agent.port_range)
         self._kernels: dict[uuid.UUID, Kernel] = {}
+        self._refusing: str | None = None  # set once shutdown begins: creates are refused with this reason
         self.gpus = list(gpus or [])
         self._gpu_alloc = GpuAllocator([g.uuid for g in self.gpus], config.gpu.allow_fragmentation)
         self._gpu_memory = {g.uuid: g.memory for g in self.gpus}
@@ -478,6 +479,8 @@ class KernelRegistry:
             if existing.launch_task is not None and not existing.launch_task.done():
                 await asyncio.wait({existing.launch_task}, timeout=CREATE_WAIT)
             return existing.report(self._cfg.replica_host)
+        if self._refusing:
+            raise ServiceUnavailable(self._refusing)
         checked = check_spec(spec, self._config)
         try:
             allocation = self._gpu_alloc.plan(checked.slots.get("cuda.device", 0), checked.slots.get("cuda.shares", 0))
@@ -558,7 +561,10 @@ class KernelRegistry:
         await asyncio.shield(task)
 
     async def destroy_all(self) -> None:
-        """Destroy every kernel (embedded mode's shutdown)."""
+        """Destroy every kernel and refuse new ones from now on (embedded mode's shutdown: the manager's
+        control loop, still running on the same event loop, would otherwise replace the replicas it sees end,
+        and those replacements would outlive the process)."""
+        self._refusing = "the agent is shutting down"
         await asyncio.gather(*(self.destroy_kernel(kid) for kid in list(self._kernels)), return_exceptions=True)
 
     def logs(self, kernel_id: uuid.UUID, tail: int) -> dict[str, str]:

@@ -119,6 +119,9 @@ def test_hostile_replica_reads_and_reaches_nothing(tmp_path: Path, data_dir: Pat
             pass
     finally:
         daemons.stop_all()
+    # `moorage up` stops its replicas when it stops, and the control loop does not replace them meanwhile
+    left = subprocess.run(["pgrep", "-f", f"{data_dir}/agent/kernels"], capture_output=True, text=True).stdout
+    assert not left.split(), f"replicas left running: {left}"
 
 
 def test_hostile_replica_in_a_cluster_docker_agent_reaches_nothing(tmp_path: Path, pg_url: str,
