@@ -80,7 +80,7 @@ def _norm(path: str) -> str:
     return posixpath.normpath("/" + path.lstrip("/"))
 
 
-def _under(path: str, root: str) -> bool:
+def under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
@@ -110,7 +110,7 @@ def software_args(software: Iterable[str], lstat: Callable[[str], os.stat_result
     """``--ro-bind DIR DIR`` for each software dir not already inside a system path (triples)."""
     args: list[str] = []
     for path in sorted({_norm(p) for p in software}):
-        if path == "/" or any(_under(path, s) for s in SYSTEM_PATHS) or any(_under(path, f) for f in ("/dev", "/proc")):
+        if path == "/" or any(under(path, s) for s in SYSTEM_PATHS) or any(under(path, f) for f in ("/dev", "/proc")):
             continue
         try:
             if not stat.S_ISDIR(lstat(path).st_mode) and not stat.S_ISLNK(lstat(path).st_mode):
@@ -132,7 +132,7 @@ def parent_dir_args(dests: Iterable[str]) -> list[str]:
             parent = posixpath.dirname(parent)
     args: list[str] = []
     for parent in sorted(parents, key=lambda p: (p.count("/"), p)):
-        if parent in FRESH_MOUNTS or any(_under(parent, s) for s in SYSTEM_PATHS):
+        if parent in FRESH_MOUNTS or any(under(parent, s) for s in SYSTEM_PATHS):
             continue
         args.extend(["--perms", "0755", "--dir", parent])
     return args
@@ -148,7 +148,7 @@ def mask_args(
     roots = [_norm(r) for r in roots]
     args: list[str] = []
     for path in sorted({_norm(p) for p in [*MASKED_PATHS, *hidden]}):
-        if not any(_under(path, r) for r in roots):
+        if not any(under(path, r) for r in roots):
             continue
         try:
             st = lstat(path)

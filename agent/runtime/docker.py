@@ -58,6 +58,7 @@ from agent.runtime.base import (
 )
 from agent.runtime.logfiles import LaunchFiles
 from agent.runtime.netfwd import start_forwarder, stop_forwarder
+from agent.runtime.uids import UidPool
 from agent.stats import UsageSample, docker_usage
 from common.slots import parse_binary_size
 
@@ -162,8 +163,6 @@ class DockerRuntime(LaunchFiles):
     name = "docker"
 
     def __init__(self, config: AgentConfig):
-        from agent.runtime.local import UidPool
-
         self._cfg = config.docker
         self._agent_id = config.agent.id
         self._replica_host = config.agent.replica_host

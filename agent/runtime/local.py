@@ -47,7 +47,16 @@ from agent.runtime.base import (
     launcher_spec,
     replica_environ,
 )
-from agent.runtime.bwrap import SETPRIV, SYSTEM_PATHS, Bind, Identity, SandboxSpec, bwrap_argv, passwd_lines
+from agent.runtime.bwrap import (
+    SETPRIV,
+    SYSTEM_PATHS,
+    Bind,
+    Identity,
+    SandboxSpec,
+    bwrap_argv,
+    passwd_lines,
+    under,
+)
 from agent.runtime.logfiles import LaunchFiles
 from agent.runtime.netfwd import ForwarderFailed, start_forwarder, stop_forwarder
 from agent.runtime.procs import (
@@ -59,6 +68,7 @@ from agent.runtime.procs import (
     signal_group,
     start_ticks,
 )
+from agent.runtime.uids import UidPool
 from agent.stats import UsageSample, proc_group_usage
 
 log = logging.getLogger(__name__)
@@ -83,15 +93,11 @@ def software_roots(paths: list[str]) -> list[str]:
             directory = candidate if os.path.isdir(candidate) else os.path.dirname(candidate)
             if os.path.basename(directory) == "bin":
                 directory = os.path.dirname(directory)
-            if directory in ("", "/") or any(_under(directory, system) for system in SYSTEM_PATHS):
+            if directory in ("", "/") or any(under(directory, system) for system in SYSTEM_PATHS):
                 continue
             roots.add(directory)
     # the outermost roots only: a venv inside a bound checkout needs no bind of its own
-    return sorted(r for r in roots if os.path.isdir(r) and not any(o != r and _under(r, o) for o in roots))
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
+    return sorted(r for r in roots if os.path.isdir(r) and not any(o != r and under(r, o) for o in roots))
 
 
 class SandboxUnavailable(RuntimeUnavailable):
@@ -129,28 +135,6 @@ def read_child_pid(info_fd: int, timeout: float = NAMESPACE_WAIT) -> int | None:
         return int(json.loads(data)["child-pid"])
     except (ValueError, KeyError, TypeError):
         return None
-
-
-class UidPool:
-    """Unprivileged host uids for replicas, one per live replica: ``base .. base + count - 1`` (gid = uid).
-    A uid is reused only after its replica ended, so two live replicas never share one."""
-
-    def __init__(self, base: int, count: int):
-        self.base, self._count = base, count
-        self._used: set[int] = set()
-
-    def take(self) -> int:
-        for uid in range(self.base, self.base + self._count):
-            if uid not in self._used:
-                self._used.add(uid)
-                return uid
-        raise RuntimeUnavailable(f"all {self._count} replica uids from {self.base} are in use")
-
-    def hold(self, uid: int) -> None:
-        self._used.add(uid)
-
-    def release(self, uid: int | None) -> None:
-        self._used.discard(uid)  # type: ignore[arg-type]  # None is never held
 
 
 class LocalRuntime(LaunchFiles):

@@ -365,3 +365,17 @@ def test_pasta_forwards_one_port_and_opens_the_network_only_when_asked() -> None
     userns = pasta_argv("pasta", "n", "::1", 1, "p", run_as_root=False, userns="/proc/9/ns/user")
     assert "--userns" in userns and "--netns-only" not in userns and "--runas" not in userns
     assert "[::1]/1" in userns
+
+
+def test_uid_pool_gives_each_live_replica_its_own_uid() -> None:
+    from agent.runtime.base import RuntimeUnavailable
+    from agent.runtime.uids import UidPool
+
+    pool = UidPool(3_000_000, 3)
+    pool.hold(3_000_001)  # re-adopted after an agent restart
+    assert [pool.take(), pool.take()] == [3_000_000, 3_000_002]
+    with pytest.raises(RuntimeUnavailable):
+        pool.take()
+    pool.release(3_000_001)
+    pool.release(None)
+    assert pool.take() == 3_000_001
