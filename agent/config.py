@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from common.config import EtcdSection as CommonEtcdSection
-from common.config import load_config, read_secret
+from common.config import StrictSection, load_config, read_secret
 from common.slots import parse_binary_size
 from common.tls import check_pair, client_ssl, server_context
 
@@ -71,8 +71,7 @@ def _check_work_mount(value: str) -> str:
     return norm
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Section = StrictSection  # unknown keys are errors (common/config.py)
 
 
 class AgentSection(_Section):

@@ -56,17 +56,16 @@ import ssl
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
-from common.config import ConfigError, EtcdSection, load_config, read_secret
+from common.config import ConfigError, EtcdSection, StrictSection, load_config, read_secret
 from common.tls import check_pair, server_context
 
 KiB = 1024
 MiB = 1024 * KiB
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Section = StrictSection  # unknown keys are errors (common/config.py)
 
 
 class ProxySection(_Section):

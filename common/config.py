@@ -21,6 +21,7 @@ A symlink is judged by its target (what is actually read).
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -38,6 +39,69 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     pass
+
+
+class StrictSection(BaseModel):
+    """Base of every config section: an unknown key is an error (a typo such as ``reconcile.intervall`` must
+    not be ignored silently); :func:`load_config` names the key, where it came from and the closest valid
+    name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _section_model(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that holds the key at ``loc`` (the config's own class for a top-level key)."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if not fields or not isinstance(part, str) or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _where(loc: tuple[Any, ...], path: str | Path | None, env_prefix: str, from_env: dict[str, Any],
+           from_overrides: Mapping[str, Any] | None) -> str:
+    """Where the value at ``loc`` came from: the environment variable, the overrides, or the file."""
+
+    def holds(tree: Mapping[str, Any] | None) -> bool:
+        node: Any = tree
+        for part in loc:
+            if not isinstance(node, Mapping) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    if holds(from_overrides):
+        return "overrides"
+    if holds(from_env):
+        return "environment variable " + env_prefix.upper() + "__" + "__".join(str(p).upper() for p in loc)
+    return str(path) if path is not None else "configuration"
+
+
+def describe_errors(exc: ValidationError, model: type[BaseModel], path: str | Path | None, env_prefix: str,
+                    from_env: dict[str, Any], from_overrides: Mapping[str, Any] | None) -> str:
+    """One line per problem: the dotted key, where it came from, the reason, and for an unknown key the
+    closest valid name."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        key = ".".join(str(p) for p in loc)
+        where = _where(loc, path, env_prefix, from_env, from_overrides)
+        if error["type"] == "extra_forbidden":
+            section = _section_model(model, loc)
+            names = sorted(section.model_fields) if section is not None else []
+            close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+            hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else (
+                f"; valid keys here: {', '.join(names)}" if names else "")
+            lines.append(f"{key} ({where}): unknown key{hint}")
+        else:
+            lines.append(f"{key} ({where}): {error['msg']}")
+    return "; ".join(lines)
 
 
 def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
@@ -99,16 +163,15 @@ def load_config(
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    data = deep_merge(data, env_overrides(env_prefix, environ))
+    from_env = env_overrides(env_prefix, environ)
+    data = deep_merge(data, from_env)
     if overrides:
         data = deep_merge(data, overrides)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        fields = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise ConfigError(f"invalid configuration ({path or 'environment'}): {fields}") from None
+        problems = describe_errors(exc, model, path, env_prefix, from_env, overrides)
+        raise ConfigError(f"invalid configuration ({path or 'environment'}): {problems}") from None
 
 
 def check_secret_file_mode(path: str, what: str) -> None:
@@ -147,7 +210,7 @@ def read_secret(value: str | None, file: str | None, what: str, min_length: int 
     return secret
 
 
-class EtcdSection(BaseModel):
+class EtcdSection(StrictSection):
     """``[etcd]`` of the manager, agent and app proxy configs: where etcd is and how to log in to it.
 
     With ``user`` set, every etcd client of the component logs in as that user (etcd authentication,
@@ -155,8 +218,6 @@ class EtcdSection(BaseModel):
     comes inline (``..._ETCD__PASSWORD``, the environment) or from ``password_file`` (which wins), under the
     same rules as the other secret files; it is never logged or printed.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     host: str = "127.0.0.1"
     port: int = Field(default=2379, ge=1, le=65535)

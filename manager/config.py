@@ -6,13 +6,13 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
-from common.config import EtcdSection, load_config, read_secret
+from common.config import EtcdSection, StrictSection, load_config, read_secret
 from common.tls import check_pair, client_ssl, server_context
 
 
-class ManagerSection(BaseModel):
+class ManagerSection(StrictSection):
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8090, ge=0, le=65535)
     public_url: str | None = None  # what clients use; default http(s)://listen_host:listen_port
@@ -32,11 +32,11 @@ class ManagerSection(BaseModel):
         return self
 
 
-class DatabaseSection(BaseModel):
+class DatabaseSection(StrictSection):
     url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/moorage"
 
 
-class AppProxySection(BaseModel):
+class AppProxySection(StrictSection):
     """Where endpoint URLs point; must match the app proxies' ``frontend``. Port mode: the manager assigns each
     endpoint a port from ``port_range`` once and every app proxy serves it there. Wildcard mode: each endpoint
     gets a subdomain (its name, made unique) served at ``<subdomain><wildcard_domain>``."""
@@ -60,7 +60,7 @@ class AppProxySection(BaseModel):
         return self
 
 
-class SecretsSection(BaseModel):
+class SecretsSection(StrictSection):
     cluster_secret: str | None = None  # signs manager <-> agent calls
     cluster_secret_file: str | None = None
     jwt_secret: str | None = None  # signs endpoint tokens; shared with the app proxies only
@@ -70,7 +70,7 @@ class SecretsSection(BaseModel):
     keypair_encryption_key_file: str | None = None
 
 
-class AuthSection(BaseModel):
+class AuthSection(StrictSection):
     """Keypair request signing of the service API (manager/api/auth.py; docs/operations.md)."""
 
     # A signed request is accepted while its Date is within this many seconds of the manager's clock, and each
@@ -82,7 +82,7 @@ class AuthSection(BaseModel):
     replay_cache_entries: int = Field(default=200_000, ge=1000)
 
 
-class ReconcileSection(BaseModel):
+class ReconcileSection(StrictSection):
     # Tick period of the control loops; API changes also wake them at once (a scale acts within a second).
     interval: float = Field(default=2.0, gt=0)
     # An agent without heartbeat this long is lost: its routes leave traffic at once and are replaced.
@@ -103,7 +103,7 @@ class ReconcileSection(BaseModel):
     route_resync_period: float = Field(default=30.0, gt=0)
 
 
-class SchedulerSection(BaseModel):
+class SchedulerSection(StrictSection):
     """Placement strategy per scaling group (manager/control/scheduler.py explains each)."""
 
     # dispersed spreads load evenly (the safe default for inference: no host runs hot while another idles)
@@ -115,7 +115,7 @@ class SchedulerSection(BaseModel):
         return self.strategies.get(scaling_group, self.default_strategy)
 
 
-class LimitsSection(BaseModel):
+class LimitsSection(StrictSection):
     max_replicas: int = Field(default=64, ge=1)  # per endpoint (Backend.AI: max_session_count_per_model_session)
     max_upload_bytes: int = Field(default=16 * 1024**3, ge=1)  # per upload request; model weights are large
     max_upload_files: int = Field(default=10_000, ge=1)
@@ -124,7 +124,7 @@ class LimitsSection(BaseModel):
     default_slots: dict[str, Any] = Field(default_factory=lambda: {"cpu": "1", "mem": "1g"})
 
 
-class AutoscaleSection(BaseModel):
+class AutoscaleSection(StrictSection):
     """Autoscaling rules and scale from zero (manager.control.autoscale; semantics in docs/operations.md)."""
 
     # Rules are evaluated at most this often (scale from zero is handled on every loop tick). Their inputs refresh
@@ -146,7 +146,7 @@ class AutoscaleSection(BaseModel):
     blocked_event_interval: float = Field(default=60.0, ge=0)
 
 
-class LeaderSection(BaseModel):
+class LeaderSection(StrictSection):
     """Leader election among managers sharing one etcd: only the leader runs the control loops (docs/operations.md,
     "High availability"). A manager with the in-memory store (``moorage up``) is always the leader."""
 
@@ -168,7 +168,7 @@ class LeaderSection(BaseModel):
         return self
 
 
-class ManagerConfig(BaseModel):
+class ManagerConfig(StrictSection):
     manager: ManagerSection = Field(default_factory=ManagerSection)
     db: DatabaseSection = Field(default_factory=DatabaseSection)
     etcd: EtcdSection = Field(default_factory=EtcdSection)

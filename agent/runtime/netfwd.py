@@ -73,7 +73,7 @@ def pin_namespace(target_pid: int, state_dir: Path) -> str:
     """Bind-mount the network namespace of ``target_pid`` onto ``state_dir/netns`` (as ``ip netns attach``
     does) and return that path. pasta sheds CAP_SYS_PTRACE before it opens the namespace, so it cannot open
     ``/proc/PID/ns/net`` of a process of another uid (a container running as the replica's uid); the pinned
-    file is opened with ordinary file permissions instead. :func:`stop_forwarder` unmounts it."""
+    file is opened with ordinary file permissions instead. It is unmounted as soon as pasta has started."""
     path = state_dir / NETNS_FILE
     subprocess.run(["umount", "-l", str(path)], capture_output=True, env={"PATH": os.defpath})
     path.touch(mode=0o600, exist_ok=True)
@@ -86,14 +86,27 @@ def pin_namespace(target_pid: int, state_dir: Path) -> str:
 
 def start_forwarder(pasta: str, target_pid: int, host: str, port: int, state_dir: Path,
                     *, userns: bool = False, pin: bool = False, outbound: bool = False) -> dict[str, Any]:
-    """Start pasta for the namespace of ``target_pid`` (pinned first with ``pin``); return what
-    :func:`stop_forwarder` needs."""
+    """Start pasta for the namespace of ``target_pid`` (pinned first with ``pin``, and unpinned again once
+    pasta holds it); return what :func:`stop_forwarder` needs."""
     pid_file = state_dir / PID_FILE
     pid_file.unlink(missing_ok=True)
     netns = pin_namespace(target_pid, state_dir) if pin else f"/proc/{target_pid}/ns/net"
-    pinned = {"fwd_netns": netns} if pin else {}
-    argv = pasta_argv(pasta, netns, host, port, str(pid_file), run_as_root=os.geteuid() == 0,
-                      userns=f"/proc/{target_pid}/ns/user" if userns else None, outbound=outbound)
+    try:
+        _run_pasta(pasta_argv(pasta, netns, host, port, str(pid_file), run_as_root=os.geteuid() == 0,
+                              userns=f"/proc/{target_pid}/ns/user" if userns else None, outbound=outbound),
+                   netns)
+    finally:
+        if pin:  # pasta holds the namespace open now (or failed): the pin would only outlive the replica
+            subprocess.run(["umount", "-l", netns], capture_output=True, env={"PATH": os.defpath})
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise ForwarderFailed(f"pasta wrote no pid file: {exc}") from None
+    return {"fwd_pid": pid, "fwd_ticks": start_ticks(pid)}
+
+
+def _run_pasta(argv: list[str], netns: str) -> None:
+    """Run pasta until it has daemonised (its setup done), retrying while the namespace is not open to it."""
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
@@ -102,35 +115,20 @@ def start_forwarder(pasta: str, target_pid: int, host: str, port: int, state_dir
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ForwarderFailed(f"pasta did not start: {exc}") from None
         if proc.returncode == 0:
-            break
+            return
         message = " ".join(line for line in (proc.stderr + proc.stdout).splitlines() if "syslog" not in line)
         # While bwrap sets the sandbox up, its process is not dumpable and pasta (which has shed the
         # capability to look at such processes) cannot open the namespace yet: try again shortly.
         if "open network namespace" in message and os.path.exists(netns) and time.monotonic() < deadline:
             time.sleep(NAMESPACE_RETRY)
             continue
-        unpin(pinned)
         hint = " (a non-root agent needs /dev/net/tun usable by its user: mode 0666, Debian's default)" \
             if "tun" in message and os.geteuid() != 0 else ""
         raise ForwarderFailed(f"pasta exited with {proc.returncode}: {message[-400:]}{hint}")
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError) as exc:
-        unpin(pinned)
-        raise ForwarderFailed(f"pasta wrote no pid file: {exc}") from None
-    return {"fwd_pid": pid, "fwd_ticks": start_ticks(pid), **pinned}
-
-
-def unpin(info: dict[str, Any]) -> None:
-    path = info.get("fwd_netns")
-    if path:
-        subprocess.run(["umount", "-l", path], capture_output=True, env={"PATH": os.defpath})
 
 
 def stop_forwarder(info: dict[str, Any]) -> None:
-    """End the forwarder recorded in ``info`` (if it is still the same process) and release a pinned
-    namespace; idempotent."""
-    unpin(info)
+    """End the forwarder recorded in ``info`` (if it is still the same process); idempotent."""
     pid = info.get("fwd_pid")
     if not pid or not is_running(int(pid), info.get("fwd_ticks")):
         return
