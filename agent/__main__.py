@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 
 from aiohttp import web
@@ -17,6 +16,7 @@ from aiohttp import web
 from agent.config import load_agent_config
 from agent.runtime.base import RuntimeUnavailable
 from agent.server import build_agent_app
+from common.aio import stop_on_signals
 from common.config import ConfigError
 from common.fileperms import private_umask
 from common.store import EtcdStore
@@ -35,17 +35,14 @@ async def serve(config_path: str | None) -> None:
     app = build_agent_app(config)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, config.agent.listen_host, config.agent.listen_port, ssl_context=ssl_context)
-        await site.start()
-        logging.getLogger("agent").info("agent %s listening on %s://%s:%d", config.agent.id,
-                                        "https" if ssl_context else "http", config.agent.listen_host,
-                                        config.agent.listen_port)
-        await stop.wait()
+        with stop_on_signals() as stop:
+            site = web.TCPSite(runner, config.agent.listen_host, config.agent.listen_port, ssl_context=ssl_context)
+            await site.start()
+            logging.getLogger("agent").info("agent %s listening on %s://%s:%d", config.agent.id,
+                                            "https" if ssl_context else "http", config.agent.listen_host,
+                                            config.agent.listen_port)
+            await stop.wait()
         logging.getLogger("agent").info("shutting down (replicas keep running)")
     finally:
         await runner.cleanup()

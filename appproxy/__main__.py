@@ -28,13 +28,13 @@ import sys
 
 from appproxy.config import ProxyConfig, load_proxy_config
 from appproxy.server import AppProxy, tune_gc
+from common.aio import STOP_SIGNALS, stop_on_signals
 from common.config import ConfigError
 from common.fileperms import private_umask
 from common.store import EtcdStore
 
 log = logging.getLogger("appproxy")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 async def serve(config: ProxyConfig, worker_index: int = 0, workers: int = 1) -> int:
@@ -46,21 +46,16 @@ async def serve(config: ProxyConfig, worker_index: int = 0, workers: int = 1) ->
         raise
     proxy = AppProxy(config, store, worker_index=worker_index, reuse_port=workers > 1,
                      lease_store_factory=store.clone)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, stopping.set)
     try:
-        await proxy.start()
-        tune_gc()
-        log.info("app proxy ready (etcd %s:%d)", config.etcd.host, config.etcd.port)
-        await stopping.wait()
-        log.info("stopping")
+        with stop_on_signals() as stopping:
+            await proxy.start()
+            tune_gc()
+            log.info("app proxy ready (etcd %s:%d)", config.etcd.host, config.etcd.port)
+            await stopping.wait()
+            log.info("stopping")
     finally:
         await proxy.stop()
         await store.close()
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -43,3 +45,21 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return event.is_set()
     return True
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # what stops every daemon cleanly
+
+
+@contextlib.contextmanager
+def stop_on_signals(event: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
+    """An event that SIGTERM or SIGINT sets while the block runs: the one "run until a signal arrives" of every
+    daemon (``with stop_on_signals() as stop: ... await stop.wait()``). The handlers are removed afterwards."""
+    stop = event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)

@@ -21,13 +21,13 @@ import json
 import logging
 import os
 import secrets
-import signal
 import socket
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from common.aio import stop_on_signals
 from common.fileperms import drop_group_and_other
 from manager.context import CTX
 
@@ -144,11 +144,10 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
         if ready is not None:
             ready.set()
         if stop is None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+            with stop_on_signals() as stop:
+                await stop.wait()
+        else:
+            await stop.wait()
         log.info("shutting down: stopping replicas")
     finally:
         if AGENT_KEY in agent_app:  # replicas belong to this process in embedded mode: stop them all

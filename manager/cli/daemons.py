@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 
+from common.aio import stop_on_signals
 from common.config import ConfigError
 from common.fileperms import private_umask
 from manager.cli.connection import CLIError
@@ -24,10 +24,6 @@ async def serve_until_signal(app, config) -> None:  # type: ignore[no-untyped-de
     from manager.server import start_manager_site
 
     runner = await start_manager_site(app, config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     m = config.manager
     logging.getLogger("moorage").info("listening on %s://%s:%s (public URL %s)",
                                       "https" if m.tls_cert_file else "http", m.listen_host, m.listen_port,
@@ -37,7 +33,8 @@ async def serve_until_signal(app, config) -> None:  # type: ignore[no-untyped-de
             "the API is served over plain HTTP: set [manager] tls_cert_file and tls_key_file in production "
             "(or terminate TLS in front of it and set public_url); keys, tokens and prompts cross the network in clear")
     try:
-        await stop.wait()
+        with stop_on_signals() as stop:
+            await stop.wait()
     finally:
         await runner.cleanup()
 

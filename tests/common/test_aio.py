@@ -49,3 +49,15 @@ async def test_wait_event_reports_whether_the_event_was_set() -> None:
     assert await wait_event(event, 0.05) is False
     event.set()
     assert await wait_event(event, 0.05) is True
+
+
+async def test_stop_on_signals_sets_its_event_on_sigterm_and_removes_the_handler() -> None:
+    import os
+    import signal
+
+    from common.aio import stop_on_signals
+
+    with stop_on_signals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(stop.wait(), 5)
+    assert not asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM), "the handler is gone"
