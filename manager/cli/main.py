@@ -34,6 +34,7 @@ COMMAND_MODULES: list[str] = [
     "manager.cli.autoscale",  # adds `service autoscale`: after manager.cli.service
     "manager.cli.demo",
     "manager.cli.agents",
+    "manager.cli.config_show",
 ]
 OPTIONAL_COMMAND_MODULES = frozenset({"manager.cli.up", "manager.cli.daemons"})
 
