@@ -28,7 +28,7 @@ from manager.db.models import KeyPair, User
 from manager.secretbox import SecretBoxError
 
 log = logging.getLogger(__name__)
-PUBLIC_PATHS = frozenset({"/", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/metrics"})
 # Verified against when the access key is unknown, so that timing does not reveal which access keys exist; such
 # requests are refused whatever the signature.
 UNKNOWN_KEY_SECRET = "x" * 40

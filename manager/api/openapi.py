@@ -150,7 +150,12 @@ def build_spec() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "Moorage manager API (Backend.AI /services compatible)", "version": __version__},
         "paths": {"/": {"get": {"summary": "Version probe (unauthenticated)", "security": [],
-                                "responses": {"200": {"description": "version"}}}}, **paths},
+                                "responses": {"200": {"description": "version"}}}},
+                  "/metrics": {"get": {"summary": "Prometheus metrics of this manager (unauthenticated)",
+                                       "security": [], "responses": {"200": {
+                                           "description": "text exposition format",
+                                           "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+                  **paths},
         "components": {"schemas": schemas, "securitySchemes": {"BackendAI-HMAC": {
             "type": "apiKey", "in": "header", "name": "Authorization",
             "description": "BackendAI signMethod=HMAC-SHA256, credential=<access key>:<signature>; see "

@@ -1,6 +1,6 @@
 """Autoscaling I/O, called once per control-loop tick: gather metrics, decide (:mod:`.autoscaler`), apply, record.
 
-``await Autoscaling.of(ctx).tick()`` does, in order:
+``await ControlLoop.autoscaling.tick()`` (one :class:`Autoscaling` per control-loop term) does, in order:
 
 1. **Scale from zero**, every tick. App proxies write ``DEMAND_PREFIX + <endpoint_id>`` when a request finds
    no route (:mod:`appproxy.hold`); a watch on that prefix notes the time and wakes the loop, so an endpoint at
@@ -24,7 +24,6 @@ import asyncio
 import logging
 import time
 import uuid
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -91,34 +90,16 @@ class _Demand:
 
 
 class Autoscaling:
-    """The autoscaler of one manager context: demand watch, rate limits, evaluation clock."""
-
-    _instances: dict[int, Autoscaling] = {}
+    """The autoscaler of one control-loop term: demand watch, rate limits, evaluation clock. Owned by the
+    :class:`~manager.control.loop.ControlLoop` that created it; a new leader term starts with a fresh one."""
 
     def __init__(self, ctx: Any) -> None:
-        self._ctx = weakref.ref(ctx)  # not a strong reference: the registry must not keep a context alive
+        self.ctx = ctx
         self.demand: dict[uuid.UUID, _Demand] = {}
         self._watch: asyncio.Task[None] | None = None
         self._last_evaluation = float("-inf")
         self._recorded: dict[tuple[str, str], float] = {}  # (rule id, outcome) → monotonic time last recorded
         self._proxy_errors: dict[str, float] = {}
-
-    @property
-    def ctx(self) -> Any:
-        ctx = self._ctx()
-        if ctx is None:
-            raise RuntimeError("the manager context is gone")
-        return ctx
-
-    @classmethod
-    def of(cls, ctx: Any) -> Autoscaling:
-        """The instance for ``ctx`` (created on first use, forgotten with the context)."""
-        key = id(ctx)
-        found = cls._instances.get(key)
-        if found is None or found._ctx() is not ctx:
-            found = cls._instances[key] = cls(ctx)
-            weakref.finalize(ctx, cls._instances.pop, key, None)
-        return found
 
     # -- the tick --------------------------------------------------------------------------------------------
     async def tick(self) -> None:

@@ -21,6 +21,7 @@ import uuid
 
 from common.aio import cancel_and_wait, wait_event
 from manager.context import ManagerContext, NoCache
+from manager.control import metrics
 from manager.control.leader import Election
 from manager.control.loop import ControlLoop
 from manager.control.publisher import route_key
@@ -114,6 +115,7 @@ class ManagerDuties:
         self.tasks: list[asyncio.Task[None]] = []
 
     def _lead(self, term: int) -> list[asyncio.Task[None]]:
+        metrics.LEADER.set(1)
         self.ctx.published = {}  # the first tick republishes every table (forced resync)
         tasks = [asyncio.create_task(ControlLoop(self.ctx).run(), name=f"control-loop-term-{term}")]
         if self.election.shared:
@@ -121,6 +123,7 @@ class ManagerDuties:
         return tasks
 
     def _follow(self) -> list[asyncio.Task[None]]:
+        metrics.LEADER.set(0)
         self.ctx.published = NoCache()
         if not self.election.shared:
             return []

@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -28,6 +29,7 @@ from common.status import (
     RouteTraffic,
 )
 from common.store import ROUTES_PREFIX
+from manager.control import metrics
 from manager.control.autoscale import Autoscaling
 from manager.control.heartbeat import ACTIVE_SESSION_STATES, _aware, mark_replica_gone
 from manager.control.planner import RouteView, backoff_delay, plan_replicas
@@ -59,36 +61,51 @@ def total_slots(holdings: list[tuple[dict[str, str] | None, ResourceSlots]]) -> 
 
 
 class ControlLoop:
+    """The leader's control loop: every tick runs the named phases of :meth:`steps` in order. Each phase has its
+    own error handling (one that raises is logged and counted, and the next phases still run) and its own
+    duration histogram (manager.control.metrics). The loop owns the autoscaler's state for its term."""
+
     def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
         self.ctx = ctx
+        self.autoscaling = Autoscaling(ctx)
         self._last_resync = 0.0
         self._resync_digit: int | None = None  # None: check every table at the next publish (a new leader)
         self._last_placed: dict[str, str] = {}  # scaling group → agent chosen last (roundrobin's cursor)
 
+    def steps(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """The phases of one tick, in order (publish twice: after placing, and after draining)."""
+        return [("mark_lost_agents", self.mark_lost_agents), ("autoscale", self.autoscale),
+                ("reconcile_endpoints", self.reconcile_endpoints), ("schedule_pending", self.schedule_pending),
+                ("publish", self.publish), ("terminate_draining", self.terminate_draining),
+                ("publish", self.publish)]
+
     async def run(self) -> None:
         ctx = self.ctx
-        while True:
-            ctx.wake.clear()
-            try:
+        try:
+            while True:
+                ctx.wake.clear()
                 await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("control loop tick failed")
-            await wait_event(ctx.wake, ctx.config.reconcile.interval)
+                await wait_event(ctx.wake, ctx.config.reconcile.interval)
+        finally:
+            await self.autoscaling.close()
 
     async def tick(self) -> None:
-        await self.mark_lost_agents()
-        await self.autoscale()
-        await self.reconcile_endpoints()
-        await self.schedule_pending()
-        await self.publish()
-        await self.terminate_draining()
-        await self.publish()
+        metrics.TICKS.inc()
+        for name, step in self.steps():
+            started = time.perf_counter()
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the other phases must run regardless
+                metrics.PHASE_ERRORS.labels(name).inc()
+                log.exception("control loop phase %s failed", name)
+            finally:
+                metrics.PHASE_SECONDS.labels(name).observe(time.perf_counter() - started)
 
     async def autoscale(self) -> None:
         """Autoscaling rules and scale from zero (all of it in manager.control.autoscale)."""
-        await Autoscaling.of(self.ctx).tick()
+        await self.autoscaling.tick()
 
     async def publish(self) -> None:
         """Publish the dirty endpoints' tables, and re-check one slice of all tables against the store.
@@ -147,6 +164,7 @@ class ControlLoop:
                 Endpoint.lifecycle != EndpointLifecycle.DESTROYED))).all()
             if not endpoints:
                 return
+            metrics.ENDPOINTS_RECONCILED.inc(len(endpoints))
             by_endpoint: dict[uuid.UUID, list[RouteView]] = defaultdict(list)
             for route_id, endpoint_id, lifecycle, health, created_at, revision in (await db.execute(
                     sa.select(Route.id, Route.endpoint_id, Route.lifecycle, Route.health, Route.created_at,
@@ -260,6 +278,7 @@ class ControlLoop:
         answers = await asyncio.gather(*(self._start_kernel(*start) for start in starts))
         started = {spec.kernel_id: report for (_, _, spec), report in zip(starts, answers, strict=True)
                    if report is not None}
+        metrics.REPLICAS_STARTED.inc(len(started))
         if started:  # one transaction records where every answered replica listens
             async with ctx.db() as db:
                 for session in (await db.execute(sa.select(Session).where(
@@ -339,6 +358,7 @@ class ControlLoop:
                      if ok]
         if not destroyed:
             return
+        metrics.REPLICAS_STOPPED.inc(len(destroyed))
         async with ctx.db() as db:  # one transaction for every replica its agent stopped
             routes = {r.id: r for r in (await db.execute(sa.select(Route).where(
                 Route.id.in_([r for r, _ in destroyed])))).scalars()}
