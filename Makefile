@@ -34,8 +34,9 @@ up: venv system-deps
 down:
 	$(MOORAGE) down
 
-## unit tests only (seconds)
-test-fast: venv
+## everything but the e2e-marked tests (a few minutes); they use a real etcd and PostgreSQL, bubblewrap and pasta,
+## so system-deps installs what is missing and starts PostgreSQL first
+test-fast: venv system-deps
 	$(VENV)/bin/pytest -q -m "not e2e"
 
 ## the full suite: unit, integration and end-to-end (PostgreSQL, etcd, real processes, the real SmolLM2)

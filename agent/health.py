@@ -1,4 +1,4 @@
-"""Active health checks of replicas (ARCHITECTURE §4).
+"""Active health checks of replicas (docs/architecture.md, Active health checks).
 
 :class:`HealthTracker` is the pure state machine (no I/O, time passed in), implementing the timing contract:
 

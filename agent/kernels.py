@@ -126,7 +126,7 @@ def never_healthy_error(policy: HealthPolicy, port: int, stderr_tail: str) -> Ke
 
 
 class _Action(BaseModel):
-    """Structure of a pre-start action. The action *name* is judged by the launcher (reference §3.1: an
+    """Structure of a pre-start action. The action *name* is judged by the launcher (an
     unknown action fails the start), so an agent older than its manager reports a clear route error."""
 
     model_config = ConfigDict(extra="forbid")

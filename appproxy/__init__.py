@@ -1,4 +1,5 @@
-"""Moorage app proxy: serves every endpoint at a stable URL, checks tokens, balances, streams (ARCHITECTURE §1, §5).
+"""Moorage app proxy: serves every endpoint at a stable URL, checks tokens, balances, streams
+(docs/architecture.md, "App proxy" and "App proxy data path").
 
 Public API::
 

@@ -1,4 +1,4 @@
-"""Endpoint token check at the proxy (reference §6.3, plus revocation).
+"""Endpoint token check at the proxy, plus revocation (docs/architecture.md, App proxy data path).
 
 Unless the endpoint is ``open_to_public``, a request must carry ``Authorization: BackendAI <token>`` or
 ``Authorization: Bearer <token>`` (scheme case-insensitive). The token is an HS256 JWT minted by the manager

@@ -1,4 +1,4 @@
-"""Route choice: pure functions, no I/O, randomness injected (ARCHITECTURE §4, §5).
+"""Route choice: pure functions, no I/O, randomness injected (docs/architecture.md, App proxy data path).
 
 Policy, in order:
 

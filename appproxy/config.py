@@ -184,7 +184,7 @@ class ProxySection(_Section):
     # TCP connect to a replica → retried on another route (it is before the first byte), then 502.
     upstream_connect_timeout: float = Field(5.0, gt=0)
     # Idle time between two reads from the replica (aiohttp sock_read), NOT a total deadline: a long generation
-    # that keeps producing bytes is never cut (field lessons §4.7). Waiting longer than this for the response
+    # that keeps producing bytes is never cut. Waiting longer than this for the response
     # headers → 504; going silent mid-stream → the client's connection is aborted.
     upstream_read_timeout: float = Field(300.0, gt=0)
     # How long an idle pooled connection to a replica is kept. Below uvicorn's 5 s default (vLLM, TGI, SGLang)
@@ -226,7 +226,7 @@ class ProxySection(_Section):
 
 
 class OutlierSection(_Section):
-    """Passive health (ARCHITECTURE §4), Envoy-style outlier ejection + panic threshold."""
+    """Passive health (docs/architecture.md, Passive health), Envoy-style outlier ejection + panic threshold."""
 
     # Consecutive connection failures / 5xx before a route is ejected (Backend.AI worker and LiteLLM use 3).
     consecutive_failures: int = Field(3, ge=1)

@@ -1,4 +1,4 @@
-"""Forwarding one request to a replica and streaming the answer back (ARCHITECTURE §5).
+"""Forwarding one request to a replica and streaming the answer back (docs/architecture.md, App proxy data path).
 
 Request side
     A body of up to ``retry_buffer_size`` is read first, so the request can be retried; a larger one is streamed

@@ -6,7 +6,7 @@ with the port and a trailing dot ignored. Any other Host (unknown, missing, an I
 live tables claiming one subdomain: the lowest endpoint id is served and the conflict logged (the manager keeps
 subdomains unique; this is only the tie-break).
 
-Port mode (:class:`PortFrontend`): one listening port per endpoint (reference §6.2), all served by one application.
+Port mode (:class:`PortFrontend`): one listening port per endpoint, all served by one application.
 
 One :class:`appproxy.httpserver.HttpServer` (a plain asyncio protocol on aiohttp's C request parser; aiohttp's
 ``web.Server`` cost more CPU per request than the rest of the proxy) answers every listener with a single

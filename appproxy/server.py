@@ -4,7 +4,7 @@ No global state and no signal handlers, so the manager's embedded mode (``moorag
 event loop next to everything else with a :class:`common.store.MemoryStore`; ``python -m appproxy`` wraps it
 with an :class:`common.store.EtcdStore` and signal handling.
 
-Request pipeline (ARCHITECTURE §5), per request on an endpoint's port:
+Request pipeline (docs/architecture.md, App proxy data path), per request on an endpoint's port:
 
 1. the endpoint's current route table (404 if the endpoint is gone);
 2. ``CONNECT``/``TRACE`` → 405; request headers larger than ``max_header_size`` in total → 431;

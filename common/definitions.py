@@ -1,4 +1,5 @@
-"""``model-definition.yaml`` and ``service-definition.toml`` schemas (reference §3.1, §3.3).
+"""``model-definition.yaml`` and ``service-definition.toml`` schemas
+(docs/architecture.md, Model folders and definitions).
 
 Parsing errors are raised as :class:`DefinitionError` whose message names the offending field, e.g.
 ``models.0.service.port: Input should be greater than 1``.
@@ -58,9 +59,9 @@ class PreStartAction(_Strict):
 
 
 class ModelHealthCheck(_Strict):
-    """Active HTTP health check. Timing contract (ARCHITECTURE §4): a route that never passes is unhealthy
-    after ``initial_delay + interval × (max_retries + 1)``; a healthy one after ``interval × (max_retries + 1)``
-    of consecutive failures.
+    """Active HTTP health check. Timing contract (docs/architecture.md, Active health checks): a route that
+    never passes is unhealthy after ``initial_delay + interval × (max_retries + 1)``; a healthy one after
+    ``interval × (max_retries + 1)`` of consecutive failures.
 
     ``enable`` defaults to true: writing the section means wanting the check (Backend.AI classic semantics;
     HEAD's default of false silently disables checks users wrote).
@@ -145,7 +146,7 @@ class ModelDefinition(_Strict):
     models: list[ModelConfig] = Field(default_factory=list, max_length=16)
 
     def serving_model(self) -> ModelConfig:
-        """The model whose service the replica runs: the first with a service (reference §3.1)."""
+        """The model whose service the replica runs: the first with a service."""
         for model in self.models:
             if model.service is not None:
                 return model

@@ -1,4 +1,4 @@
-"""Wire models of the internal channels (ARCHITECTURE §1, §7).
+"""Wire models of the internal channels (docs/architecture.md, Wire contracts).
 
 * manager → agent (signed HTTP RPC, see :mod:`common.signing`):
   ``POST /rpc/kernels`` with :class:`KernelSpec` (idempotent on ``kernel_id``) → :class:`KernelReport`;

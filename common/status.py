@@ -1,4 +1,4 @@
-"""Status enums of ARCHITECTURE §2. Routes use orthogonal axes instead of one overloaded status."""
+"""Status enums (docs/architecture.md, State axes). Routes use orthogonal axes instead of one overloaded status."""
 
 from __future__ import annotations
 

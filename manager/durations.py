@@ -1,4 +1,4 @@
-"""Token durations: a number of seconds or ``30m``, ``1h``, ``3d``, ``1w``, ``1mo``, ``1yr`` (reference §1.2)."""
+"""Token durations: a number of seconds or ``30m``, ``1h``, ``3d``, ``1w``, ``1mo``, ``1yr``."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Embedded mode (``moorage up``): manager, one agent and one app proxy on one event loop.
 
-Same code paths as the cluster, wired differently (ARCHITECTURE §1): SQLite instead of PostgreSQL, the in-memory
-store instead of etcd, the ``local`` runtime. Everything lives under ``data_dir``:
+Same code paths as the cluster, wired differently (docs/architecture.md, Embedded mode): SQLite instead of
+PostgreSQL, the in-memory store instead of etcd, the ``local`` runtime. Everything lives under ``data_dir``:
 ``moorage.db``, ``storage/`` (model folders), ``agent/`` (replica work dirs), ``secrets.json`` and
 ``cluster.json`` (manager URL + admin keypair; the CLI reads it by default), ``moorage.log`` (``--detach``).
 

@@ -33,7 +33,7 @@ from manager.db.models import ModelFolder
 from manager.folders import list_files, safe_relative_path
 from manager.variants import LABELS, VariantError, synthesize_definition
 
-RUNTIME_VARIANT_LABELS = LABELS  # GET /services/_/runtimes (reference §3.4, plus our llamacpp)
+RUNTIME_VARIANT_LABELS = LABELS  # GET /services/_/runtimes (Backend.AI's variants plus our llamacpp)
 KNOWN_VARIANTS = tuple(RUNTIME_VARIANT_LABELS)
 
 
@@ -74,8 +74,9 @@ def resolve_service(config: ManagerConfig, folder: ModelFolder, variant: str, de
                     image: str | None, architecture: str | None, resources: dict[str, Any] | None,
                     resource_opts: dict[str, Any] | None, environ: dict[str, str] | None,
                     mount: str = "/models", service_name: str = "model") -> ResolvedService:
-    """Layering (reference §3.2-3.3): variant defaults < folder ``model-definition.yaml`` (wins when present)
-    and ``service-definition.toml`` root < its variant section < the API request."""
+    """Layering (docs/architecture.md, Model folders and definitions): variant defaults < folder
+    ``model-definition.yaml`` (wins when present) and ``service-definition.toml`` root < its variant section < the
+    API request."""
     if variant not in KNOWN_VARIANTS:
         raise InvalidAPIParameters(f"runtime_variant: unknown variant {variant!r} (known: {', '.join(KNOWN_VARIANTS)})")
     root = Path(config.manager.storage_root) / folder.host_relpath

@@ -1,9 +1,9 @@
 """Model folders on the storage root: creation, safe paths, streamed uploads.
 
-Path rules (ARCHITECTURE §6, field lessons on archive traversal): relative paths only, no ``..``, no empty or
-``.`` components, no NUL/backslash, and the resolved parent must stay inside the folder even if someone placed a
-symlink there. Files are written to a temporary name and renamed, which replaces (never follows) a symlink at
-the destination.
+Path rules (against path traversal; docs/architecture.md, Model folders and definitions): relative paths only,
+no ``..``, no empty or ``.`` components, no NUL/backslash, and the resolved parent must stay inside the folder
+even if someone placed a symlink there. Files are written to a temporary name and renamed, which replaces (never
+follows) a symlink at the destination.
 
 Modes: folder directories are 0755 and files 0644 whatever the process umask (077, common/fileperms.py). The
 replicas that serve a folder run as another, unprivileged uid in the agent's sandbox and must read it; they

@@ -1,5 +1,6 @@
-"""Runtime variants (reference §3.4): when a model folder has no ``model-definition.yaml``, the manager
-synthesises one for the chosen engine. Pure functions; the manager stores the result on the endpoint.
+"""Runtime variants (docs/architecture.md, Model folders and definitions): when a model folder has no
+``model-definition.yaml``, the manager synthesises one for the chosen engine. Pure functions; the manager stores
+the result on the endpoint.
 
 * The command is an argv joined with :func:`shlex.quote` and run without a shell (``shell: null``), so values
   from the environment (``VLLM_EXTRA_ARGS``, ``VLLM_QUANTIZATION``, …) become arguments, never shell code.

@@ -1,7 +1,9 @@
 """Real backing services for tests: a throwaway PostgreSQL database and an etcd server.
 
-Nothing here skips: if PostgreSQL or etcd is missing the fixture fails loudly (``make test`` installs and starts
-them; see ``.ci/setup-services``).
+Nothing here skips: if PostgreSQL or etcd is missing the fixture fails loudly. ``make test`` and ``make test-fast``
+run ``make system-deps`` first (``.ci/install-system-deps``): it installs etcd when missing and starts a local
+PostgreSQL cluster that is installed but down; PostgreSQL itself must be installed and accept ``postgres`` from
+127.0.0.1 without a password (or set ``MOORAGE_TEST_PG``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Replica launcher: pre-start actions, then ``exec`` of the start command (reference §3.1).
+"""Replica launcher: pre-start actions, then ``exec`` of the start command (docs/architecture.md, Replica isolation).
 
 STANDALONE: standard library only, no imports from Moorage packages. It runs inside the replica's sandbox
 (and later inside Docker images with the image's ``python3``)::

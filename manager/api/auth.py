@@ -1,4 +1,4 @@
-"""Keypair authentication of the public API (reference §1.4), plus ownership helpers.
+"""Keypair authentication of the public API (docs/architecture.md, Service API), plus ownership helpers.
 
 Every request except the version probe (``GET /``), ``/openapi.json`` and the cluster-signed ``/internal/``
 routes must carry a valid HMAC signature by an active keypair of an active user, with a Date within

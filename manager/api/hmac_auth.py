@@ -1,4 +1,4 @@
-"""Backend.AI keypair request signing (reference §1.4), shared by the verifier and our CLI.
+"""Backend.AI keypair request signing (docs/architecture.md, Service API), shared by the verifier and our CLI.
 
 string_to_sign = METHOD \\n PATH(with query) \\n DATE \\n host:HOST \\n content-type:CT \\n x-backendai-version:V \\n
 BODY_HASH

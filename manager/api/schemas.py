@@ -1,4 +1,5 @@
-"""Request and response bodies of the service launcher API (Backend.AI wire shapes, reference §1.1-1.2)."""
+"""Request and response bodies of the service launcher API: Backend.AI wire shapes (docs/architecture.md,
+Service API)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``/services``: the Backend.AI-compatible service launcher API (reference §1)."""
+"""``/services``: the Backend.AI-compatible service launcher API (docs/architecture.md, Service API)."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def _visible(route: Route) -> bool:
 
 
 def serve_info(endpoint: Endpoint, rows: list) -> dict[str, Any]:  # type: ignore[type-arg]
-    """ServeInfo (reference §1.1) plus our extensions: status, retries, routes."""
+    """Backend.AI's ServeInfo plus our extensions: status, retries, routes."""
     return ServeInfo.model_validate(_serve_info_fields(endpoint, rows)).model_dump(mode="json")
 
 

@@ -62,7 +62,7 @@ def drop_none(mapping: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_create_body(args: argparse.Namespace) -> dict[str, Any]:
-    """The exact body Backend.AI's client sends for ``service create`` (reference §1.1, §11)."""
+    """The exact body Backend.AI's client sends for ``service create`` (docs/backendai-compat.md)."""
     config = drop_none({
         "model": args.model_folder,
         "model_mount_destination": "/models",

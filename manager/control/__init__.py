@@ -1,1 +1,1 @@
-"""Control loops (ARCHITECTURE §3): pure decision functions plus the thin I/O that applies them."""
+"""Control loops (docs/architecture.md, Control loops): pure decision functions plus the thin I/O that applies them."""

@@ -1,6 +1,6 @@
 """Metric values of autoscaling rules from what was gathered: pure functions (the I/O is in :mod:`.autoscale`).
 
-Sources and names (aggregation is stated explicitly, reference §10.6):
+Sources and names (aggregation is stated explicitly; docs/operations.md, Autoscaling):
 
 * ``kernel`` — the last utilisation sample the agents reported per kernel (``sessions.stats``): ``cpu_util``
   (percent of one core, 200 = two busy cores) and ``mem_util`` (percent of the replica's memory limit; ``mem``

@@ -1,6 +1,6 @@
-"""Autoscaling decisions: pure functions, no I/O (ARCHITECTURE §3 "Autoscaler"; I/O in :mod:`.autoscale`).
+"""Autoscaling decisions: pure functions, no I/O (docs/architecture.md, Autoscaler; I/O in :mod:`.autoscale`).
 
-One rule (Backend.AI 25.x classic rules, reference §2.4 and §7):
+One rule (Backend.AI 25.x classic rules; docs/operations.md, Autoscaling):
 
 * It fires when ``observed <comparator> threshold``; comparators ``less_than``, ``less_than_or_equal``,
   ``greater_than``, ``greater_than_or_equal``. An unknown metric value (None) never fires.
@@ -8,7 +8,7 @@ One rule (Backend.AI 25.x classic rules, reference §2.4 and §7):
   in (a rule moves one way only; scaling both ways takes two rules). The comparator only states the condition.
 * Bounds: ``min_replicas`` (None → 0) and ``max_replicas`` (None → the manager's ``limits.max_replicas``).
   **Deviation from Backend.AI**, which skips the whole step when ``replicas + step`` leaves the bounds: we
-  clamp (ARCHITECTURE §3, reference §10.6): at 2 replicas, step +3, max 4 → 4, not "unchanged". A clamped target
+  clamp: at 2 replicas, step +3, max 4 → 4, not "unchanged". A clamped target
   never moves against the rule's direction: a scale-out rule on an endpoint scaled by hand above its max leaves
   it alone (and reports ``at_bound``) rather than scaling it *in*.
 * Cooldown: a rule that would fire within ``cooldown_seconds`` of the cooldown anchor is held back

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models of ARCHITECTURE §2, portable between PostgreSQL (asyncpg) and SQLite (aiosqlite).
+"""SQLAlchemy 2 models (docs/architecture.md, Data model), portable between PostgreSQL (asyncpg) and SQLite (aiosqlite).
 
 Enums are stored as short strings (non-native enums) so that adding a value needs no type migration; JSON
 columns use JSONB on PostgreSQL. Routes use orthogonal axes (lifecycle, health, traffic) instead of one status.

@@ -1,4 +1,4 @@
-"""HealthTracker timing contract (ARCHITECTURE §4) with a fake clock: no I/O, no sleeping."""
+"""HealthTracker timing contract (docs/architecture.md, Active health checks) with a fake clock: no I/O, no sleeping."""
 
 from __future__ import annotations
 

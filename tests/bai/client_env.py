@@ -1,4 +1,4 @@
-"""A cached Python 3.13 virtual environment with the official ``backend.ai-client`` (reference §11).
+"""A cached Python 3.13 virtual environment with the official ``backend.ai-client`` (docs/backendai-compat.md).
 
 The client 26.9.6 needs Python >=3.13,<3.14, so it cannot live in the project's 3.11 venv. The venv is built once
 per machine under ``~/.cache/moorage/bai-client-<version>/`` (override: ``MOORAGE_BAI_CLIENT_CACHE``): built into a

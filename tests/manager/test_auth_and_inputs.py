@@ -27,7 +27,8 @@ def test_hmac_sign_and_verify_roundtrip() -> None:
 
 
 def test_signature_matches_the_reference_algorithm() -> None:
-    """Recompute the signature by hand from reference §1.4 / §11 (independent of sign_request)."""
+    """Recompute the signature by hand from Backend.AI's algorithm (manager/api/hmac_auth.py), independent of
+    sign_request."""
     import hashlib
     import hmac
 

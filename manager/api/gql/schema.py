@@ -1,6 +1,6 @@
 """The GraphQL schema (SDL) of the Backend.AI subset the official client 26.9.6 sends, built with graphql-core.
 
-Names, argument names and variable types follow what ``backend.ai-client`` puts on the wire (reference §11 and
+Names, argument names and variable types follow what ``backend.ai-client`` puts on the wire (docs/backendai-compat.md;
 its ``func/service.py``, ``func/service_auto_scaling_rule.py``, ``pagination.py``), so its queries validate as-is:
 
 * ``endpoint_list(limit: Int!, offset: Int!, filter: String, order: String)`` → ``{items, total_count}``;
