@@ -71,7 +71,7 @@ class EtcdServer:
         self.extra_args = list(extra_args or [])  # e.g. ["--auth-token-ttl", "1"]
         self.binary = shutil.which("etcd") or "/usr/bin/etcd"
         if not os.path.exists(self.binary):
-            raise RuntimeError("etcd is not installed: run `make deps` (apt-get install etcd-server)")
+            raise RuntimeError("etcd is not installed: run `make system-deps` (apt-get install etcd-server)")
         self.data_dir = tempfile.mkdtemp(prefix="moorage-etcd-")
         self.client_port = free_port()
         self.peer_port = free_port()
