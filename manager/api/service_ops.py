@@ -11,7 +11,7 @@ from aiohttp import web
 
 from common.errors import InvalidAPIParameters, ObjectNotFound
 from common.status import EndpointLifecycle, RouteLifecycle, RouteTraffic
-from manager.api.auth import caller_of, can_act_for, endpoint_visibility
+from manager.api.auth import caller_of
 from manager.api.schemas import (
     NewServiceRequest,
     RuntimesResponse,
@@ -28,6 +28,7 @@ from manager.control.publisher import publish_endpoints
 from manager.db.models import Endpoint, Route
 from manager.dryrun import run_dry_run
 from manager.endpoints import RUNTIME_VARIANT_LABELS
+from manager.ownership import can_act_for, endpoint_visibility
 
 routes = web.RouteTableDef()
 
