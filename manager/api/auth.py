@@ -4,7 +4,7 @@ Every request except the version probe (``GET /``), ``/openapi.json`` and the cl
 routes must carry a valid HMAC signature by an active keypair of an active user, with a Date within
 ``auth.clock_skew`` (default 5 minutes), and each signature is accepted once (``ctx.replay``: remembered for the
 rest of that window by this manager). A request with ``X-Moorage-Content-SHA256`` has that hash signed and checked
-against its body (manager/api/hmac_auth.py).
+against its body (manager/hmac_auth.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from common.errors import AuthFailed
-from manager.api import hmac_auth
+from manager import hmac_auth
 from manager.api.util import read_hashed_body
 from manager.context import CTX
 from manager.db.models import KeyPair, User

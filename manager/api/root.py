@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from manager import __version__
-from manager.api.hmac_auth import API_VERSION
 from manager.api.util import json_response
+from manager.hmac_auth import API_VERSION
 
 routes = web.RouteTableDef()
 
