@@ -219,6 +219,43 @@ def test_graph_sees_the_first_party_modules() -> None:
     assert ("appproxy.server", "appproxy.fastpath") in edges
 
 
+def test_import_resolution_and_kinds() -> None:
+    # No first-party module uses relative imports today; resolve them right if one starts to.
+    def targets(module: str, source: str) -> list[str]:
+        node = ast.parse(source).body[0]
+        assert isinstance(node, ast.Import | ast.ImportFrom)
+        return list(_targets(module, node))
+
+    assert targets("manager.api.services", "from . import auth, util") == ["manager.api.auth", "manager.api.util"]
+    assert targets("manager.api.services", "from .. import config") == ["manager.config"]
+    assert targets("manager.api.services", "from ..db.models import User") == ["manager.db.models"]
+    assert targets("manager.api.gql", "from . import schema") == ["manager.api.gql.schema"]  # a package's own
+    assert targets("manager.api.gql", "from .filters import parse_filter") == ["manager.api.gql.filters"]
+    assert targets("manager.server", "from manager.api import services") == ["manager.api.services"]
+    assert targets("manager.server", "from manager import __version__") == ["manager"]
+    assert targets("manager.server", "import manager.api.auth, aiohttp") == ["manager.api.auth"]
+    assert targets("manager.server", "import os.path") == []
+
+    source = (
+        "import common.errors\n"
+        "if TYPE_CHECKING:\n    import common.store\n    def f():\n        import common.slots\n"
+        "else:\n    import common.aio\n"
+        "class C:\n    import common.status\n    def m(self):\n        import common.tls\n"
+        "g = lambda: __import__('x')\n"
+        "try:\n    import common.signing\nexcept ImportError:\n    pass\n"
+    )
+    found = {node.names[0].name: kind for node, kind in _imports(ast.parse(source)) if isinstance(node, ast.Import)}
+    assert found == {
+        "common.errors": "module",
+        "common.store": "typing",
+        "common.slots": "typing",
+        "common.aio": "module",
+        "common.status": "module",
+        "common.tls": "lazy",
+        "common.signing": "module",
+    }
+
+
 def test_strongly_connected_finds_cycles_and_self_imports() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}}
     assert sorted(strongly_connected(graph)) == [["a", "b", "c"], ["d"], ["e"]]
