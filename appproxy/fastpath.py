@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from collections import Counter
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -53,7 +55,12 @@ from common.errors import ProblemError
 from common.protocol import RouteTable, RouteTarget
 
 if TYPE_CHECKING:
-    from appproxy.server import AppProxy
+    from appproxy.auth import TokenCache
+    from appproxy.body import BodyBudget
+    from appproxy.config import ProxyConfig
+    from appproxy.forward import Forwarder, Resumed
+    from appproxy.metrics import ProxyMetrics
+    from appproxy.routing import RouteCache
 
 log = logging.getLogger(__name__)
 _NOTHING: frozenset[RouteKey] = frozenset()
@@ -61,10 +68,37 @@ _NOTHING: frozenset[RouteKey] = frozenset()
 _DECLINED_METHODS = frozenset({"CONNECT", "TRACE", "OPTIONS"})
 
 
+class Proxy(Protocol):
+    """What the fast path uses of :class:`appproxy.server.AppProxy`: the ordinary path's state, counters and
+    continuations. Described here rather than imported: the server builds the fast path, not the reverse."""
+
+    config: ProxyConfig
+    routes: RouteCache
+    forwarder: Forwarder
+    metrics: ProxyMetrics
+    bodies: BodyBudget
+    fastpath: FastPath
+    _secret: str
+    _tokens: TokenCache
+    _admitted: Counter[str]
+
+    def admit(self, endpoint: str) -> None: ...
+
+    def release(self, endpoint: str) -> None: ...
+
+    async def respond(self, endpoint: str, started: float,
+                      pipeline: Coroutine[Any, Any, tuple[web.StreamResponse | SizedResponse, str]]
+                      ) -> web.StreamResponse | SizedResponse: ...
+
+    async def resumed(self, request: web.BaseRequest, endpoint: str, table: RouteTable, body: bytes,
+                      attempt: Resumed, cors: CorsGrant | None = None
+                      ) -> tuple[web.StreamResponse | SizedResponse, str]: ...
+
+
 class FastPath:
     """Decides which requests go the fast way and starts them (see the module docstring)."""
 
-    def __init__(self, proxy: AppProxy) -> None:
+    def __init__(self, proxy: Proxy) -> None:
         self._proxy = proxy
         self.taken = 0  # requests started on the fast path (diagnostics, tests)
         self.handed_over = 0  # of those, continued on the ordinary path
@@ -147,7 +181,7 @@ class FastExchange:
     __slots__ = ("body", "chosen", "conn", "cors", "endpoint", "error", "head", "message", "payload", "proto",
                  "proxy", "started", "table", "upstream")
 
-    def __init__(self, proxy: AppProxy, conn: HttpConnection, message: RawRequestMessage, payload: StreamReader,
+    def __init__(self, proxy: Proxy, conn: HttpConnection, message: RawRequestMessage, payload: StreamReader,
                  endpoint: str, table: RouteTable, chosen: tuple[RouteKey, RouteTarget, str, str], body: bytes,
                  started: float, cors: CorsGrant | None = None) -> None:
         self.proxy, self.conn, self.message, self.payload = proxy, conn, message, payload

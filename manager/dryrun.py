@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 
 import sqlalchemy as sa
 
@@ -37,18 +38,19 @@ def _message(event: str, session_id: uuid.UUID | None = None, **extra: object) -
     return json.dumps({"event": event, "session_id": str(session_id) if session_id else None, **extra})
 
 
-async def run_dry_run(ctx, task: BackgroundTask, owner, folder, body, resolved) -> None:  # type: ignore[no-untyped-def]
-    from manager.api.services import new_endpoint
-
-    endpoint = new_endpoint(body.model_copy(update={"replicas": 1}), owner, owner, folder.id, resolved,
-                            name=f"model-eval-{uuid.uuid4().hex[:10]}", kind="dry_run", port=None, url=None)
+async def run_dry_run(ctx, task: BackgroundTask, new_endpoint: Callable[..., Endpoint],  # type: ignore[no-untyped-def]
+                      definition: dict) -> None:
+    """``new_endpoint(name=, kind=, port=, url=)``: the hidden endpoint's row, one replica of the service asked
+    for (the API layer builds it from the request: :func:`manager.api.services.new_endpoint`); ``definition``:
+    its resolved model definition."""
+    endpoint = new_endpoint(name=f"model-eval-{uuid.uuid4().hex[:10]}", kind="dry_run", port=None, url=None)
     async with ctx.db() as db:
         db.add(endpoint)
         db.add(Event(endpoint_id=endpoint.id, kind="dry_run_started", data={"task_id": str(task.id)}))
         await db.commit()
     ctx.poke(endpoint.id)
     task.emit("bgtask_updated", _message("session_enqueued"), 1, 3)
-    deadline = time.monotonic() + dry_run_deadline(resolved.definition)
+    deadline = time.monotonic() + dry_run_deadline(definition)
     announced_start = False
     try:
         while True:

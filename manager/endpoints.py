@@ -27,10 +27,10 @@ from common.errors import (
 )
 from common.slots import ResourceSlots, SlotError
 from manager.addresses import name_taken, subdomain_base  # noqa: F401  (subdomain_base: re-exported)
-from manager.api.auth import Caller, owner_visibility
 from manager.config import ManagerConfig
 from manager.db.models import ModelFolder
 from manager.folders import list_files, safe_relative_path
+from manager.ownership import Caller, owner_visibility
 from manager.variants import LABELS, VariantError, synthesize_definition
 
 RUNTIME_VARIANT_LABELS = LABELS  # GET /services/_/runtimes (Backend.AI's variants plus our llamacpp)
@@ -39,7 +39,7 @@ KNOWN_VARIANTS = tuple(RUNTIME_VARIANT_LABELS)
 
 async def find_folder(db: AsyncSession, caller: Caller, name_or_id: str) -> ModelFolder:
     """A folder of the caller's by name; by id, any folder whose owner the caller may act for (superadmins: any,
-    domain admins: their domain's users', manager.api.auth.owner_visibility). Unknown or foreign → 404."""
+    domain admins: their domain's users', manager.ownership.owner_visibility). Unknown or foreign → 404."""
     query = sa.select(ModelFolder)
     try:
         folder_id = uuid.UUID(name_or_id)

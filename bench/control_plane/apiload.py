@@ -23,7 +23,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from manager.api.hmac_auth import sign_request  # noqa: E402
+from manager.hmac_auth import sign_request  # noqa: E402
 
 
 async def main(args: argparse.Namespace) -> None:

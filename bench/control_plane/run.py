@@ -67,10 +67,10 @@ from common.status import (  # noqa: E402
     UserRole,
 )
 from common.store import ROUTES_PREFIX, EtcdStore  # noqa: E402
-from manager.api.hmac_auth import sign_request  # noqa: E402
 from manager.bootstrap import create_user  # noqa: E402
 from manager.db import engine as db_engine  # noqa: E402
 from manager.db.models import Endpoint, Route, Session  # noqa: E402
+from manager.hmac_auth import sign_request  # noqa: E402
 from manager.secretbox import SecretBox  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

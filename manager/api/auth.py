@@ -1,17 +1,16 @@
-"""Keypair authentication of the public API (docs/architecture.md, Service API), plus ownership helpers.
+"""Keypair authentication of the public API (docs/architecture.md, Service API); who may act for whom is
+:mod:`manager.ownership`.
 
 Every request except the version probe (``GET /``), ``/openapi.json`` and the cluster-signed ``/internal/``
 routes must carry a valid HMAC signature by an active keypair of an active user, with a Date within
 ``auth.clock_skew`` (default 5 minutes), and each signature is accepted once (``ctx.replay``: remembered for the
 rest of that window by this manager). A request with ``X-Moorage-Content-SHA256`` has that hash signed and checked
-against its body (manager/api/hmac_auth.py).
+against its body (manager/hmac_auth.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,11 +19,11 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from common.errors import AuthFailed
-from common.status import UserRole
-from manager.api import hmac_auth
+from manager import hmac_auth
 from manager.api.util import read_hashed_body
 from manager.context import CTX
 from manager.db.models import KeyPair, User
+from manager.ownership import Caller
 from manager.secretbox import SecretBoxError
 
 log = logging.getLogger(__name__)
@@ -33,18 +32,6 @@ PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/metrics"})
 # requests are refused whatever the signature.
 UNKNOWN_KEY_SECRET = "x" * 40
 INTERNAL_PREFIX = "/internal/"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Caller:
-    user_id: uuid.UUID
-    access_key: str
-    role: UserRole
-    domain: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role in (UserRole.SUPERADMIN, UserRole.ADMIN)
 
 
 async def _load_keypair(request: web.Request, access_key: str):  # type: ignore[no-untyped-def]
@@ -163,38 +150,3 @@ CALLER: web.RequestKey[Caller] = web.RequestKey("moorage_caller", Caller)
 
 def caller_of(request: web.Request) -> Caller:
     return request[CALLER]
-
-
-def owner_visibility(caller: Caller, owner_column: Any) -> Any:
-    """SQL condition on an owner column (endpoints, folders): the rows of users the caller may act for.
-    Superadmins: everyone's. Domain admins: those of users whose ``users.domain_name`` is the admin's own (never
-    a domain the object merely names, such as the ``domain`` a client sent when creating a service). Users:
-    their own. Anything else reads as "not found" (docs/security.md)."""
-    if caller.role == UserRole.SUPERADMIN:
-        return sa.true()
-    if caller.role == UserRole.ADMIN:
-        return owner_column.in_(sa.select(User.id).where(User.domain_name == caller.domain))
-    return owner_column == caller.user_id
-
-
-def endpoint_visibility(caller: Caller) -> Any:
-    """SQL condition for the endpoints a caller may see (REST and GraphQL alike): :func:`owner_visibility` of
-    their owner."""
-    from manager.db.models import Endpoint
-
-    return owner_visibility(caller, Endpoint.owner_id)
-
-
-async def can_act_for(db: Any, caller: Caller, user_id: uuid.UUID) -> bool:
-    """Whether the caller may see and act on objects of the user ``user_id`` (the rule of
-    :func:`owner_visibility`)."""
-    if caller.role == UserRole.SUPERADMIN or user_id == caller.user_id:
-        return True
-    if caller.role == UserRole.ADMIN:
-        user = await db.get(User, user_id)
-        return user is not None and user.domain_name == caller.domain
-    return False
-
-
-async def can_see_endpoint(db: Any, caller: Caller, endpoint: Any) -> bool:
-    return await can_act_for(db, caller, endpoint.owner_id)

@@ -6,8 +6,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from manager import __version__
-from manager.api.hmac_auth import API_VERSION
 from manager.api.util import json_response
+from manager.hmac_auth import API_VERSION
 
 routes = web.RouteTableDef()
 

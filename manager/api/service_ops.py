@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from aiohttp import web
 
 from common.errors import InvalidAPIParameters, ObjectNotFound
 from common.status import EndpointLifecycle, RouteLifecycle, RouteTraffic
-from manager.api.auth import caller_of, can_act_for, endpoint_visibility
+from manager.api.auth import caller_of
 from manager.api.schemas import (
     NewServiceRequest,
     RuntimesResponse,
@@ -21,13 +22,14 @@ from manager.api.schemas import (
     StringFilter,
     TaskResponse,
 )
-from manager.api.services import load_endpoint, resolve_create_request
+from manager.api.services import load_endpoint, new_endpoint, resolve_create_request
 from manager.api.util import json_response, parse_body, parse_uuid
 from manager.context import CTX
 from manager.control.publisher import publish_endpoints
 from manager.db.models import Endpoint, Route
 from manager.dryrun import run_dry_run
 from manager.endpoints import RUNTIME_VARIANT_LABELS
+from manager.ownership import can_act_for, endpoint_visibility
 
 routes = web.RouteTableDef()
 
@@ -100,7 +102,11 @@ async def try_service(request: web.Request) -> web.Response:
     body = await parse_body(request, NewServiceRequest)
     async with ctx.db() as db:
         owner, folder, resolved = await resolve_create_request(ctx, db, caller, body)
-    task = ctx.bgtasks.start(caller.user_id, lambda t: run_dry_run(ctx, t, owner, folder, body, resolved))
+
+    def dry_run_endpoint(**fields: Any) -> Endpoint:  # built in the background task, as before
+        return new_endpoint(body.model_copy(update={"replicas": 1}), owner, owner, folder.id, resolved, **fields)
+
+    task = ctx.bgtasks.start(caller.user_id, lambda t: run_dry_run(ctx, t, dry_run_endpoint, resolved.definition))
     return json_response(TaskResponse(task_id=task.id, name=body.name).model_dump(mode="json"))
 
 

@@ -14,13 +14,14 @@ from aiohttp import web
 
 from common.errors import InvalidAPIParameters
 from common.status import EndpointLifecycle
-from manager.api.auth import Caller, caller_of
+from manager.api.auth import caller_of
 from manager.api.schemas import UpdateServiceRequest
 from manager.api.services import _routes_with_sessions, check_replica_limit, load_endpoint, serve_info
 from manager.api.util import json_response, parse_body
 from manager.context import CTX
 from manager.db.models import Endpoint, Event, ModelFolder
 from manager.endpoints import find_folder, resolve_service
+from manager.ownership import Caller
 
 routes = web.RouteTableDef()
 

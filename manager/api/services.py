@@ -13,13 +13,14 @@ from common.errors import InvalidAPIParameters, ObjectNotFound
 from common.protocol import UNSANDBOXED_RUNTIME
 from common.status import LIVE_ROUTE_LIFECYCLES, EndpointLifecycle, RouteHealth, RouteLifecycle, RouteTraffic, UserRole
 from manager.addresses import insert_endpoint
-from manager.api.auth import Caller, caller_of, can_act_for, can_see_endpoint, endpoint_visibility
+from manager.api.auth import caller_of
 from manager.api.schemas import CompactServeInfo, NewServiceRequest, ScaleRequest, ScaleResponse, ServeInfo
 from manager.api.util import json_response, parse_body, parse_uuid
 from manager.context import CTX
 from manager.db.models import Agent, Endpoint, Event, KeyPair, Route, Session, User
 from manager.endpoint_status import derive_endpoint_status
 from manager.endpoints import ResolvedService, ensure_unique_name, find_folder, resolve_service
+from manager.ownership import Caller, can_act_for, can_see_endpoint, endpoint_visibility
 
 routes = web.RouteTableDef()
 

@@ -24,7 +24,7 @@ from typing import Any
 from manager.cli.client import Client
 from manager.cli.connection import CLIError, connection_from_args, connection_parent
 from manager.cli.output import print_json, print_table
-from manager.cli.service import _service_path, non_negative_int, resolve_service_id
+from manager.cli.service_args import _service_path, non_negative_int, resolve_service_id
 
 SOURCES = ("kernel", "proxy", "inference_framework")
 COMPARATORS = ("greater_than", "greater_than_or_equal", "less_than", "less_than_or_equal")

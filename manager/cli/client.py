@@ -1,6 +1,6 @@
 """A small synchronous client for the manager's REST API (stdlib ``http.client``).
 
-Every request is signed with Backend.AI's keypair HMAC (``manager.api.hmac_auth.sign_request``). The signed
+Every request is signed with Backend.AI's keypair HMAC (``manager.hmac_auth.sign_request``). The signed
 ``Host`` is exactly the ``host[:port]`` written in the endpoint URL, and that same value is sent as the Host
 header, so the verifier recomputes the same signature. The signed path includes the query string.
 
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from manager.api.hmac_auth import sign_request
 from manager.cli.connection import CLIError, Connection
+from manager.hmac_auth import sign_request
 
 USER_AGENT = "moorage-cli/0.1"
 DEFAULT_TIMEOUT = 60.0

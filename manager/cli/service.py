@@ -16,35 +16,18 @@ from __future__ import annotations
 
 import argparse
 import re
-import uuid
 from typing import Any
 
 from manager.cli.client import Client, quote_segment
 from manager.cli.connection import CLIError, connection_from_args, connection_parent
 from manager.cli.output import cell, print_fields, print_json, print_table
+from manager.cli.service_args import _service_path, key_value, non_negative_int
 from manager.cli.service_update import register_update
 
 _DURATION_RE = re.compile(r"^\d+(\.\d+)?(s|m|h|d|w|mo|yr)?$")
 
 
 # -- argument types -----------------------------------------------------------------------------------------
-
-
-def key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def duration(text: str) -> str:
@@ -91,28 +74,6 @@ def build_create_body(args: argparse.Namespace) -> dict[str, Any]:
         "config": config,
         **extensions,
     })
-
-
-def resolve_service_id(client: Client, ref: str) -> str:
-    """A UUID as is; otherwise the id of the single service with exactly that name."""
-    try:
-        return str(uuid.UUID(ref))
-    except ValueError:
-        pass
-    items = client.get("/services", params={"name": ref}) or []
-    matches = [item for item in items if isinstance(item, dict) and item.get("name") == ref]
-    if not matches:
-        raise CLIError(f"no service named {ref}")
-    if len(matches) > 1:
-        raise CLIError(f"{len(matches)} services are named {ref}; use the service id")
-    found = matches[0].get("id") or matches[0].get("endpoint_id")
-    if not found:
-        raise CLIError(f"the manager listed service {ref} without an id")
-    return str(found)
-
-
-def _service_path(client: Client, ref: str, suffix: str = "") -> str:
-    return f"/services/{quote_segment(resolve_service_id(client, ref))}{suffix}"
 
 
 def _render_value(key: str | None, value: Any, indent: str, out: list[str]) -> None:

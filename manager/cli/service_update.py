@@ -15,6 +15,7 @@ from typing import Any
 from manager.cli.client import Client
 from manager.cli.connection import CLIError, connection_from_args
 from manager.cli.output import print_json
+from manager.cli.service_args import _service_path, key_value, non_negative_int
 
 
 def build_update_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -50,8 +51,6 @@ def _progress(info: dict[str, Any]) -> str:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    from manager.cli.service import _service_path  # the service group's name → id lookup
-
     client = Client(connection_from_args(args))
     path = _service_path(client, args.service)
     info = client.request("PATCH", path, json_body=build_update_body(args)) or {}
@@ -84,8 +83,6 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def register_update(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from manager.cli.service import key_value, non_negative_int
-
     update = sub.add_parser("update", parents=[common], help="change a running service (rolling update)",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     update.add_argument("service", metavar="NAME_OR_ID")

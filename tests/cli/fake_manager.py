@@ -1,5 +1,5 @@
 """A FAKE manager for the ``moorage`` CLI tests: an aiohttp app, run in a background thread with its own event
-loop, that verifies each request's Backend.AI HMAC signature with ``manager.api.hmac_auth`` (``parse_authorization``
+loop, that verifies each request's Backend.AI HMAC signature with ``manager.hmac_auth`` (``parse_authorization``
 + ``verify``, over the raw path with its query string, the Host header and the bare content type) and records
 what it received. It implements just enough of ``/services`` and ``/folders`` for the CLI; the real manager is
 covered by end-to-end tests elsewhere.
@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from manager.api.hmac_auth import bare_content_type, parse_authorization, verify
+from manager.hmac_auth import bare_content_type, parse_authorization, verify
 
 ACCESS_KEY = "AKIATESTCLIKEY000001"
 SECRET_KEY = "cli-test-secret-key-0123456789"

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from manager.api.hmac_auth import sign_request
+from manager.hmac_auth import sign_request
 
 
 class APIClient:

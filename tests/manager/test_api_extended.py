@@ -107,7 +107,7 @@ async def test_try_reports_failure_over_sse_without_an_agent(manager: dict) -> N
     path = f"/events/background-task?task_id={task_id}"
     assert (await manager["bob"].request("GET", path))[0] == 404
     events = []
-    from manager.api.hmac_auth import sign_request
+    from manager.hmac_auth import sign_request
 
     headers = sign_request(alice.access_key, alice.secret_key, "GET", path, alice.host, "text/plain")
     async with manager["session"].get(manager["url"] + path, headers=headers,

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 from common.status import UserRole
 from common.store import MemoryStore
-from manager.api.hmac_auth import sign_request
 from manager.api.openapi import build_spec
 from manager.bootstrap import create_user
 from manager.config import ManagerConfig
 from manager.context import CTX
+from manager.hmac_auth import sign_request
 from manager.server import build_manager_app
 from tests.services import free_port
 

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from common.errors import InvalidAPIParameters
-from manager.api import hmac_auth
+from manager import hmac_auth
 from manager.durations import parse_duration
 from manager.folders import resolve_inside, safe_relative_path
 

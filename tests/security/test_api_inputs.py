@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from manager.api.hmac_auth import sign_request
+from manager.hmac_auth import sign_request
 from tests.security.api_harness import Manager, assert_problem, create_body, make_folder, running_manager
 
 

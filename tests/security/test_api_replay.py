@@ -13,7 +13,7 @@ import pytest
 
 from common.replay import ReplayCache
 from common.signing import sign_headers, verify_signature
-from manager.api.hmac_auth import sign_request
+from manager.hmac_auth import sign_request
 from tests.security.api_harness import Manager, assert_problem, create_body, make_folder, running_manager
 
 

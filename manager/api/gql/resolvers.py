@@ -25,12 +25,12 @@ import sqlalchemy as sa
 from graphql import GraphQLError, GraphQLResolveInfo
 
 from common.status import EndpointLifecycle, RouteHealth, RouteLifecycle, RouteTraffic
-from manager.api.auth import Caller, endpoint_visibility
 from manager.api.gql.filters import FieldSpec, QueryParseError, parse_filter, parse_order
 from manager.api.gql.schema import COMPARATORS, METRIC_SOURCES, decimal_text
 from manager.context import ManagerContext
 from manager.db.models import AutoScalingRule, Endpoint, Event, Project, Route, User
 from manager.endpoint_status import derive_endpoint_status
+from manager.ownership import Caller, endpoint_visibility
 
 MAX_PAGE_SIZE = 100
 MAX_OFFSET = 1_000_000
@@ -61,7 +61,7 @@ def _caller(info: GraphQLResolveInfo) -> Caller:
 
 
 # ---------------------------------------------------------------------------------------------------- visibility
-endpoint_visible = endpoint_visibility  # one policy for REST and GraphQL (manager.api.auth)
+endpoint_visible = endpoint_visibility  # one policy for REST and GraphQL (manager.ownership)
 
 
 def _uuid_arg(value: str, what: str) -> uuid.UUID:
