@@ -152,5 +152,5 @@ class ProxyCollector:
 
 def make_registry(metrics: ProxyMetrics) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(metrics))  # type: ignore[arg-type]
+    registry.register(ProxyCollector(metrics))
     return registry

@@ -37,7 +37,7 @@ def _message(event: str, session_id: uuid.UUID | None = None, **extra: object) -
     return json.dumps({"event": event, "session_id": str(session_id) if session_id else None, **extra})
 
 
-async def run_dry_run(ctx, task: BackgroundTask, owner, folder, body, resolved) -> None:  # type: ignore[no-untyped-def]
+async def run_dry_run(ctx, task: BackgroundTask, owner, folder, body, resolved) -> None:
     from manager.api.services import new_endpoint
 
     endpoint = new_endpoint(body.model_copy(update={"replicas": 1}), owner, owner, folder.id, resolved,

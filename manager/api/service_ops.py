@@ -32,7 +32,7 @@ from manager.endpoints import RUNTIME_VARIANT_LABELS
 routes = web.RouteTableDef()
 
 
-def _string_condition(column, flt: StringFilter):  # type: ignore[no-untyped-def]
+def _string_condition(column, flt: StringFilter):
     conds = []
     if flt.equals is not None:
         conds.append(column == flt.equals)

@@ -24,7 +24,7 @@ from manager.endpoints import ResolvedService, ensure_unique_name, find_folder, 
 routes = web.RouteTableDef()
 
 
-async def load_endpoint(db, caller: Caller, service_id: str) -> Endpoint:  # type: ignore[no-untyped-def]
+async def load_endpoint(db, caller: Caller, service_id: str) -> Endpoint:
     """A live endpoint the caller may see. Foreign or unknown ids are both 404: never leak existence."""
     endpoint_id = parse_uuid(service_id, "service_id")
     endpoint = await db.get(Endpoint, endpoint_id)
@@ -34,7 +34,7 @@ async def load_endpoint(db, caller: Caller, service_id: str) -> Endpoint:  # typ
     return endpoint
 
 
-async def _routes_with_sessions(db, endpoint_ids: list[uuid.UUID]):  # type: ignore[no-untyped-def]
+async def _routes_with_sessions(db, endpoint_ids: list[uuid.UUID]):
     """(route, session or None, the session's agent's runtime or None) of the endpoints' unterminated routes."""
     if not endpoint_ids:
         return []
@@ -86,12 +86,12 @@ def _visible(route: Route) -> bool:
     return route.lifecycle != RouteLifecycle.TERMINATED
 
 
-def serve_info(endpoint: Endpoint, rows: list) -> dict[str, Any]:  # type: ignore[type-arg]
+def serve_info(endpoint: Endpoint, rows: list) -> dict[str, Any]:
     """ServeInfo (reference §1.1) plus our extensions: status, retries, routes."""
     return ServeInfo.model_validate(_serve_info_fields(endpoint, rows)).model_dump(mode="json")
 
 
-def _serve_info_fields(endpoint: Endpoint, rows: list) -> dict[str, Any]:  # type: ignore[type-arg]
+def _serve_info_fields(endpoint: Endpoint, rows: list) -> dict[str, Any]:
     own = [(r, s, runtime) for r, s, runtime in rows if r.endpoint_id == endpoint.id]
     active = [(r, runtime) for r, _, runtime in own
               if r.lifecycle == RouteLifecycle.RUNNING and r.traffic == RouteTraffic.ACTIVE]
@@ -161,13 +161,13 @@ async def list_services(request: web.Request) -> web.Response:
     return json_response(out)
 
 
-def check_replica_limit(ctx, count: int, field: str) -> None:  # type: ignore[no-untyped-def]
+def check_replica_limit(ctx, count: int, field: str) -> None:
     """400 naming ``field`` when ``count`` exceeds the per-endpoint replica limit."""
     if count > ctx.config.limits.max_replicas:
         raise InvalidAPIParameters(f"{field}: at most {ctx.config.limits.max_replicas}")
 
 
-async def resolve_create_request(ctx, db, caller: Caller, body: NewServiceRequest):  # type: ignore[no-untyped-def]
+async def resolve_create_request(ctx, db, caller: Caller, body: NewServiceRequest):
     """Checks shared by create and try: owner, folder, definition, resources. Returns (owner, folder, resolved)."""
     check_replica_limit(ctx, body.replicas, "replicas")
     owner = caller

@@ -19,7 +19,7 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-async def serve_until_signal(app, config) -> None:  # type: ignore[no-untyped-def]
+async def serve_until_signal(app, config) -> None:
     """Run the manager app until SIGTERM/SIGINT, then clean up (cleanup_ctx runs)."""
     from manager.server import start_manager_site
 
@@ -42,7 +42,7 @@ async def serve_until_signal(app, config) -> None:  # type: ignore[no-untyped-de
         await runner.cleanup()
 
 
-def _load_manager_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load_manager_config(args: argparse.Namespace):
     from manager.config import load_manager_config
 
     try:
@@ -92,7 +92,7 @@ def run_appproxy(args: argparse.Namespace) -> int:
                or 0)
 
 
-def _keypair_box(config):  # type: ignore[no-untyped-def]
+def _keypair_box(config):
     from manager.secretbox import SecretBox
 
     try:
@@ -131,7 +131,7 @@ def run_admin_create_user(args: argparse.Namespace) -> int:
     url = args.url or config.db.url
     box = _keypair_box(config)  # the secret key is stored encrypted (manager/secretbox.py)
 
-    async def _main() -> tuple:  # type: ignore[type-arg]
+    async def _main() -> tuple:
         eng = db_engine.make_engine(url)
         sessionmaker = db_engine.make_sessionmaker(eng)
         try:

@@ -35,7 +35,7 @@ BEAT_UPDATE = _agents.update().where(_agents.c.id == sa.bindparam("b_id")).value
 
 
 class AgentBeats:
-    def __init__(self, db, heartbeat_timeout: float) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, db, heartbeat_timeout: float) -> None:
         self._db = db
         self._trust_for = heartbeat_timeout / 2
         # agent id → (what it reported, monotonic time its row was last read or written as alive)

@@ -41,7 +41,7 @@ PLANNING_COLUMNS = (Endpoint.lifecycle, Endpoint.replicas, Endpoint.next_retry_a
 HEX_DIGITS = "0123456789abcdef"
 
 
-async def live_holdings(db) -> dict[str, list[tuple[dict[str, str] | None, ResourceSlots]]]:  # type: ignore[no-untyped-def]
+async def live_holdings(db) -> dict[str, list[tuple[dict[str, str] | None, ResourceSlots]]]:
     """Per agent id, what each of its live sessions holds: (reported GPU allocation or None, requested slots)."""
     held: dict[str, list[tuple[dict[str, str] | None, ResourceSlots]]] = defaultdict(list)
     for agent_id, slots, allocation in (await db.execute(
@@ -59,7 +59,7 @@ def total_slots(holdings: list[tuple[dict[str, str] | None, ResourceSlots]]) -> 
 
 
 class ControlLoop:
-    def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, ctx) -> None:
         self.ctx = ctx
         self._last_resync = 0.0
         self._resync_digit: int | None = None  # None: check every table at the next publish (a new leader)
@@ -185,7 +185,7 @@ class ControlLoop:
                     lifecycle=EndpointLifecycle.DESTROYED, destroyed_at=now))
             await db.commit()
 
-    async def _capacities(self, db) -> dict[str, tuple[Agent, AgentCapacity]]:  # type: ignore[no-untyped-def]
+    async def _capacities(self, db) -> dict[str, tuple[Agent, AgentCapacity]]:
         """Alive agents and what is free on each: slots their live sessions hold, free share per GPU."""
         agents = list((await db.execute(sa.select(Agent).where(Agent.status == AgentStatus.ALIVE))).scalars())
         held = await live_holdings(db)

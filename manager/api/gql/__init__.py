@@ -50,7 +50,7 @@ MAX_DEPTH = 15  # the deepest client query nests 4 levels; the standard introspe
 routes = web.RouteTableDef()
 
 
-def _build_schema():  # type: ignore[no-untyped-def]
+def _build_schema():
     schema = build()
     bind(schema, "Query", "endpoint", r.resolve_endpoint)
     bind(schema, "Query", "endpoint_list", r.resolve_endpoint_list)

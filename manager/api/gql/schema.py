@@ -375,7 +375,7 @@ def build() -> GraphQLSchema:
 def bind(schema: GraphQLSchema, type_name: str, field: str, resolver: Callable[..., Any]) -> None:
     type_ = schema.get_type(type_name)
     assert type_ is not None and hasattr(type_, "fields"), type_name
-    type_.fields[field].resolve = resolver  # type: ignore[union-attr]
+    type_.fields[field].resolve = resolver
 
 
 __all__ = ["SDL", "build", "bind", "METRIC_SOURCES", "COMPARATORS", "decimal_text"]
