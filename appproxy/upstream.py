@@ -188,7 +188,8 @@ class UpstreamResponse:
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, int], proto: ResponseHandler, method: str,
                  message: RawResponseMessage, content: StreamReader) -> None:
-        self._pool, self._key, self._proto = pool, key, proto
+        self._pool, self._key = pool, key
+        self._proto: ResponseHandler | None = proto  # None once released or closed
         self.method = method
         self.status: int = message.code
         self.reason: str = message.reason
