@@ -196,10 +196,10 @@ def sized_header_lines(headers: CIMultiDictProxy[str], raw_headers: tuple[tuple[
             return None
     known = _KEEP_RAW.get
     parts: list[bytes] = []
-    for name, value in raw_headers:
+    for name, raw_value in raw_headers:
         keep = known(name)
         if keep or (keep is None and _keep_raw(name)):
-            parts += (name, b": ", value, b"\r\n")
+            parts += (name, b": ", raw_value, b"\r\n")
     return b"".join(parts)
 
 
