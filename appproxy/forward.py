@@ -51,7 +51,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Protocol
 
 import aiohttp
@@ -311,7 +311,7 @@ class Forwarder:
         chosen = self._choose(self.plan(table), exclude)
         return None if chosen is None else chosen[1]
 
-    def _choose(self, plan: _Plan, exclude: set[RouteKey]) -> tuple[RouteKey, RouteTarget, str, str] | None:
+    def _choose(self, plan: _Plan, exclude: Collection[RouteKey]) -> tuple[RouteKey, RouteTarget, str, str] | None:
         single = plan.single
         if single is not None:  # what pick() decides for one route, without building candidates
             return single if single[1].traffic_ratio > 0 and single[0] not in exclude else None
