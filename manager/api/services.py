@@ -144,11 +144,11 @@ async def list_services(request: web.Request) -> web.Response:
         endpoints = (await db.execute(query.order_by(Endpoint.created_at))).all()
         routes_of: dict[uuid.UUID, list[tuple[RouteLifecycle, RouteHealth, RouteTraffic]]] = defaultdict(list)
         if endpoints:
-            for endpoint_id, lifecycle, health, traffic in (await db.execute(
+            for endpoint_id, route_lifecycle, health, traffic in (await db.execute(
                     sa.select(Route.endpoint_id, Route.lifecycle, Route.health, Route.traffic).where(
                         Route.endpoint_id.in_([e.id for e in endpoints]),
                         Route.lifecycle != RouteLifecycle.TERMINATED))).all():
-                routes_of[endpoint_id].append((lifecycle, health, traffic))
+                routes_of[endpoint_id].append((route_lifecycle, health, traffic))
     out = []
     for endpoint_id, endpoint_name, replicas, url, is_public, lifecycle in endpoints:
         own = routes_of.get(endpoint_id, [])
