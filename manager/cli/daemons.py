@@ -106,12 +106,13 @@ def run_db(args: argparse.Namespace) -> int:
 
     private_umask()  # `db upgrade` of a SQLite URL may create the database file
     config = _load_manager_config(args) if not args.url or args.db_command == "downgrade" else None
-    url = args.url or config.db.url
+    url = args.url if config is None else args.url or config.db.url
     try:
         if args.db_command == "upgrade":
             asyncio.run(engine.upgrade(url, args.revision or "head"))
         else:
             # Going below 0005 decrypts the keypairs' secret keys again, which needs the key when one is set.
+            assert config is not None  # always loaded for a downgrade
             keyed = config.secrets.keypair_encryption_key or config.secrets.keypair_encryption_key_file
             box = _keypair_box(config) if keyed else None
             asyncio.run(engine.downgrade(url, args.revision or "base", keypair_box=box))
