@@ -262,7 +262,7 @@ class HttpConnection(BaseProtocol):
 
     def _pause_transport(self) -> None:
         try:
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.transport.pause_reading()  # type: ignore[union-attr]  # None raises AttributeError, caught
         except (AttributeError, NotImplementedError, RuntimeError):
             pass
 

@@ -330,7 +330,7 @@ class UpstreamPool:
 
     def take(self, host: str, port: int) -> ReplicaProtocol | None:
         """An idle connection to ``host:port`` that looks alive, or None (never connects)."""
-        return self._take_idle((host, port))  # type: ignore[return-value]
+        return self._take_idle((host, port))  # type: ignore[return-value]  # this pool only makes ReplicaProtocols
 
     def send(self, proto: ReplicaProtocol, method: str, head: bytes, body: bytes, listener: ResponseListener
              ) -> None:
