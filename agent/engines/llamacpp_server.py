@@ -165,7 +165,7 @@ def _counted(engine: Any, tokens: Generator[int, Any, None], metrics: EngineMetr
         tokens.close()
 
 
-def instrument_llama(llama_cls: Any, metrics: EngineMetrics) -> None:  # a class; llama_cpp is untyped
+def instrument_llama(llama_cls: Any, metrics: EngineMetrics) -> None:  # a class; mypy skips llama_cpp
     """Count tokens in ``llama_cls`` (``llama_cpp.Llama``): every completion and chat completion runs through
     its ``generate`` generator, which evaluates the prompt (``eval``) and then yields one token at a time. The
     prompt tokens are those ``eval`` receives before the first token. Once per class."""
