@@ -46,8 +46,10 @@ test: venv system-deps
 test-e2e: venv system-deps
 	$(VENV)/bin/pytest -q -m e2e
 
+## ruff, then mypy (configured in pyproject.toml: which packages, which modules strict; cache in .mypy_cache)
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -24,6 +24,7 @@ A request that cannot be placed raises :class:`AllocationError` naming the slot.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -128,7 +129,7 @@ class GpuAllocator:
             return self._plan_shares(_quanta(shares), frag)
         return None
 
-    def _free_devices(self, exclude: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    def _free_devices(self, exclude: AbstractSet[str] = frozenset()) -> list[str]:
         return [d for d in self.devices if self.used[d] == 0 and d not in exclude]
 
     def _plan_whole(self, n: int) -> Allocation:

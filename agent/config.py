@@ -271,7 +271,7 @@ class EtcdSection(CommonEtcdSection):
     """Registration in etcd under a lease (``/moorage/agents/<id>``). No host: no registration. The other keys
     (port, namespace, user, password, password_file) are the manager's and app proxy's."""
 
-    host: str | None = None  # type: ignore[assignment]
+    host: str | None = None  # type: ignore[assignment]  # optional for the agent alone (no host: no registration)
     lease_ttl: int = Field(default=10, ge=2, le=600)  # seconds; the key vanishes this long after the agent dies
 
 

@@ -36,7 +36,9 @@ def _text(value: Any) -> str:
 def nvml_devices(nvml: Any = None) -> list[GpuDevice]:
     """Enumerate with NVML; raises whatever NVML raises (the caller logs it)."""
     if nvml is None:
-        import pynvml as nvml  # nvidia-ml-py
+        import pynvml  # nvidia-ml-py
+
+        nvml = pynvml
     nvml.nvmlInit()
     try:
         devices = []

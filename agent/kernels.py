@@ -421,7 +421,7 @@ class KernelRegistry:
         if k.terminal:  # it had ended before the restart: keep reporting it for the retention time
             k.finished_at = now
             return False
-        code = EXIT_UNKNOWN
+        code: int | None = EXIT_UNKNOWN  # None: reattached, still running
         if handle is not None and handle.runtime == self._runtime.name:
             code = await self._runtime.reattach(handle)
         if code is None:
@@ -675,7 +675,11 @@ class KernelRegistry:
             self._notify()
         live = [k.handle for k in self._kernels.values() if k.handle is not None and not k.terminal]
         if live:
-            await asyncio.to_thread(lambda: [self._runtime.housekeep(h) for h in live])
+            def housekeep() -> None:
+                for h in live:
+                    self._runtime.housekeep(h)
+
+            await asyncio.to_thread(housekeep)
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def _touch(self, k: Kernel) -> None:

@@ -96,10 +96,10 @@ def supervise(args: argparse.Namespace, workers: int) -> int:
             pid, wait_status = os.wait()
         except ChildProcessError:
             break
-        proc = alive.pop(pid, None)
-        if proc is None:
+        exited = alive.pop(pid, None)
+        if exited is None:
             continue
-        proc.returncode = code = os.waitstatus_to_exitcode(wait_status)
+        exited.returncode = code = os.waitstatus_to_exitcode(wait_status)
         if code != 0:
             status = status or (code if code > 0 else 1)
         if not stopping:

@@ -144,7 +144,7 @@ class FastPath:
             return False
         chosen = plan.single
         if chosen is None or chosen[1].traffic_ratio <= 0:  # what _choose() decides for a single route
-            chosen = forwarder._choose(plan, _NOTHING)  # type: ignore[arg-type]
+            chosen = forwarder._choose(plan, _NOTHING)
             if chosen is None:
                 return False
         key, target, route, host = chosen
@@ -203,8 +203,8 @@ class FastExchange:
                 or is_stream(headers, status, method)
                 or (lines := sized_header_lines(headers, message.raw_headers)) is None):
             target = self.chosen[1]
-            self.upstream = UpstreamResponse(self.proxy.forwarder._pool, (target.host, target.port),  # type: ignore
-                                             self.proto, method, message, payload)  # type: ignore[arg-type]
+            self.upstream = UpstreamResponse(self.proxy.forwarder._pool, (target.host, target.port),  # type: ignore[arg-type]  # pool checked when sent
+                                             self.proto, method, message, payload)  # type: ignore[arg-type]  # proto set when sent
             self._hand_over()
             return
         # what Forwarder._relay does for a small sized body, then the counters of forward/_pipeline/handle
@@ -216,7 +216,7 @@ class FastExchange:
         else:
             forwarder._success(key)
         body = payload.read_nowait()
-        forwarder._pool.release((target.host, target.port), self.proto, payload)  # type: ignore[union-attr,arg-type]
+        forwarder._pool.release((target.host, target.port), self.proto, payload)  # type: ignore[union-attr,arg-type]  # both set when sent
         self._finished(route)
         proxy.metrics.request_finished(self.endpoint, route, status, self.conn._loop.time() - self.started)
         if self.cors is not None:

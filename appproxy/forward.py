@@ -51,7 +51,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Protocol
 
 import aiohttp
@@ -196,10 +196,10 @@ def sized_header_lines(headers: CIMultiDictProxy[str], raw_headers: tuple[tuple[
             return None
     known = _KEEP_RAW.get
     parts: list[bytes] = []
-    for name, value in raw_headers:
+    for name, raw_value in raw_headers:
         keep = known(name)
         if keep or (keep is None and _keep_raw(name)):
-            parts += (name, b": ", value, b"\r\n")
+            parts += (name, b": ", raw_value, b"\r\n")
     return b"".join(parts)
 
 
@@ -311,7 +311,7 @@ class Forwarder:
         chosen = self._choose(self.plan(table), exclude)
         return None if chosen is None else chosen[1]
 
-    def _choose(self, plan: _Plan, exclude: set[RouteKey]) -> tuple[RouteKey, RouteTarget, str, str] | None:
+    def _choose(self, plan: _Plan, exclude: Collection[RouteKey]) -> tuple[RouteKey, RouteTarget, str, str] | None:
         single = plan.single
         if single is not None:  # what pick() decides for one route, without building candidates
             return single if single[1].traffic_ratio > 0 and single[0] not in exclude else None

@@ -182,7 +182,8 @@ class WildcardFrontend:
 
     def _fast(self, conn: HttpConnection, message: RawRequestMessage, payload: StreamReader) -> bool:
         endpoint_id = self._host_map.get(host_key(message.headers.get("Host", "")))
-        return endpoint_id is not None and self._fast_handler(conn, message, payload, endpoint_id)  # type: ignore[misc]
+        fast = self._fast_handler  # set whenever this method is installed
+        return endpoint_id is not None and fast is not None and fast(conn, message, payload, endpoint_id)
 
 
 class PortFrontend:
@@ -310,7 +311,8 @@ class PortFrontend:
     def _fast(self, conn: HttpConnection, message: RawRequestMessage, payload: StreamReader) -> bool:
         sockname = conn.sockname
         endpoint_id = self._port_map.get(sockname[1]) if isinstance(sockname, tuple) else None
-        return endpoint_id is not None and self._fast_handler(conn, message, payload, endpoint_id)  # type: ignore[misc]
+        fast = self._fast_handler  # set whenever this method is installed
+        return endpoint_id is not None and fast is not None and fast(conn, message, payload, endpoint_id)
 
 
 Frontend = PortFrontend | WildcardFrontend

@@ -211,9 +211,9 @@ class HttpConnection(BaseProtocol):
         return None
 
     def data_received(self, data: bytes) -> None:
-        if self._closed:
-            return
         parser = self._parser
+        if self._closed or parser is None:  # None: the connection is lost
+            return
         if self._upgraded:  # an Upgrade request is being answered: keep what follows for later
             self._tail += data
             return
@@ -262,7 +262,7 @@ class HttpConnection(BaseProtocol):
 
     def _pause_transport(self) -> None:
         try:
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.transport.pause_reading()  # type: ignore[union-attr]  # None raises AttributeError, caught
         except (AttributeError, NotImplementedError, RuntimeError):
             pass
 
@@ -329,8 +329,9 @@ class HttpConnection(BaseProtocol):
         transport.write(self._sized_bytes(response, message.version, keep_alive))
         logger = self._server.access_logger
         if logger is not None:
-            logger.log(web.BaseRequest(message, EMPTY_PAYLOAD, self, StreamWriter(self, self._loop), None,
-                                       self._loop), response, self._loop.time() - started)  # type: ignore[arg-type]
+            request = web.BaseRequest(message, EMPTY_PAYLOAD,
+                                      self, StreamWriter(self, self._loop), None, self._loop)  # type: ignore[arg-type]  # as in _handle; no task
+            logger.log(request, response, self._loop.time() - started)  # type: ignore[arg-type]  # duck-typed response
         if self._done_waiter is not None and not self._done_waiter.done():
             self._done_waiter.set_result(None)
         if not keep_alive or self._close_after:
@@ -387,8 +388,8 @@ class HttpConnection(BaseProtocol):
         loop = self._loop
         server = self._server
         started = loop.time() if server.access_logger is not None else 0.0
-        request = web.BaseRequest(message if type(message) is not _ErrInfo else ERROR, payload, self,
-                                  StreamWriter(self, loop), self._task, loop)  # type: ignore[arg-type]
+        request = web.BaseRequest(message if type(message) is not _ErrInfo else ERROR, payload,
+                                  self, StreamWriter(self, loop), self._task, loop)  # type: ignore[arg-type]  # self: duck-typed RequestHandler
         self._in_progress = True
         try:
             if type(message) is _ErrInfo:

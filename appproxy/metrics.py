@@ -13,8 +13,8 @@ Labels are strings: ``endpoint`` (id), ``route`` (id, ``"-"`` when the request n
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import Counter
-from collections.abc import Collection, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -47,7 +47,7 @@ class ProxyMetrics:
         self.held: Counter[str] = Counter()  # endpoint → requests held for a route now (scale from zero)
         # (endpoint, route) → [per-bucket counts (not cumulative), +Inf last] and the sum of seconds
         self.durations: dict[tuple[str, str], list[int]] = {}
-        self.duration_sum: Counter[tuple[str, str]] = Counter()
+        self.duration_sum: defaultdict[tuple[str, str], float] = defaultdict(float)  # a Counter holds ints
 
     # -- hot path --------------------------------------------------------------------------------------------
     def request_started(self, endpoint: str) -> None:
@@ -113,7 +113,7 @@ class ProxyCollector:
     def collect(self) -> Iterator[Metric]:
         m = self._m
 
-        def family(cls: Any, name: str, doc: str, labels: list[str], series: dict[Any, float]) -> Metric:
+        def family(cls: Any, name: str, doc: str, labels: list[str], series: Mapping[Any, float]) -> Metric:
             fam = cls(PREFIX + name, doc, labels=labels)
             for key, value in list(series.items()):
                 fam.add_metric(list(key) if isinstance(key, tuple) else [key], value)
@@ -130,7 +130,7 @@ class ProxyCollector:
             for bound, n in zip(bounds, counts, strict=True):
                 acc += n
                 cumulative.append((bound, acc))
-            hist.add_metric(list(key), cumulative, m.duration_sum[key])
+            hist.add_metric(list(key), cumulative, m.duration_sum.get(key, 0.0))
         yield hist
         yield family(GaugeMetricFamily, "in_flight_requests", "Requests being handled now.", ["endpoint"],
                      m.in_flight)
@@ -152,5 +152,5 @@ class ProxyCollector:
 
 def make_registry(metrics: ProxyMetrics) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(metrics))  # type: ignore[arg-type]
+    registry.register(ProxyCollector(metrics))
     return registry

@@ -53,7 +53,7 @@ class OutlierDetector(Generic[K]):
             return None
         if state.ejected_until is not None and now - state.ejected_until >= self.policy.max_ejection:
             state.ejections = 0  # behaved for a long while since the last ejection: back-off starts over
-        duration = min(self.policy.base_ejection * (2 ** state.ejections), self.policy.max_ejection)
+        duration = min(self.policy.base_ejection * (2.0 ** state.ejections), self.policy.max_ejection)
         state.ejections += 1
         state.failures = 0
         state.ejected_until = now + duration

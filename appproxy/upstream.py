@@ -188,7 +188,8 @@ class UpstreamResponse:
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, int], proto: ResponseHandler, method: str,
                  message: RawResponseMessage, content: StreamReader) -> None:
-        self._pool, self._key, self._proto = pool, key, proto
+        self._pool, self._key = pool, key
+        self._proto: ResponseHandler | None = proto  # None once released or closed
         self.method = method
         self.status: int = message.code
         self.reason: str = message.reason
@@ -329,7 +330,7 @@ class UpstreamPool:
 
     def take(self, host: str, port: int) -> ReplicaProtocol | None:
         """An idle connection to ``host:port`` that looks alive, or None (never connects)."""
-        return self._take_idle((host, port))  # type: ignore[return-value]
+        return self._take_idle((host, port))  # type: ignore[return-value]  # this pool only makes ReplicaProtocols
 
     def send(self, proto: ReplicaProtocol, method: str, head: bytes, body: bytes, listener: ResponseListener
              ) -> None:

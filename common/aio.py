@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 RECANCEL_AFTER = 5.0
 
 
-async def cancel_and_wait(task: asyncio.Task | None) -> None:
+async def cancel_and_wait(task: asyncio.Task[object] | None) -> None:
     """Cancel ``task`` (if any) and wait until it has finished, swallowing its cancellation; a task that lost
     the cancellation is cancelled again every :data:`RECANCEL_AFTER` seconds."""
     if task is None:

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://api.backend.ai/probs/"
@@ -107,7 +108,7 @@ def invalid_params_from_validation(exc: Any, prefix: str = "") -> InvalidAPIPara
 
 
 @web.middleware
-async def problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render :class:`ProblemError` and stray exceptions as RFC 7807; never leak a traceback."""
     try:
         return await handler(request)

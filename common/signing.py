@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from common.errors import AuthFailed, PayloadTooLarge, ProblemError
 from common.replay import ReplayCache
@@ -73,7 +74,7 @@ def signed_request_middleware(secret: str, protected_prefix: str = "/") -> Any:
     replay = ReplayCache(MAX_INTERNAL_REPLAY_ENTRIES)
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(protected_prefix):
             if request.content_length is not None and request.content_length > MAX_INTERNAL_BODY:
                 raise PayloadTooLarge(f"internal request body over {MAX_INTERNAL_BODY} bytes")

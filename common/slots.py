@@ -102,7 +102,7 @@ class ResourceSlots(dict[str, Decimal]):
         """Serialise as strings so no precision is lost in JSON."""
         return {k: format(v.normalize(), "f") for k, v in sorted(self.items())}
 
-    def __add__(self, other: Mapping[str, Decimal]) -> ResourceSlots:  # type: ignore[override]
+    def __add__(self, other: Mapping[str, Decimal]) -> ResourceSlots:
         out = ResourceSlots(self)
         for k, v in other.items():
             out[k] = out.get(k, Decimal(0)) + v

@@ -19,8 +19,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from common.config import ConfigError
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from common.config import EtcdSection
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 MOORAGE_PREFIX = "/moorage/"  # every key below lives under it (plus the namespace): what an etcd role must grant
 ROUTES_PREFIX = "/moorage/routes/"  # one key per endpoint: the route table the app proxies serve
@@ -79,7 +81,7 @@ class MemoryStore:
             if event.key.startswith(prefix):
                 queue.put_nowait(event)
 
-    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
+    async def watch_prefix(self, prefix: str) -> AsyncGenerator[WatchEvent, None]:
         queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
         entry = (prefix, queue)
         self._watchers.append(entry)
@@ -130,7 +132,7 @@ class EtcdStore:
     def __repr__(self) -> str:
         return f"EtcdStore({self._host}:{self._port}, namespace={self._ns!r}, user={self._user!r})"
 
-    def _new_client(self):  # type: ignore[no-untyped-def]
+    def _new_client(self) -> Any:  # an aetcd.Client; aetcd ships no type information
         import aetcd
 
         return aetcd.Client(host=self._host, port=self._port, username=self._user, password=self.__password,
@@ -178,7 +180,7 @@ class EtcdStore:
     def _unk(self, raw: bytes) -> str:
         return raw.decode()[len(self._ns):]
 
-    async def _call(self, op):  # type: ignore[no-untyped-def]
+    async def _call(self, op: Callable[[Any], Awaitable[_T]]) -> _T:
         """Run ``op(client)``; on a connection failure, rebuild the client once and retry. (After an etcd
         restart an aetcd client can keep failing with "connection refused" while a fresh one connects.)"""
         from aetcd import exceptions as etcd_exc
@@ -202,10 +204,10 @@ class EtcdStore:
         result = await self._call(lambda c: c.get(self._k(key)))
         return None if result is None else result.value.decode()
 
-    async def _get_prefix_rev(self, client, prefix: str) -> tuple[dict[str, str], int]:  # type: ignore[no-untyped-def]
+    async def _get_prefix_rev(self, client: Any, prefix: str) -> tuple[dict[str, str], int]:
         result = await asyncio.wait_for(client.get_prefix(self._k(prefix)), self.OP_TIMEOUT)
         items = {self._unk(kv.key): kv.value.decode() for kv in result}
-        return items, result.header.revision
+        return items, int(result.header.revision)
 
     async def get_prefix(self, prefix: str) -> dict[str, str]:
         result = await self._call(lambda c: c.get_prefix(self._k(prefix)))
@@ -221,7 +223,7 @@ class EtcdStore:
         """
         k = self._k(key)
 
-        async def txn(c):  # type: ignore[no-untyped-def]
+        async def txn(c: Any) -> Any:  # (succeeded, responses)
             tx = c.transactions
             return await c.transaction(compare=[tx.create(k) == 0], success=[tx.put(k, value.encode(), lease_id)],
                                        failure=[tx.get(k)])
@@ -237,7 +239,7 @@ class EtcdStore:
 
     async def grant_lease(self, ttl: int) -> int:
         lease = await asyncio.wait_for(self._client.lease(ttl), self.OP_TIMEOUT)
-        return lease.id
+        return int(lease.id)
 
     async def refresh_lease(self, lease_id: int) -> bool:
         """Refresh; False when the lease no longer exists (expired while etcd or we were away)."""
@@ -250,7 +252,7 @@ class EtcdStore:
     async def ping(self) -> None:
         await asyncio.wait_for(self._client.status(), self.OP_TIMEOUT)
 
-    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
+    async def watch_prefix(self, prefix: str) -> AsyncGenerator[WatchEvent, None]:
         """Yield ``reset`` then changes; reconnect and resume from the last revision on failure."""
         from aetcd import exceptions as etcd_exc
 
@@ -259,8 +261,8 @@ class EtcdStore:
         while True:
             client = self._new_client()
             watch = None
-            events: asyncio.Queue = asyncio.Queue()
-            pump: asyncio.Task | None = None
+            events: asyncio.Queue[Any] = asyncio.Queue()  # aetcd watch events, or the error that ended the stream
+            pump: asyncio.Task[None] | None = None
             try:
                 if last_revision is None:
                     items, last_revision = await self._get_prefix_rev(client, prefix)
@@ -273,7 +275,7 @@ class EtcdStore:
                     continue
                 delay = self.RECONNECT_MIN
 
-                async def _pump(w=watch, q=events) -> None:  # type: ignore[no-untyped-def]
+                async def _pump(w: Any = watch, q: asyncio.Queue[Any] = events) -> None:
                     try:
                         async for ev in w:
                             await q.put(ev)

@@ -38,7 +38,7 @@ def _message(event: str, session_id: uuid.UUID | None = None, **extra: object) -
     return json.dumps({"event": event, "session_id": str(session_id) if session_id else None, **extra})
 
 
-async def run_dry_run(ctx, task: BackgroundTask, new_endpoint: Callable[..., Endpoint],  # type: ignore[no-untyped-def]
+async def run_dry_run(ctx, task: BackgroundTask, new_endpoint: Callable[..., Endpoint],
                       definition: dict) -> None:
     """``new_endpoint(name=, kind=, port=, url=)``: the hidden endpoint's row, one replica of the service asked
     for (the API layer builds it from the request: :func:`manager.api.services.new_endpoint`); ``definition``:

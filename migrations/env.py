@@ -14,7 +14,7 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def _do_run(connection) -> None:  # type: ignore[no-untyped-def]
+def _do_run(connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -26,7 +26,10 @@ def _do_run(connection) -> None:  # type: ignore[no-untyped-def]
 
 
 async def _run_online() -> None:
-    engine = create_async_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("alembic: sqlalchemy.url is not set (manager.db.engine.alembic_config sets it)")
+    engine = create_async_engine(url, poolclass=pool.NullPool)
     async with engine.connect() as connection:
         await connection.run_sync(_do_run)
     await engine.dispose()

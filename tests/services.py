@@ -76,6 +76,7 @@ class EtcdServer:
         self.client_port = free_port()
         self.peer_port = free_port()
         self.proc: subprocess.Popen | None = None
+        self.password = ""  # the "moorage" user's, once a test has enabled authentication
 
     def start(self) -> None:
         args = [

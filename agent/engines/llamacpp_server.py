@@ -165,14 +165,14 @@ def _counted(engine: Any, tokens: Generator[int, Any, None], metrics: EngineMetr
         tokens.close()
 
 
-def instrument_llama(llama_cls: type, metrics: EngineMetrics) -> None:
+def instrument_llama(llama_cls: Any, metrics: EngineMetrics) -> None:  # a class; mypy skips llama_cpp
     """Count tokens in ``llama_cls`` (``llama_cpp.Llama``): every completion and chat completion runs through
     its ``generate`` generator, which evaluates the prompt (``eval``) and then yields one token at a time. The
     prompt tokens are those ``eval`` receives before the first token. Once per class."""
     if getattr(llama_cls, _INSTRUMENTED, False):
         return
-    original_generate = llama_cls.generate  # type: ignore[attr-defined]
-    original_eval = llama_cls.eval  # type: ignore[attr-defined]
+    original_generate = llama_cls.generate
+    original_eval = llama_cls.eval
 
     @functools.wraps(original_eval)
     def counted_eval(self: Any, tokens: Sequence[int]) -> Any:
@@ -184,8 +184,8 @@ def instrument_llama(llama_cls: type, metrics: EngineMetrics) -> None:
     def counted_generate(self: Any, *args: Any, **kwargs: Any) -> Generator[int, Any, None]:
         return _counted(self, original_generate(self, *args, **kwargs), metrics)
 
-    llama_cls.eval = counted_eval  # type: ignore[attr-defined]
-    llama_cls.generate = counted_generate  # type: ignore[attr-defined]
+    llama_cls.eval = counted_eval
+    llama_cls.generate = counted_generate
     setattr(llama_cls, _INSTRUMENTED, True)
 
 
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import llama_cpp
     from prometheus_client import disable_created_metrics
 
-    server_main = importlib.import_module("llama_cpp.server.__main__")
+    server_main: Any = importlib.import_module("llama_cpp.server.__main__")  # create_app is replaced below
     create_app = getattr(server_main, "create_app", None)
     if create_app is None or not callable(getattr(server_main, "main", None)):
         raise SystemExit("llama_cpp.server.__main__ has no create_app/main: unsupported llama-cpp-python version")

@@ -33,6 +33,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import NoReturn
 
 EXIT_PRESTART_FAILED = 86
@@ -66,7 +67,9 @@ def interpolate(text: str, variables: dict) -> str:
 
     def replace(match: re.Match) -> str:
         expr = match.group("escaped")
-        root = _ROOT_RE.match(expr or match.group("field")).group(0)
+        root_match = _ROOT_RE.match(expr or match.group("field"))
+        assert root_match is not None  # both alternatives of _PLACEHOLDER start with a name
+        root = root_match.group(0)
         if root not in variables:
             return match.group(0)
         if expr is not None:
@@ -153,7 +156,7 @@ def action_log(message, debug: bool = False) -> None:
     print(f"[pre-start]{' (debug)' if debug else ''} {message}", flush=True)
 
 
-ACTIONS = {
+ACTIONS: dict[str, Callable[..., object]] = {
     "write_file": action_write_file,
     "write_tempfile": action_write_tempfile,
     "run_command": action_run_command,
@@ -167,7 +170,7 @@ def run_actions(actions: list, variables: dict) -> None:
     for index, item in enumerate(actions):
         name = item.get("action") if isinstance(item, dict) else None
         where = f"pre_start_actions[{index}] ({name})"
-        func = ACTIONS.get(name)
+        func = ACTIONS.get(name) if isinstance(name, str) else None  # JSON may hold an unhashable "action"
         if func is None:
             raise ActionError(f"pre_start_actions[{index}]: unknown action {name!r} "
                               f"(known: {', '.join(sorted(ACTIONS))})")

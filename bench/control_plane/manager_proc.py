@@ -66,12 +66,12 @@ def instrument_sql(engine: Any) -> None:
     """Count statements (and the time until their result) issued inside a tick, including its child tasks."""
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
-    def _before(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+    def _before(conn, cursor, statement, parameters, context, executemany) -> None:
         if CURRENT.get() is not None:
             conn.info.setdefault("bench_t0", []).append(time.perf_counter())
 
     @event.listens_for(engine.sync_engine, "after_cursor_execute")
-    def _after(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+    def _after(conn, cursor, statement, parameters, context, executemany) -> None:
         stats = CURRENT.get()
         if stats is None or not conn.info.get("bench_t0"):
             return

@@ -444,7 +444,7 @@ def print_profile(directory: Path, ticks: list[dict[str, Any]], top: int) -> Non
         stats = pstats.Stats(str(directory / f"tick-{tick['n']}.prof"))
         extra = json.loads((directory / f"tick-{tick['n']}.json").read_text())
         coroutines = {tuple(c) for c in extra["coroutines"]}
-        entries = stats.stats  # type: ignore[attr-defined]
+        entries = stats.stats  # type: ignore[attr-defined]  # pstats.Stats.stats is undocumented but stable
         wall = tick["dur"]
         phases = ", ".join(f"{k} {v:.3f}" for k, v in tick["phases"].items())
         print(f"\n{label}: {wall:.3f} s wall under cProfile (process CPU {tick['cpu']:.3f} s; {tick['sql']} SQL "

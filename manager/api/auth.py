@@ -34,14 +34,14 @@ UNKNOWN_KEY_SECRET = "x" * 40
 INTERNAL_PREFIX = "/internal/"
 
 
-async def _load_keypair(request: web.Request, access_key: str):  # type: ignore[no-untyped-def]
+async def _load_keypair(request: web.Request, access_key: str):
     async with request.app[CTX].db() as db:
         return (await db.execute(
             sa.select(KeyPair, User).join(User, User.id == KeyPair.user_id).where(KeyPair.access_key == access_key)
         )).first()
 
 
-def _secret_of(request: web.Request, row) -> str | None:  # type: ignore[no-untyped-def]
+def _secret_of(request: web.Request, row) -> str | None:
     """The keypair's secret key, decrypted (manager/secretbox.py); None for an unknown key or one that does not
     decrypt (logged: the start-up check makes that rare, e.g. a row written by a manager with another key)."""
     if row is None:
@@ -54,7 +54,7 @@ def _secret_of(request: web.Request, row) -> str | None:  # type: ignore[no-unty
         return None
 
 
-def _caller(row) -> Caller:  # type: ignore[no-untyped-def]
+def _caller(row) -> Caller:
     keypair, user = row
     if not keypair.is_active or not user.is_active:
         raise AuthFailed("the keypair or its user is inactive")

@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import sqlalchemy as sa
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import IntegrityError
 
@@ -123,7 +123,7 @@ async def upload_files(request: web.Request) -> web.Response:
             break
         if len(written) >= limits.max_upload_files:
             raise InvalidAPIParameters(f"files: at most {limits.max_upload_files} files per upload")
-        if not filename:
+        if not filename or not isinstance(part, BodyPartReader):  # a nested multipart part has no filename
             raise InvalidAPIParameters("file: every part needs a filename (the path inside the folder)")
         # aiohttp (and some other clients) percent-encode the filename in Content-Disposition.
         rel = safe_relative_path(unquote(filename))
@@ -135,7 +135,7 @@ async def upload_files(request: web.Request) -> web.Response:
                 os.fchmod(fh.fileno(), SHARED_FILE_MODE)  # replicas read it as another uid (manager.folders)
                 while True:
                     async with _multipart_errors():
-                        chunk = await part.read_chunk(UPLOAD_CHUNK)  # type: ignore[union-attr]
+                        chunk = await part.read_chunk(UPLOAD_CHUNK)
                     if not chunk:
                         break
                     size += len(chunk)

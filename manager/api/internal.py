@@ -29,6 +29,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     if changed:
         # Health changes reach the app proxies now, not at the next tick: unhealthy routes leave at once
         # (coalesced with other beats' changes: manager.control.publish_soon).
+        assert ctx.publish_soon is not None  # set up with the app, before any request
         ctx.publish_soon.add(changed)
         # Wake the loops (on a follower: the leader's, which also republishes these tables from a fresh read).
         ctx.poke(*changed)

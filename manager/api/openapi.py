@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -137,7 +137,8 @@ def _operation(method: str, path: str, summary: str, request_model: type[BaseMod
 
 def build_spec() -> dict[str, Any]:
     models = {m for op in OPERATIONS for m in (op[3], op[4]) if m is not None}
-    keyed = [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)]
+    keyed: list[tuple[type[BaseModel], Literal["validation"]]] = [
+        (m, "validation") for m in sorted(models, key=lambda m: m.__name__)]
     _, defs = models_json_schema(keyed, ref_template="#/components/schemas/{model}")
     paths: dict[str, dict[str, Any]] = {}
     for method, path, summary, request_model, response_model, status in OPERATIONS:

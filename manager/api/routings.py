@@ -18,7 +18,7 @@ from manager.db.models import Event, Route
 routes = web.RouteTableDef()
 
 
-async def _route(db, endpoint_id, route_id_text: str) -> Route:  # type: ignore[no-untyped-def]
+async def _route(db, endpoint_id, route_id_text: str) -> Route:
     route_id = parse_uuid(route_id_text, "route_id")
     route = (await db.execute(sa.select(Route).where(Route.id == route_id, Route.endpoint_id == endpoint_id))
              ).scalar_one_or_none()

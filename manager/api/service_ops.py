@@ -15,6 +15,7 @@ from common.status import EndpointLifecycle, RouteLifecycle, RouteTraffic
 from manager.api.auth import caller_of
 from manager.api.schemas import (
     NewServiceRequest,
+    Pagination,
     RuntimesResponse,
     SearchItem,
     SearchServicesRequest,
@@ -34,7 +35,7 @@ from manager.ownership import can_act_for, endpoint_visibility
 routes = web.RouteTableDef()
 
 
-def _string_condition(column, flt: StringFilter):  # type: ignore[no-untyped-def]
+def _string_condition(column, flt: StringFilter):
     conds = []
     if flt.equals is not None:
         conds.append(column == flt.equals)
@@ -73,8 +74,8 @@ async def search_services(request: web.Request) -> web.Response:
                         active_route_count=counts.get(e.id, 0), service_endpoint=e.url,
                         resource_slots=e.resource_slots, resource_group=e.scaling_group,
                         open_to_public=e.open_to_public) for e in endpoints]
-    result = SearchServicesResponse(items=items, pagination={"total": total, "offset": body.offset,
-                                                             "limit": body.limit})
+    result = SearchServicesResponse(items=items, pagination=Pagination(total=total, offset=body.offset,
+                                                                       limit=body.limit))
     return json_response(result.model_dump(mode="json"))
 
 

@@ -34,7 +34,7 @@ def _spec(endpoint: Endpoint) -> dict[str, Any]:
     return {name: getattr(endpoint, name) for name in SPEC_FIELDS}
 
 
-async def _folder(db, caller: Caller, endpoint: Endpoint, ref: str | None) -> ModelFolder:  # type: ignore[no-untyped-def]
+async def _folder(db, caller: Caller, endpoint: Endpoint, ref: str | None) -> ModelFolder:
     if ref is not None:
         # names resolve among the endpoint owner's folders (an admin may update a user's service)
         return await find_folder(db, Caller(endpoint.owner_id, caller.access_key, caller.role, caller.domain), ref)

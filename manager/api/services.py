@@ -25,7 +25,7 @@ from manager.ownership import Caller, can_act_for, can_see_endpoint, endpoint_vi
 routes = web.RouteTableDef()
 
 
-async def load_endpoint(db, caller: Caller, service_id: str) -> Endpoint:  # type: ignore[no-untyped-def]
+async def load_endpoint(db, caller: Caller, service_id: str) -> Endpoint:
     """A live endpoint the caller may see. Foreign or unknown ids are both 404: never leak existence."""
     endpoint_id = parse_uuid(service_id, "service_id")
     endpoint = await db.get(Endpoint, endpoint_id)
@@ -35,7 +35,7 @@ async def load_endpoint(db, caller: Caller, service_id: str) -> Endpoint:  # typ
     return endpoint
 
 
-async def _routes_with_sessions(db, endpoint_ids: list[uuid.UUID]):  # type: ignore[no-untyped-def]
+async def _routes_with_sessions(db, endpoint_ids: list[uuid.UUID]):
     """(route, session or None, the session's agent's runtime or None) of the endpoints' unterminated routes."""
     if not endpoint_ids:
         return []
@@ -87,12 +87,12 @@ def _visible(route: Route) -> bool:
     return route.lifecycle != RouteLifecycle.TERMINATED
 
 
-def serve_info(endpoint: Endpoint, rows: list) -> dict[str, Any]:  # type: ignore[type-arg]
+def serve_info(endpoint: Endpoint, rows: list) -> dict[str, Any]:
     """Backend.AI's ServeInfo plus our extensions: status, retries, routes."""
     return ServeInfo.model_validate(_serve_info_fields(endpoint, rows)).model_dump(mode="json")
 
 
-def _serve_info_fields(endpoint: Endpoint, rows: list) -> dict[str, Any]:  # type: ignore[type-arg]
+def _serve_info_fields(endpoint: Endpoint, rows: list) -> dict[str, Any]:
     own = [(r, s, runtime) for r, s, runtime in rows if r.endpoint_id == endpoint.id]
     active = [(r, runtime) for r, _, runtime in own
               if r.lifecycle == RouteLifecycle.RUNNING and r.traffic == RouteTraffic.ACTIVE]
@@ -145,11 +145,11 @@ async def list_services(request: web.Request) -> web.Response:
         endpoints = (await db.execute(query.order_by(Endpoint.created_at))).all()
         routes_of: dict[uuid.UUID, list[tuple[RouteLifecycle, RouteHealth, RouteTraffic]]] = defaultdict(list)
         if endpoints:
-            for endpoint_id, lifecycle, health, traffic in (await db.execute(
+            for endpoint_id, route_lifecycle, health, traffic in (await db.execute(
                     sa.select(Route.endpoint_id, Route.lifecycle, Route.health, Route.traffic).where(
                         Route.endpoint_id.in_([e.id for e in endpoints]),
                         Route.lifecycle != RouteLifecycle.TERMINATED))).all():
-                routes_of[endpoint_id].append((lifecycle, health, traffic))
+                routes_of[endpoint_id].append((route_lifecycle, health, traffic))
     out = []
     for endpoint_id, endpoint_name, replicas, url, is_public, lifecycle in endpoints:
         own = routes_of.get(endpoint_id, [])
@@ -162,13 +162,13 @@ async def list_services(request: web.Request) -> web.Response:
     return json_response(out)
 
 
-def check_replica_limit(ctx, count: int, field: str) -> None:  # type: ignore[no-untyped-def]
+def check_replica_limit(ctx, count: int, field: str) -> None:
     """400 naming ``field`` when ``count`` exceeds the per-endpoint replica limit."""
     if count > ctx.config.limits.max_replicas:
         raise InvalidAPIParameters(f"{field}: at most {ctx.config.limits.max_replicas}")
 
 
-async def resolve_create_request(ctx, db, caller: Caller, body: NewServiceRequest):  # type: ignore[no-untyped-def]
+async def resolve_create_request(ctx, db, caller: Caller, body: NewServiceRequest):
     """Checks shared by create and try: owner, folder, definition, resources. Returns (owner, folder, resolved)."""
     check_replica_limit(ctx, body.replicas, "replicas")
     owner = caller

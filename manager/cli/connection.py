@@ -106,14 +106,15 @@ def resolve_connection(
                 values[key] = cluster[key]
     missing = [name for name, key in (("endpoint", "manager_url"), ("access key", "access_key"),
                                       ("secret key", "secret_key")) if not values[key]]
-    if missing:
+    manager_url, access, secret = values["manager_url"], values["access_key"], values["secret_key"]
+    if missing or not (manager_url and access and secret):  # the second test only narrows the types
         raise CLIError(
             f"no manager connection configured (missing {', '.join(missing)}; looked in "
             f"{directory / CLUSTER_FILE}). Run `moorage up` to start a local cluster, or set "
             f"{ENV_ENDPOINT}, {ENV_ACCESS_KEY} and {ENV_SECRET_KEY} "
             "(or pass --endpoint/--access-key/--secret-key)"
         )
-    return Connection(validate_endpoint(values["manager_url"]), values["access_key"], values["secret_key"])
+    return Connection(validate_endpoint(manager_url), access, secret)
 
 
 def connection_from_args(args: argparse.Namespace) -> Connection:

@@ -19,7 +19,7 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-async def serve_until_signal(app, config) -> None:  # type: ignore[no-untyped-def]
+async def serve_until_signal(app, config) -> None:
     """Run the manager app until SIGTERM/SIGINT, then clean up (cleanup_ctx runs)."""
     from manager.server import start_manager_site
 
@@ -39,7 +39,7 @@ async def serve_until_signal(app, config) -> None:  # type: ignore[no-untyped-de
         await runner.cleanup()
 
 
-def _load_manager_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load_manager_config(args: argparse.Namespace):
     from manager.config import load_manager_config
 
     try:
@@ -89,7 +89,7 @@ def run_appproxy(args: argparse.Namespace) -> int:
                or 0)
 
 
-def _keypair_box(config):  # type: ignore[no-untyped-def]
+def _keypair_box(config):
     from manager.secretbox import SecretBox
 
     try:
@@ -103,12 +103,13 @@ def run_db(args: argparse.Namespace) -> int:
 
     private_umask()  # `db upgrade` of a SQLite URL may create the database file
     config = _load_manager_config(args) if not args.url or args.db_command == "downgrade" else None
-    url = args.url or config.db.url
+    url = args.url if config is None else args.url or config.db.url
     try:
         if args.db_command == "upgrade":
             asyncio.run(engine.upgrade(url, args.revision or "head"))
         else:
             # Going below 0005 decrypts the keypairs' secret keys again, which needs the key when one is set.
+            assert config is not None  # always loaded for a downgrade
             keyed = config.secrets.keypair_encryption_key or config.secrets.keypair_encryption_key_file
             box = _keypair_box(config) if keyed else None
             asyncio.run(engine.downgrade(url, args.revision or "base", keypair_box=box))
@@ -128,7 +129,7 @@ def run_admin_create_user(args: argparse.Namespace) -> int:
     url = args.url or config.db.url
     box = _keypair_box(config)  # the secret key is stored encrypted (manager/secretbox.py)
 
-    async def _main() -> tuple:  # type: ignore[type-arg]
+    async def _main() -> tuple:
         eng = db_engine.make_engine(url)
         sessionmaker = db_engine.make_sessionmaker(eng)
         try:

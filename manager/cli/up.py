@@ -33,7 +33,7 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return resolve_data_dir(getattr(args, "data_dir", None))
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:  # type: ignore[type-arg]
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

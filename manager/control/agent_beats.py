@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -30,12 +30,12 @@ from manager.db.models import Agent
 
 log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 1.0  # seconds a beat may wait before its time is written (lost detection waits 15 s by default)
-_agents = Agent.__table__
+_agents = cast(sa.Table, Agent.__table__)  # declared as a FromClause; a mapped class's table is a Table
 BEAT_UPDATE = _agents.update().where(_agents.c.id == sa.bindparam("b_id")).values(last_heartbeat=sa.bindparam("b_at"))
 
 
 class AgentBeats:
-    def __init__(self, db, heartbeat_timeout: float) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, db, heartbeat_timeout: float) -> None:
         self._db = db
         self._trust_for = heartbeat_timeout / 2
         # agent id → (what it reported, monotonic time its row was last read or written as alive)

@@ -112,7 +112,7 @@ def _vanished(row: SessionRow, agent_id: str, now: datetime, grace: Grace) -> bo
     return _aware(row.created_at) < now - (grace.answered if row.port is not None else grace.unanswered)
 
 
-async def apply_heartbeat(ctx, hb: AgentHeartbeat) -> tuple[HeartbeatReply, set[uuid.UUID]]:  # type: ignore[no-untyped-def]
+async def apply_heartbeat(ctx, hb: AgentHeartbeat) -> tuple[HeartbeatReply, set[uuid.UUID]]:
     """Returns the reply for the agent and the endpoints whose route tables changed."""
     now = datetime.now(UTC)
     rc = ctx.config.reconcile
@@ -135,7 +135,7 @@ async def apply_heartbeat(ctx, hb: AgentHeartbeat) -> tuple[HeartbeatReply, set[
     return HeartbeatReply(destroy=found.destroy), changed
 
 
-async def _record_agent(ctx, db, hb: AgentHeartbeat, now: datetime) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
+async def _record_agent(ctx, db, hb: AgentHeartbeat, now: datetime) -> dict[str, Any] | None:
     """Register the agent or refresh its row; returns what it reported when the row was read or written (to be
     remembered once committed). An unchanged agent whose row is known to be alive costs nothing here: its beat
     time is queued and written with the others' (manager.control.agent_beats)."""
@@ -166,8 +166,8 @@ async def _record_agent(ctx, db, hb: AgentHeartbeat, now: datetime) -> dict[str,
     return reported
 
 
-async def _apply_changes(db, agent_id: str, reported: Mapping[uuid.UUID, KernelReport],  # type: ignore[no-untyped-def]
-                         work: set[uuid.UUID], now: datetime, grace: Grace, rc) -> set[uuid.UUID]:  # type: ignore[no-untyped-def]
+async def _apply_changes(db, agent_id: str, reported: Mapping[uuid.UUID, KernelReport],
+                         work: set[uuid.UUID], now: datetime, grace: Grace, rc) -> set[uuid.UUID]:
     """Load the sessions triage picked (with their routes and endpoints) and apply the reports to them."""
     changed: set[uuid.UUID] = set()
     sessions = list((await db.execute(sa.select(Session).where(Session.id.in_(list(work))))).scalars())

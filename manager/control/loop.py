@@ -43,7 +43,7 @@ PLANNING_COLUMNS = (Endpoint.lifecycle, Endpoint.replicas, Endpoint.next_retry_a
 HEX_DIGITS = "0123456789abcdef"
 
 
-async def live_holdings(db) -> dict[str, list[tuple[dict[str, str] | None, ResourceSlots]]]:  # type: ignore[no-untyped-def]
+async def live_holdings(db) -> dict[str, list[tuple[dict[str, str] | None, ResourceSlots]]]:
     """Per agent id, what each of its live sessions holds: (reported GPU allocation or None, requested slots)."""
     held: dict[str, list[tuple[dict[str, str] | None, ResourceSlots]]] = defaultdict(list)
     for agent_id, slots, allocation in (await db.execute(
@@ -65,7 +65,7 @@ class ControlLoop:
     own error handling (one that raises is logged and counted, and the next phases still run) and its own
     duration histogram (manager.control.metrics). The loop owns the autoscaler's state for its term."""
 
-    def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, ctx) -> None:
         self.ctx = ctx
         self.autoscaling = Autoscaling(ctx)
         self._last_resync = 0.0
@@ -203,7 +203,7 @@ class ControlLoop:
                     lifecycle=EndpointLifecycle.DESTROYED, destroyed_at=now))
             await db.commit()
 
-    async def _capacities(self, db) -> dict[str, tuple[Agent, AgentCapacity]]:  # type: ignore[no-untyped-def]
+    async def _capacities(self, db) -> dict[str, tuple[Agent, AgentCapacity]]:
         """Alive agents and what is free on each: slots their live sessions hold, free share per GPU."""
         agents = list((await db.execute(sa.select(Agent).where(Agent.status == AgentStatus.ALIVE))).scalars())
         held = await live_holdings(db)

@@ -70,4 +70,4 @@ def backoff_delay(retries: int, base: float, cap: float) -> float:
     """Seconds to wait after the ``retries``-th consecutive failed start: base·2^(n-1), capped."""
     if retries <= 0:
         return 0.0
-    return min(cap, base * (2 ** min(retries - 1, 30)))
+    return min(cap, base * (2.0 ** min(retries - 1, 30)))

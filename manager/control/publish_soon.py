@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class PublishSoon:
-    def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, ctx) -> None:
         self._ctx = ctx
         self._pending: set[uuid.UUID] = set()
         self._wanted = asyncio.Event()

@@ -73,7 +73,7 @@ TABLE_COLUMNS = (Endpoint.name, Endpoint.kind, Endpoint.lifecycle, Endpoint.repl
 WRITE_CONCURRENCY = 32
 
 
-async def publish_endpoints(ctx, endpoint_ids: set[uuid.UUID], force: bool = False,  # type: ignore[no-untyped-def]
+async def publish_endpoints(ctx, endpoint_ids: set[uuid.UUID], force: bool = False,
                             stored_prefix: str = ROUTES_PREFIX) -> None:
     """Publish (or remove) the tables of these endpoints. Safe to call from handlers and loops.
 
@@ -132,7 +132,7 @@ async def publish_endpoints(ctx, endpoint_ids: set[uuid.UUID], force: bool = Fal
         await _write_all(ctx, writes)
 
 
-async def _write_all(ctx, writes: list[tuple[uuid.UUID, str, str | None]]) -> None:  # type: ignore[no-untyped-def]
+async def _write_all(ctx, writes: list[tuple[uuid.UUID, str, str | None]]) -> None:
     gate = asyncio.Semaphore(WRITE_CONCURRENCY)
 
     async def write(endpoint_id: uuid.UUID, key: str, value: str | None) -> None:

@@ -183,7 +183,7 @@ async def start_fake_manager() -> tuple[FakeManager, web.AppRunner]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # a started site has a server
     manager.url = f"http://127.0.0.1:{port}"
     return manager, runner
 
@@ -194,7 +194,7 @@ async def start_agent(config: AgentConfig) -> tuple[web.AppRunner, str]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # a started site has a server
     return runner, f"http://127.0.0.1:{port}"
 
 

@@ -18,7 +18,7 @@ from tests.agent.conftest import AgentHarness, definition, make_config, running_
 from tests.agent.dockerd import IMAGE, Dockerd
 
 
-def docker_config(tmp_path: Path, daemon: Dockerd, extra: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
+def docker_config(tmp_path: Path, daemon: Dockerd, extra: dict[str, Any] | None = None):
     overrides: dict[str, Any] = {"agent": {"runtime": "docker", "stop_grace": 2.0},
                                  "docker": {"socket": daemon.socket, "pull": "never", "shm_size": "64m"}}
     for section, values in (extra or {}).items():

@@ -349,7 +349,7 @@ async def test_healthy_replica_goes_unhealthy_and_recovers(agent: AgentHarness) 
 
 
 async def test_without_health_check_the_open_port_means_healthy(agent: AgentHarness) -> None:
-    body = agent.spec(model_definition=definition(health=False))  # type: ignore[arg-type]
+    body = agent.spec(model_definition=definition(health=False))  # type: ignore[arg-type]  # health=False: no check at all
     await agent.create(body)
     k = await agent.wait_healthy(body["kernel_id"])
     assert (k["status"], k["health"]) == ("running", "healthy")

@@ -73,6 +73,7 @@ def test_actions_in_order_with_refs(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 @pytest.mark.parametrize(("action", "message"), [
     ({"action": "download_model", "args": {}}, "unknown action 'download_model'"),
+    ({"action": ["run_command"], "args": {}}, "unknown action ['run_command']"),  # not a TypeError
     ({"action": "run_command", "args": {"command": ["sh", "-c", "echo nope >&2; exit 4"]}}, "exited with code 4: nope"),
     ({"action": "run_command", "args": {"command": ["/nonexistent/binary"]}}, "cannot run"),
     ({"action": "write_file", "args": {"body": ["x"]}}, "invalid arguments"),

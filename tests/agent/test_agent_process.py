@@ -68,7 +68,7 @@ async def test_standalone_agent_serves_and_stops_on_sigterm_leaving_replicas(tmp
                     return False
 
             await wait_for(up, 30, "the agent to listen")
-            harness = AgentHarness(url=url, client=client, app=None, config=make_config(tmp_path),  # type: ignore
+            harness = AgentHarness(url=url, client=client, app=None, config=make_config(tmp_path),  # type: ignore[arg-type]  # app, manager: unused here
                                    manager=None, session=session)
             body = harness.spec()
             await harness.create(body)

@@ -90,7 +90,7 @@ async def test_heartbeats_carry_replica_stats(agent: AgentHarness) -> None:
         return bool(k and k.get("stats") and "cpu_util" in k["stats"])
 
     await wait_for(sampled, 15, "a heartbeat with cpu_util")
-    stats = manager.kernel(kernel_id)["stats"]  # type: ignore[index]
+    stats = manager.kernel(kernel_id)["stats"]  # type: ignore[index]  # the kernel was reported
     assert 0 <= stats["cpu_util"] < 400 and stats["mem_bytes"] > 1 * 2**20
     assert 0 < stats["mem_util"] < 100  # of the 256 MiB the replica asked for
     assert abs(stats["collected_at"] - time.time()) < 30
@@ -101,7 +101,7 @@ async def test_heartbeats_carry_replica_stats(agent: AgentHarness) -> None:
 
 
 @pytest.mark.e2e
-async def test_docker_runtime_samples_containers(tmp_path, dockerd) -> None:  # type: ignore[no-untyped-def]
+async def test_docker_runtime_samples_containers(tmp_path, dockerd) -> None:
     """The docker runtime's stats call on a real container (limit from the mem slot, CPU time grows)."""
     from tests.agent.dockerd import IMAGE
 

@@ -51,11 +51,11 @@ async def test_demand_is_debounced_per_endpoint(make_proxy, serve, upstreams, ht
             writes.append(value)
         await original(key, value)
 
-    store.put = counting_put  # type: ignore[method-assign]
+    store.put = counting_put
     try:
         results = await asyncio.gather(*(http.get(url + "/echo") for _ in range(20)))
     finally:
-        store.put = original  # type: ignore[method-assign]
+        store.put = original
     assert [r.status for r in results] == [503] * 20  # nothing came within 1.2 s
     # 20 requests held for 1.2 s: the first write, then at most one refresh per second
     assert 1 <= len(writes) <= 3, writes

@@ -39,7 +39,7 @@ async def wire_log(request: web.Request, handler: Any) -> web.StreamResponse:
     return response
 
 
-def _build_with_gql(*args, **kwargs):  # type: ignore[no-untyped-def]
+def _build_with_gql(*args, **kwargs):
     app = _build(*args, **kwargs)
     gql.install(app)
     app.middlewares.insert(0, wire_log)

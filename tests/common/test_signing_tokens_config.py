@@ -44,7 +44,7 @@ def test_endpoint_tokens() -> None:
         verify_endpoint_token(SECRET, "a" * 10_000, "ep1")
 
 
-def test_config_env_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_config_env_overrides(tmp_path) -> None:
     from manager.config import ManagerConfig
 
     path = tmp_path / "m.toml"

@@ -8,7 +8,7 @@ from common.store import EtcdStore, MemoryStore, WatchEvent
 from tests.services import EtcdServer
 
 
-async def _next(it, timeout: float = 10.0) -> WatchEvent:  # type: ignore[no-untyped-def]
+async def _next(it, timeout: float = 10.0) -> WatchEvent:
     return await asyncio.wait_for(it.__anext__(), timeout)
 
 

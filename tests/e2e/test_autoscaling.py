@@ -25,7 +25,7 @@ HOLD_TIMEOUT = 12  # seconds the proxy holds a request for an endpoint without r
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, pg_url: str, etcd_server: EtcdServer):  # type: ignore[no-untyped-def]
+def cluster(tmp_path: Path, pg_url: str, etcd_server: EtcdServer):
     extra = {
         "MOORAGE_MANAGER__AUTOSCALE__EVALUATION_INTERVAL": "0.5",
         "MOORAGE_APPPROXY__PROXY__ADMIN_PORT": str(free_port()),

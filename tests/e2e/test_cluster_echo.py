@@ -33,7 +33,7 @@ def _healthy_routes(info: dict) -> list[dict]:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, pg_url: str, etcd_server: EtcdServer):  # type: ignore[no-untyped-def]
+def cluster(tmp_path: Path, pg_url: str, etcd_server: EtcdServer):
     with cluster_processes(tmp_path, pg_url, etcd_server, heartbeat_timeout=10.0) as processes:
         processes.agent_env("e2e-agent", MOORAGE_AGENT__AGENT__HEARTBEAT_INTERVAL="1")
         processes.start_agent("e2e-agent")

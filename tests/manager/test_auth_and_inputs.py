@@ -15,7 +15,7 @@ def test_hmac_sign_and_verify_roundtrip() -> None:
     headers = hmac_auth.sign_request("AKIATEST", "secret", "GET", "/services?name=x", "127.0.0.1:8090",
                                      "text/plain", now=now)
     assert headers["Date"] == "2026-11-22T01:57:04.887010+00:00"
-    alg, ak, sig = hmac_auth.parse_authorization(headers["Authorization"])  # type: ignore[misc]
+    alg, ak, sig = hmac_auth.parse_authorization(headers["Authorization"])  # type: ignore[misc]  # None only for a malformed header
     assert (alg, ak) == ("sha256", "AKIATEST")
     args = ("GET", "/services?name=x", headers["Date"], "127.0.0.1:8090", "text/plain; charset=utf-8",
             hmac_auth.API_VERSION, "sha256")
@@ -51,13 +51,13 @@ def test_authorization_parsing() -> None:
 @pytest.mark.parametrize("raw, seconds", [(60, 60), ("90", 90), ("30m", 1800), ("1h", 3600), ("3d", 259200),
                                           ("1w", 604800), ("1.5h", 5400), ("1yr", 365 * 86400)])
 def test_durations(raw: object, seconds: float) -> None:
-    assert parse_duration(raw) == seconds  # type: ignore[arg-type]
+    assert parse_duration(raw) == seconds  # type: ignore[arg-type]  # raw config values
 
 
 @pytest.mark.parametrize("raw", ["", "soon", "-1h", 0, "1x", True])
 def test_bad_durations(raw: object) -> None:
     with pytest.raises(ValueError):
-        parse_duration(raw)  # type: ignore[arg-type]
+        parse_duration(raw)  # type: ignore[arg-type]  # invalid on purpose
 
 
 @pytest.mark.parametrize("raw", ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a\\b", "a\x00b", "",
@@ -67,7 +67,7 @@ def test_unsafe_upload_paths_are_refused(raw: str) -> None:
         safe_relative_path(raw)
 
 
-def test_symlink_escape_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_symlink_escape_is_refused(tmp_path) -> None:
     root = tmp_path / "folder"
     root.mkdir()
     outside = tmp_path / "outside"

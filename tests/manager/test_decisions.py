@@ -23,7 +23,7 @@ from manager.endpoint_status import derive_endpoint_status
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _route(lc=RouteLifecycle.RUNNING, health=RouteHealth.HEALTHY, age=0) -> RouteView:  # type: ignore[no-untyped-def]
+def _route(lc=RouteLifecycle.RUNNING, health=RouteHealth.HEALTHY, age=0) -> RouteView:
     return RouteView(uuid.uuid4(), lc, health, T0 + timedelta(seconds=age))
 
 

@@ -174,7 +174,7 @@ async def test_heartbeats_move_routes_and_unchanged_beats_only_touch_last_heartb
         assert route is not None and session is not None
         assert (route.lifecycle, route.health) == (RouteLifecycle.RUNNING, RouteHealth.HEALTHY)
         assert session.status == "running" and [h["status"] for h in session.status_history] == ["running"]
-        first = (await db.get(Agent, "hb-agent")).last_heartbeat  # type: ignore[union-attr]
+        first = (await db.get(Agent, "hb-agent")).last_heartbeat
 
     async def same_beat() -> None:
         reply = await client.call("POST", url, "/internal/heartbeat", beat("hb-agent", [kernel]))
@@ -203,7 +203,7 @@ async def test_heartbeats_move_routes_and_unchanged_beats_only_touch_last_heartb
     while True:
         await same_beat()
         async with app[CTX].db() as db:
-            if (await db.get(Agent, "hb-agent")).status == AgentStatus.ALIVE:  # type: ignore[union-attr]
+            if (await db.get(Agent, "hb-agent")).status == AgentStatus.ALIVE:
                 break
         assert time.monotonic() < deadline, "the agent stayed lost although it kept beating"
         await asyncio.sleep(0.3)
@@ -211,7 +211,7 @@ async def test_heartbeats_move_routes_and_unchanged_beats_only_touch_last_heartb
     # what the agent reports about itself is written when it changes (here: its RPC URL)
     await client.call("POST", url, "/internal/heartbeat", beat("hb-agent", [kernel], rpc_url="http://127.0.0.1:10"))
     async with app[CTX].db() as db:
-        assert (await db.get(Agent, "hb-agent")).rpc_url == "http://127.0.0.1:10"  # type: ignore[union-attr]
+        assert (await db.get(Agent, "hb-agent")).rpc_url == "http://127.0.0.1:10"
 
     # an unknown kernel is an orphan; the replica the agent stopped listing is lost after the grace
     stray = {**kernel, "kernel_id": str(uuid.uuid4())}

@@ -202,8 +202,8 @@ async def test_make_election_by_store() -> None:
 # -- duties: role switching and wake-ups ---------------------------------------------------------------------------
 def make_ctx(store: Any, wake_interval: float = 0.2) -> ManagerContext:
     config = ManagerConfig.model_validate({"reconcile": {"interval": 0.5}, "leader": {"wake_interval": wake_interval}})
-    return ManagerContext(config=config, engine=None, db=None, store=store, http=None, agents=None,  # type: ignore[arg-type]
-                          cluster_secret="", jwt_secret="", keypair_box=None)  # type: ignore[arg-type]
+    return ManagerContext(config=config, engine=None, db=None, store=store, http=None, agents=None,  # type: ignore[arg-type]  # unused
+                          cluster_secret="", jwt_secret="", keypair_box=None)  # type: ignore[arg-type]  # by the duties
 
 
 def test_wake_values_roundtrip() -> None:
@@ -296,7 +296,7 @@ async def test_duties_follow_the_election(monkeypatch: pytest.MonkeyPatch) -> No
     FakeLoop.started = []
     ctx = make_ctx(MemoryStore())
     election = FakeElection()
-    manager_duties = ManagerDuties(ctx, election)  # type: ignore[arg-type]
+    manager_duties = ManagerDuties(ctx, election)  # type: ignore[arg-type]  # a fake election
     election.duties = manager_duties
     task = asyncio.create_task(manager_duties.run())
 

@@ -32,11 +32,11 @@ async def test_migrations_postgresql(pg_url: str) -> None:
     await _roundtrip(pg_url)
 
 
-async def test_migrations_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_migrations_sqlite(tmp_path) -> None:
     await _roundtrip(f"sqlite+aiosqlite:///{tmp_path}/m.db")
 
 
-async def test_models_match_migrations(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_models_match_migrations(tmp_path) -> None:
     """The ORM models and the migration history describe the same schema (no forgotten migration)."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -112,5 +112,5 @@ async def test_service_settings_migration_postgresql(pg_url: str) -> None:
     await _service_settings_roundtrip(pg_url)
 
 
-async def test_service_settings_migration_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_service_settings_migration_sqlite(tmp_path) -> None:
     await _service_settings_roundtrip(f"sqlite+aiosqlite:///{tmp_path}/s.db")

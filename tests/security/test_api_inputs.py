@@ -14,7 +14,7 @@ from tests.security.api_harness import Manager, assert_problem, create_body, mak
 
 
 @pytest.fixture
-async def manager(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def manager(tmp_path: Path):
     async with running_manager(tmp_path) as m:
         await make_folder(m.alice, "echo")
         yield m

@@ -31,7 +31,7 @@ def _signed(m: Manager, method: str, path: str, body: bytes | None = None, now: 
 
 
 @pytest.fixture
-async def manager(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def manager(tmp_path: Path):
     async with running_manager(tmp_path) as m:
         yield m
 

@@ -42,7 +42,7 @@ async def _gql(client: APIClient, query: str, variables: dict[str, Any]) -> dict
 
 
 @pytest.fixture
-async def world(tmp_path: Path, pg_url: str):  # type: ignore[no-untyped-def]
+async def world(tmp_path: Path, pg_url: str):
     async with running_manager(tmp_path, db_url=pg_url) as m:
         victim = await _user(m, "victim@b.test", UserRole.USER, "dom-b")
         admin = await _user(m, "admin@a.test", UserRole.ADMIN, "default")

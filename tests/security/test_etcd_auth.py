@@ -30,8 +30,8 @@ def _auth_etcd(*extra: str) -> Iterator[EtcdServer]:
     server = EtcdServer(list(extra))
     server.start()
     try:
-        server.password = "moorage-" + secrets.token_hex(12)  # type: ignore[attr-defined]
-        server.enable_auth(ROOT_PASSWORD, {"moorage": (server.password, PREFIX)})  # type: ignore[attr-defined]
+        server.password = "moorage-" + secrets.token_hex(12)
+        server.enable_auth(ROOT_PASSWORD, {"moorage": (server.password, PREFIX)})
         yield server
     finally:
         server.close()
@@ -74,7 +74,7 @@ def test_etcd_refuses_anonymous_clients(auth_etcd: EtcdServer) -> None:
 
 @pytest.mark.e2e
 def test_cluster_on_etcd_with_authentication(tmp_path: Path, pg_url: str, auth_etcd: EtcdServer) -> None:
-    password: str = auth_etcd.password  # type: ignore[attr-defined]
+    password: str = auth_etcd.password
     pw_file = _secret_file(tmp_path / "etcd_password", password)
     etcd_env = {f"MOORAGE_{who}__ETCD__{key}": value for who in ("MANAGER", "APPPROXY")
                 for key, value in (("NAMESPACE", ""), ("USER", "moorage"), ("PASSWORD_FILE", str(pw_file)))}
@@ -82,7 +82,7 @@ def test_cluster_on_etcd_with_authentication(tmp_path: Path, pg_url: str, auth_e
         logs = cluster.daemons.logs
         # The manager elects itself leader.
         claim = wait_for(lambda: _read_as_root(auth_etcd, LEADER_KEY), 30, "the manager to lead", on_timeout=logs)
-        assert json.loads(claim)["url"] == cluster.manager_url  # type: ignore[arg-type]
+        assert json.loads(claim)["url"] == cluster.manager_url
         # An agent registers under its lease.
         cluster.agent_env("auth-agent", MOORAGE_AGENT__ETCD__HOST="127.0.0.1",
                           MOORAGE_AGENT__ETCD__PORT=str(auth_etcd.client_port), MOORAGE_AGENT__ETCD__USER="moorage",
@@ -101,7 +101,7 @@ def test_cluster_on_etcd_with_authentication(tmp_path: Path, pg_url: str, auth_e
                        and i, 90, "a healthy replica", on_timeout=logs)
         table = wait_for(lambda: (raw := _read_as_root(auth_etcd, ROUTES_PREFIX + svc["endpoint_id"]))
                          and json.loads(raw)["routes"] and raw, 20, "the route table", on_timeout=logs)
-        assert len(json.loads(table)["routes"]) == 1  # type: ignore[arg-type]
+        assert len(json.loads(table)["routes"]) == 1
         token = moorage(env, "service", "token", "auth-svc", "--duration", "1h").stdout.strip()
         status, body = wait_for(lambda: (r := chat(svc["service_endpoint"], token)) and r[0] == 200 and r, 20,
                                 "the proxy serving", on_timeout=logs)
@@ -166,7 +166,7 @@ def test_bad_credentials_stop_each_component_at_start(tmp_path: Path, auth_etcd:
 
 
 def test_world_readable_password_file_is_refused(tmp_path: Path, auth_etcd: EtcdServer) -> None:
-    pw_file = _secret_file(tmp_path / "etcd_password", auth_etcd.password)  # type: ignore[attr-defined]
+    pw_file = _secret_file(tmp_path / "etcd_password", auth_etcd.password)
     pw_file.chmod(0o644)
     cmd, env = _component_env("appproxy", tmp_path, auth_etcd, pw_file)
     result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
@@ -178,7 +178,7 @@ def test_expired_auth_token_is_renewed(tmp_path: Path) -> None:
     """etcd forgets an idle client's auth token after ``--auth-token-ttl`` (and on restart): the store logs in
     again instead of failing every call from then on."""
     async def run(etcd: EtcdServer) -> str | None:
-        store = EtcdStore("127.0.0.1", etcd.client_port, user="moorage", password=etcd.password)  # type: ignore
+        store = EtcdStore("127.0.0.1", etcd.client_port, user="moorage", password=etcd.password)
         try:
             await store.put(PREFIX + "probe", "1")
             await asyncio.sleep(3)
@@ -197,7 +197,7 @@ def test_one_etcd_section_for_all_three_and_the_password_stays_hidden(tmp_path: 
     from common.config import ConfigError, load_config
     from manager.config import ManagerConfig
 
-    def load(model, etcd: dict):  # type: ignore[no-untyped-def]
+    def load(model, etcd: dict):
         return load_config(model, None, "MOORAGE_TEST", {"etcd": etcd}, environ={})
 
     pw_file = _secret_file(tmp_path / "etcd_password", "from-the-file")

@@ -22,6 +22,7 @@ from graphql import (
     ASTValidationRule,
     ExecutionResult,
     FieldNode,
+    FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
     InlineFragmentNode,
@@ -50,7 +51,7 @@ MAX_DEPTH = 15  # the deepest client query nests 4 levels; the standard introspe
 routes = web.RouteTableDef()
 
 
-def _build_schema():  # type: ignore[no-untyped-def]
+def _build_schema():
     schema = build()
     bind(schema, "Query", "endpoint", r.resolve_endpoint)
     bind(schema, "Query", "endpoint_list", r.resolve_endpoint_list)
@@ -70,7 +71,7 @@ class DepthLimitRule(ASTValidationRule):
 
     def enter_operation_definition(self, node: OperationDefinitionNode, *_args: Any) -> None:
         fragments = {f.name.value: f for f in self.context.document.definitions
-                     if getattr(f, "kind", "") == "fragment_definition"}
+                     if isinstance(f, FragmentDefinitionNode)}
         depth = self._depth(node.selection_set, fragments, frozenset())
         if depth > MAX_DEPTH:
             self.report_error(GraphQLError(f"the query nests {depth} levels deep; at most {MAX_DEPTH} are allowed",
@@ -102,7 +103,7 @@ VALIDATION_RULES = [*specified_rules, DepthLimitRule]
 def format_error(error: GraphQLError) -> dict[str, Any]:
     original = error.original_error
     if original is None or isinstance(original, GraphQLError):
-        out = dict(error.formatted)
+        out: dict[str, Any] = dict(error.formatted)
         if isinstance(original, GraphQLError) and original.extensions:
             out["extensions"] = {**original.extensions, **(out.get("extensions") or {})}
         return out

@@ -352,9 +352,9 @@ def _install_scalar(schema: GraphQLSchema, name: str, serialize: Callable[[Any],
     def parse_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Any:
         return parse(_literal_to_python(node, variables))
 
-    scalar.serialize = serialize  # type: ignore[method-assign]
-    scalar.parse_value = parse  # type: ignore[method-assign]
-    scalar.parse_literal = parse_literal  # type: ignore[method-assign]
+    scalar.serialize = serialize  # type: ignore[method-assign,assignment]  # graphql-core 3.2's coercion hooks
+    scalar.parse_value = parse  # type: ignore[method-assign,assignment]  # are methods replaced per instance
+    scalar.parse_literal = parse_literal  # type: ignore[method-assign]  # (the SDL scalar has none of its own)
     if hasattr(scalar, "coerce_output_value"):  # graphql-core >= 3.3
         scalar.coerce_output_value = serialize
         scalar.coerce_input_value = parse
@@ -375,7 +375,7 @@ def build() -> GraphQLSchema:
 def bind(schema: GraphQLSchema, type_name: str, field: str, resolver: Callable[..., Any]) -> None:
     type_ = schema.get_type(type_name)
     assert type_ is not None and hasattr(type_, "fields"), type_name
-    type_.fields[field].resolve = resolver  # type: ignore[union-attr]
+    type_.fields[field].resolve = resolver
 
 
 __all__ = ["SDL", "build", "bind", "METRIC_SOURCES", "COMPARATORS", "decimal_text"]
