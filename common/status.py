@@ -55,6 +55,23 @@ class KernelStatus(StrEnum):
     TERMINATED = "terminated"  # stopped on request
 
 
+class SessionStatus(StrEnum):
+    """A session (one replica's kernel) as the manager records it: the agent's :class:`KernelStatus`, plus
+    ``pending`` (placed, not started yet) and ``lost`` (its agent vanished)."""
+
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"
+    FAILED = "failed"
+    TERMINATED = "terminated"
+    LOST = "lost"
+
+
+ACTIVE_SESSION_STATES = (SessionStatus.PENDING, SessionStatus.STARTING, SessionStatus.RUNNING)  # holds slots
+GIVEN_UP_SESSION_STATES = (SessionStatus.TERMINATED, SessionStatus.LOST, SessionStatus.FAILED)
+
+
 class AgentStatus(StrEnum):
     ALIVE = "alive"
     LOST = "lost"
@@ -67,3 +84,21 @@ class UserRole(StrEnum):
 
 
 LIVE_ROUTE_LIFECYCLES = frozenset({RouteLifecycle.PROVISIONING, RouteLifecycle.RUNNING})
+
+
+# What a route's three axes mean together: the one definition of each (SQL twins in manager/db/models.py).
+def route_serving(lifecycle: RouteLifecycle, health: RouteHealth, traffic: RouteTraffic) -> bool:
+    """The route gets traffic: running, passing its health checks and not drained (what the route table
+    publishes to the app proxies)."""
+    return lifecycle == RouteLifecycle.RUNNING and health == RouteHealth.HEALTHY and traffic == RouteTraffic.ACTIVE
+
+
+def route_ready(lifecycle: RouteLifecycle, health: RouteHealth) -> bool:
+    """The replica is up and passing its health checks, whatever its traffic (what counts as a healthy replica
+    in rollouts and in an endpoint's status)."""
+    return lifecycle == RouteLifecycle.RUNNING and health == RouteHealth.HEALTHY
+
+
+def route_active(lifecycle: RouteLifecycle, traffic: RouteTraffic) -> bool:
+    """The replica runs and is meant to get traffic, healthy or not (Backend.AI's ``active_routes``)."""
+    return lifecycle == RouteLifecycle.RUNNING and traffic == RouteTraffic.ACTIVE

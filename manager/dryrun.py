@@ -16,7 +16,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from common.definitions import ModelDefinition
-from common.status import EndpointLifecycle, RouteHealth, RouteLifecycle
+from common.status import EndpointLifecycle, RouteLifecycle, route_ready
 from manager.bgtasks import BackgroundTask
 from manager.db.models import Endpoint, Event, Route
 
@@ -60,7 +60,7 @@ async def run_dry_run(ctx, task: BackgroundTask, new_endpoint: Callable[..., End
             if route is not None and route.session_id and not announced_start:
                 task.emit("bgtask_updated", _message("session_started", route.session_id), 2, 3)
                 announced_start = True
-            if route is not None and route.lifecycle == RouteLifecycle.RUNNING and route.health == RouteHealth.HEALTHY:
+            if route is not None and route_ready(route.lifecycle, route.health):
                 task.emit("bgtask_updated", _message("session_healthy", route.session_id), 3, 3)
                 task.emit("bgtask_done", "the model service started and passed its health check",
                           session_id=str(route.session_id))

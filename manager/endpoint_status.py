@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from common.status import EndpointLifecycle, EndpointStatus, RouteHealth, RouteLifecycle
+from common.status import (
+    LIVE_ROUTE_LIFECYCLES,
+    EndpointLifecycle,
+    EndpointStatus,
+    RouteHealth,
+    RouteLifecycle,
+    route_ready,
+)
 
 
 def derive_endpoint_status(lifecycle: EndpointLifecycle, replicas: int,
@@ -11,10 +18,10 @@ def derive_endpoint_status(lifecycle: EndpointLifecycle, replicas: int,
         return EndpointStatus.DESTROYED
     if lifecycle == EndpointLifecycle.DESTROYING:
         return EndpointStatus.DESTROYING
-    live = [(lc, h) for lc, h in routes if lc in (RouteLifecycle.PROVISIONING, RouteLifecycle.RUNNING)]
+    live = [(lc, h) for lc, h in routes if lc in LIVE_ROUTE_LIFECYCLES]
     if replicas == 0 and not live:
         return EndpointStatus.READY
-    healthy = sum(1 for lc, h in live if lc == RouteLifecycle.RUNNING and h == RouteHealth.HEALTHY)
+    healthy = sum(1 for lc, h in live if route_ready(lc, h))
     if healthy >= replicas and healthy > 0:
         return EndpointStatus.HEALTHY
     if healthy > 0:

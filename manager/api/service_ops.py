@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from common.errors import InvalidAPIParameters, ObjectNotFound
-from common.status import EndpointLifecycle, RouteLifecycle, RouteTraffic
+from common.status import EndpointLifecycle
 from manager.api.auth import caller_of
 from manager.api.schemas import (
     NewServiceRequest,
@@ -27,7 +27,7 @@ from manager.api.services import load_endpoint, new_endpoint, resolve_create_req
 from manager.api.util import json_response, parse_body, parse_uuid
 from manager.context import CTX
 from manager.control.publisher import publish_endpoints
-from manager.db.models import Endpoint, Route
+from manager.db.models import Endpoint, Route, route_active_clause
 from manager.dryrun import run_dry_run
 from manager.endpoints import RUNTIME_VARIANT_LABELS
 from manager.ownership import can_act_for, endpoint_visibility
@@ -68,8 +68,8 @@ async def search_services(request: web.Request) -> web.Response:
                                            .offset(body.offset).limit(body.limit))).scalars())
         counts = dict((await db.execute(
             sa.select(Route.endpoint_id, sa.func.count()).where(
-                Route.endpoint_id.in_([e.id for e in endpoints]), Route.lifecycle == RouteLifecycle.RUNNING,
-                Route.traffic == RouteTraffic.ACTIVE).group_by(Route.endpoint_id))).all())
+                Route.endpoint_id.in_([e.id for e in endpoints]), route_active_clause())
+                .group_by(Route.endpoint_id))).all())
     items = [SearchItem(id=e.id, name=e.name, replicas=e.replicas, desired_session_count=e.replicas,
                         active_route_count=counts.get(e.id, 0), service_endpoint=e.url,
                         resource_slots=e.resource_slots, resource_group=e.scaling_group,

@@ -11,7 +11,16 @@ from aiohttp import web
 
 from common.errors import InvalidAPIParameters, ObjectNotFound
 from common.protocol import UNSANDBOXED_RUNTIME
-from common.status import LIVE_ROUTE_LIFECYCLES, EndpointLifecycle, RouteHealth, RouteLifecycle, RouteTraffic, UserRole
+from common.status import (
+    LIVE_ROUTE_LIFECYCLES,
+    EndpointLifecycle,
+    RouteHealth,
+    RouteLifecycle,
+    RouteTraffic,
+    UserRole,
+    route_active,
+    route_ready,
+)
 from manager.addresses import insert_endpoint
 from manager.api.auth import caller_of
 from manager.api.schemas import CompactServeInfo, NewServiceRequest, ScaleRequest, ScaleResponse, ServeInfo
@@ -78,7 +87,7 @@ def rollout_state(endpoint: Endpoint, routes: list[Route]) -> dict[str, Any] | N
     if not outdated:
         return None
     current = [r for r in live if r.revision == endpoint.revision]
-    serving = [r for r in current if r.lifecycle == RouteLifecycle.RUNNING and r.health == RouteHealth.HEALTHY]
+    serving = [r for r in current if route_ready(r.lifecycle, r.health)]
     return {"revision": endpoint.revision, "current": len(current), "current_serving": len(serving),
             "outdated": len(outdated)}
 
@@ -94,8 +103,7 @@ def serve_info(endpoint: Endpoint, rows: list) -> dict[str, Any]:
 
 def _serve_info_fields(endpoint: Endpoint, rows: list) -> dict[str, Any]:
     own = [(r, s, runtime) for r, s, runtime in rows if r.endpoint_id == endpoint.id]
-    active = [(r, runtime) for r, _, runtime in own
-              if r.lifecycle == RouteLifecycle.RUNNING and r.traffic == RouteTraffic.ACTIVE]
+    active = [(r, runtime) for r, _, runtime in own if route_active(r.lifecycle, r.traffic)]
     status = derive_endpoint_status(endpoint.lifecycle, endpoint.replicas,
                                     [(r.lifecycle, r.health) for r, _, _ in own if _visible(r)])
     return {
@@ -154,7 +162,7 @@ async def list_services(request: web.Request) -> web.Response:
     for endpoint_id, endpoint_name, replicas, url, is_public, lifecycle in endpoints:
         own = routes_of.get(endpoint_id, [])
         status = derive_endpoint_status(lifecycle, replicas, [(lc, health) for lc, health, _ in own])
-        active = sum(1 for lc, _, traffic in own if lc == RouteLifecycle.RUNNING and traffic == RouteTraffic.ACTIVE)
+        active = sum(1 for lc, _, traffic in own if route_active(lc, traffic))
         out.append(CompactServeInfo(
             id=endpoint_id, name=endpoint_name, replicas=replicas, desired_session_count=replicas,
             active_route_count=active, service_endpoint=url, is_public=is_public, status=status.value,

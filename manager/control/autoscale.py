@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from common.aio import cancel_and_wait
 from common.protocol import DEMAND_PREFIX, PROXIES_PREFIX, DemandSignal, ProxyRegistration
 from common.signing import RPCError
-from common.status import EndpointLifecycle, RouteHealth, RouteLifecycle, RouteTraffic
+from common.status import EndpointLifecycle, SessionStatus
 from manager.control.autoscale_metrics import observe
 from manager.control.autoscaler import (
     BLOCKED,
@@ -47,7 +47,7 @@ from manager.control.autoscaler import (
     decide_endpoint,
     wake_from_zero,
 )
-from manager.db.models import AutoScalingRule, Endpoint, Event, Route, Session
+from manager.db.models import AutoScalingRule, Endpoint, Event, Route, Session, route_serving_clause
 
 log = logging.getLogger(__name__)
 
@@ -239,14 +239,14 @@ class Autoscaling:
                 Endpoint.kind == "service"))).scalars()}
             serving = dict((await db.execute(
                 sa.select(Route.endpoint_id, sa.func.count()).where(
-                    Route.endpoint_id.in_(list(endpoints)), Route.lifecycle == RouteLifecycle.RUNNING,
-                    Route.health == RouteHealth.HEALTHY, Route.traffic == RouteTraffic.ACTIVE)
+                    Route.endpoint_id.in_(list(endpoints)), route_serving_clause())
                 .group_by(Route.endpoint_id))).all())
             kernel_endpoints = {r.endpoint_id for r in rows if r.metric_source == "kernel"} & set(endpoints)
             samples: dict[uuid.UUID, list[dict[str, Any] | None]] = {}
             if kernel_endpoints:
                 for endpoint_id, stats in (await db.execute(sa.select(Session.endpoint_id, Session.stats).where(
-                        Session.endpoint_id.in_(list(kernel_endpoints)), Session.status == "running"))).all():
+                        Session.endpoint_id.in_(list(kernel_endpoints)),
+                        Session.status == SessionStatus.RUNNING))).all():
                     samples.setdefault(endpoint_id, []).append(stats)
         remote = {r.endpoint_id for r in rows if r.metric_source in ("proxy", "inference_framework")}
         reports = await self.proxy_reports(sorted(remote & set(endpoints)))

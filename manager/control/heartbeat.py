@@ -23,14 +23,21 @@ from typing import Any
 import sqlalchemy as sa
 
 from common.protocol import AgentHeartbeat, HeartbeatReply, KernelReport
-from common.status import AgentStatus, KernelStatus, RouteHealth, RouteLifecycle, RouteTraffic
+from common.status import (
+    ACTIVE_SESSION_STATES,
+    GIVEN_UP_SESSION_STATES,
+    AgentStatus,
+    KernelStatus,
+    RouteHealth,
+    RouteLifecycle,
+    RouteTraffic,
+    SessionStatus,
+)
 from manager.control.planner import backoff_delay
 from manager.control.transitions import TERMINAL_KERNEL, decide_route_change
 from manager.db.models import Agent, Endpoint, Event, Route, Session
 
 log = logging.getLogger(__name__)
-ACTIVE_SESSION_STATES = ("pending", "starting", "running")
-GIVEN_UP_SESSION_STATES = ("terminated", "lost", "failed")
 # the agent columns a heartbeat carries (everything but status and the timestamps)
 AGENT_REPORTED = ("rpc_url", "replica_host", "scaling_group", "architecture", "runtime", "available_slots",
                   "devices", "version")
@@ -186,7 +193,7 @@ async def _apply_changes(db, agent_id: str, reported: Mapping[uuid.UUID, KernelR
             continue
         if route is None:
             continue
-        new_status = report.status.value
+        new_status = SessionStatus(report.status.value)
         if session.status != new_status:
             session.status_history = [*(session.status_history or []),
                                       {"status": new_status, "at": now.isoformat()}][-20:]
@@ -223,7 +230,7 @@ async def _apply_changes(db, agent_id: str, reported: Mapping[uuid.UUID, KernelR
 def mark_replica_gone(session: Session, route: Route | None, now: datetime, error_type: str, message: str) -> bool:
     """A replica's kernel is gone (its agent lost it or was lost): the session ends as lost and its route, if
     still live or draining, leaves traffic as terminated with the reason. True when the route changed."""
-    session.status = "lost"
+    session.status = SessionStatus.LOST
     session.terminated_at = now
     if route is None or route.lifecycle not in (RouteLifecycle.PROVISIONING, RouteLifecycle.RUNNING,
                                                 RouteLifecycle.TERMINATING):

@@ -22,16 +22,18 @@ from common.protocol import KernelReport, KernelSpec
 from common.signing import RPCError
 from common.slots import ResourceSlots
 from common.status import (
+    ACTIVE_SESSION_STATES,
     AgentStatus,
     EndpointLifecycle,
     RouteHealth,
     RouteLifecycle,
     RouteTraffic,
+    SessionStatus,
 )
 from common.store import ROUTES_PREFIX
 from manager.control import metrics
 from manager.control.autoscale import Autoscaling
-from manager.control.heartbeat import ACTIVE_SESSION_STATES, _aware, mark_replica_gone
+from manager.control.heartbeat import _aware, mark_replica_gone
 from manager.control.planner import RouteView, backoff_delay, plan_replicas
 from manager.control.publisher import publish_endpoints
 from manager.control.scheduler import AgentCapacity, device_free_of, normalize_architecture, select_agent
@@ -253,8 +255,9 @@ class ControlLoop:
                     continue
                 agent = agents[placement.agent_id][0]
                 session = Session(id=uuid.uuid4(), endpoint_id=endpoint.id, route_id=route.id, agent_id=agent.id,
-                                  occupied_slots=request.to_json(), status="starting",
-                                  status_history=[{"status": "starting", "at": datetime.now(UTC).isoformat()}])
+                                  occupied_slots=request.to_json(), status=SessionStatus.STARTING,
+                                  status_history=[{"status": SessionStatus.STARTING.value,
+                                                   "at": datetime.now(UTC).isoformat()}])
                 db.add(session)
                 placed.append((route, session))
                 route.error_data = None
@@ -282,7 +285,7 @@ class ControlLoop:
         if started:  # one transaction records where every answered replica listens
             async with ctx.db() as db:
                 for session in (await db.execute(sa.select(Session).where(
-                        Session.id.in_(list(started)), Session.status == "starting"))).scalars():
+                        Session.id.in_(list(started)), Session.status == SessionStatus.STARTING))).scalars():
                     report = started[session.id]
                     session.host, session.port, session.runtime_handle = report.host, report.port, report.handle
                 await db.commit()
@@ -314,7 +317,7 @@ class ControlLoop:
             route = await db.get(Route, spec.route_id)
             endpoint = await db.get(Endpoint, spec.endpoint_id)
             if session is not None:
-                session.status = "failed"
+                session.status = SessionStatus.FAILED
                 session.terminated_at = now
             if route is not None and route.lifecycle == RouteLifecycle.PROVISIONING:
                 route.lifecycle = RouteLifecycle.FAILED_TO_START
@@ -345,7 +348,7 @@ class ControlLoop:
                 if no_kernel:
                     route.lifecycle = RouteLifecycle.TERMINATED
                     if session is not None and session.status in ACTIVE_SESSION_STATES:
-                        session.status = "terminated"
+                        session.status = SessionStatus.TERMINATED
                         session.terminated_at = datetime.now(UTC)
                     ctx.dirty_endpoints.add(route.endpoint_id)
                 elif _aware(route.updated_at) <= grace_cutoff:
@@ -367,7 +370,7 @@ class ControlLoop:
             for route_id, session_id in destroyed:
                 session, route = sessions.get(session_id), routes.get(route_id)
                 if session is not None and session.status in ACTIVE_SESSION_STATES:
-                    session.status = "terminated"
+                    session.status = SessionStatus.TERMINATED
                     session.terminated_at = datetime.now(UTC)
                 if route is not None and route.lifecycle == RouteLifecycle.TERMINATING:
                     route.lifecycle = RouteLifecycle.TERMINATED

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from common.status import LIVE_ROUTE_LIFECYCLES, RouteHealth, RouteLifecycle
+from common.status import LIVE_ROUTE_LIFECYCLES, RouteHealth, RouteLifecycle, route_ready
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -20,7 +20,8 @@ class RouteView:
 
     @property
     def serving(self) -> bool:
-        return self.lifecycle == RouteLifecycle.RUNNING and self.health == RouteHealth.HEALTHY
+        """Up and healthy (common.status.route_ready): what a rollout counts as a replica of its revision."""
+        return route_ready(self.lifecycle, self.health)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

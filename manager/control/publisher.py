@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import load_only
 
 from common.protocol import RouteTable, RouteTarget
-from common.status import EndpointLifecycle, RouteHealth, RouteLifecycle, RouteTraffic
+from common.status import EndpointLifecycle, RouteHealth, RouteLifecycle, RouteTraffic, route_serving
 from common.store import ROUTES_PREFIX
 from manager.db.models import AutoScalingRule, Endpoint, EndpointToken, Route, Session
 
@@ -54,8 +54,7 @@ def build_route_table(endpoint: Endpoint, routes: Sequence[RouteRow], revoked: l
     targets = [
         RouteTarget(route_id=r.id, host=r.host, port=r.port, traffic_ratio=r.traffic_ratio)
         for r in routes
-        if r.lifecycle == RouteLifecycle.RUNNING and r.health == RouteHealth.HEALTHY
-        and r.traffic == RouteTraffic.ACTIVE and r.host and r.port
+        if route_serving(r.lifecycle, r.health, r.traffic) and r.host and r.port
     ]
     return RouteTable(endpoint_id=endpoint.id, name=endpoint.name, port=endpoint.proxy_port,
                       subdomain=endpoint.subdomain,

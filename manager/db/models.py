@@ -20,6 +20,7 @@ from common.status import (
     RouteHealth,
     RouteLifecycle,
     RouteTraffic,
+    SessionStatus,
     UserRole,
 )
 
@@ -190,7 +191,7 @@ class Session(Base):
     host: Mapped[str | None] = mapped_column(sa.String(256), nullable=True)
     port: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
     occupied_slots: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    status: Mapped[str] = mapped_column(sa.String(32), default="pending", index=True)
+    status: Mapped[str] = mapped_column(sa.String(32), default=SessionStatus.PENDING, index=True)  # SessionStatus
     status_history: Mapped[list[Any]] = mapped_column(JSONType, default=list)
     # last utilisation the agent reported for this kernel (cpu_util, mem_util, ...): input of `kernel` autoscaling
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
@@ -218,6 +219,17 @@ class Route(Base):
     error_data: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=_now)
     updated_at: Mapped[datetime] = mapped_column(TS, default=_now, onupdate=_now)
+
+
+def route_serving_clause() -> sa.ColumnElement[bool]:
+    """SQL twin of :func:`common.status.route_serving`."""
+    return sa.and_(Route.lifecycle == RouteLifecycle.RUNNING, Route.health == RouteHealth.HEALTHY,
+                   Route.traffic == RouteTraffic.ACTIVE)
+
+
+def route_active_clause() -> sa.ColumnElement[bool]:
+    """SQL twin of :func:`common.status.route_active`."""
+    return sa.and_(Route.lifecycle == RouteLifecycle.RUNNING, Route.traffic == RouteTraffic.ACTIVE)
 
 
 class EndpointToken(Base):
