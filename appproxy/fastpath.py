@@ -50,7 +50,14 @@ from appproxy.forward import (
 )
 from appproxy.httpserver import HttpConnection, SizedResponse
 from appproxy.metrics import NO_ROUTE
-from appproxy.upstream import IDEMPOTENT_METHODS, READ_BUFSIZE, ReplicaProtocol, UpstreamResponse, request_head
+from appproxy.upstream import (
+    IDEMPOTENT_METHODS,
+    READ_BUFSIZE,
+    ReplicaProtocol,
+    UpstreamPool,
+    UpstreamResponse,
+    request_head,
+)
 from common.errors import ProblemError
 from common.protocol import RouteTable, RouteTarget
 
@@ -164,7 +171,7 @@ class FastPath:
                             header_lines(headers, raw, conn.remote, conn.scheme, cfg.trust_forwarded_headers),
                             len(body))
         exchange.head = head
-        exchange.proto = proto
+        exchange.proto, exchange.pool = proto, pool  # the pool it was taken from, even if the forwarder closes
         self.taken += 1
         conn.fast_started(exchange)
         try:
@@ -178,8 +185,8 @@ class FastPath:
 class FastExchange:
     """One request on the fast path, from the request sent to the answer written (or handed over)."""
 
-    __slots__ = ("body", "chosen", "conn", "cors", "endpoint", "error", "head", "message", "payload", "proto",
-                 "proxy", "started", "table", "upstream")
+    __slots__ = ("body", "chosen", "conn", "cors", "endpoint", "error", "head", "message", "payload", "pool",
+                 "proto", "proxy", "started", "table", "upstream")
 
     def __init__(self, proxy: Proxy, conn: HttpConnection, message: RawRequestMessage, payload: StreamReader,
                  endpoint: str, table: RouteTable, chosen: tuple[RouteKey, RouteTarget, str, str], body: bytes,
@@ -189,6 +196,7 @@ class FastExchange:
         self.cors = cors  # CORS headers for the answer (appproxy.cors); None: the endpoint has no policy
         self.head = b""
         self.proto: ReplicaProtocol | None = None
+        self.pool: UpstreamPool | None = None
         self.upstream: UpstreamResponse | None = None
         self.error: BaseException | None = None
 
@@ -203,8 +211,9 @@ class FastExchange:
                 or is_stream(headers, status, method)
                 or (lines := sized_header_lines(headers, message.raw_headers)) is None):
             target = self.chosen[1]
-            self.upstream = UpstreamResponse(self.proxy.forwarder._pool, (target.host, target.port),  # type: ignore[arg-type]  # pool checked when sent
-                                             self.proto, method, message, payload)  # type: ignore[arg-type]  # proto set when sent
+            assert self.pool is not None and self.proto is not None  # both set when sent
+            self.upstream = UpstreamResponse(self.pool, (target.host, target.port), self.proto, method, message,
+                                             payload)
             self._hand_over()
             return
         # what Forwarder._relay does for a small sized body, then the counters of forward/_pipeline/handle
@@ -216,7 +225,8 @@ class FastExchange:
         else:
             forwarder._success(key)
         body = payload.read_nowait()
-        forwarder._pool.release((target.host, target.port), self.proto, payload)  # type: ignore[union-attr,arg-type]  # both set when sent
+        assert self.pool is not None and self.proto is not None  # both set when sent
+        self.pool.release((target.host, target.port), self.proto, payload)
         self._finished(route)
         proxy.metrics.request_finished(self.endpoint, route, status, self.conn._loop.time() - self.started)
         if self.cors is not None:
