@@ -122,3 +122,16 @@ def wrk(url: str, connections: int, seconds: float, threads: int = 1) -> dict[st
         errors += sum(int(x) for x in m.groups())
     result["errors"] = errors
     return result
+
+
+def print_wrk_table(results: dict[str, tuple[dict[str, float], dict[str, float]]], connections: int) -> None:
+    """The machine line and one row per target: wrk under load (``connections``) and with one connection."""
+    import platform
+
+    print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
+    print(f"{'target':<16} {'rps(c=' + str(connections) + ')':>12} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'errors':>6} | {'rps(c=1)':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, (load, single) in results.items():
+        print(f"{name:<16} {load['rps']:>12.0f} {load['p50']:>8.3f} {load['p99']:>8.3f} "
+              f"{load['errors'] + single['errors']:>6} | {single['rps']:>9.0f} {single['p50']:>8.3f} "
+              f"{single['p99']:>8.3f}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent.runtime.local import read_child_pid  # noqa: E402
 from agent.runtime.netfwd import start_forwarder, stop_forwarder  # noqa: E402
-from bench._lib.common import Procs, ensure_tools, free_port, wait_port, which, wrk  # noqa: E402
+from bench._lib.common import Procs, ensure_tools, free_port, print_wrk_table, wait_port, which, wrk  # noqa: E402
 from bench.proxy.run import NGINX_CONF, UPSTREAM  # noqa: E402
 
 
@@ -75,13 +74,7 @@ def main() -> None:
             if sandbox is not None:
                 os.killpg(sandbox.pid, signal.SIGKILL)  # the sandbox's whole process group: nginx and its workers
                 sandbox.wait()
-    print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
-    print(f"{'target':<16} {'rps(c=' + str(args.connections) + ')':>12} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'errors':>6} | {'rps(c=1)':>9} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, (load, single) in results.items():
-        print(f"{name:<16} {load['rps']:>12.0f} {load['p50']:>8.3f} {load['p99']:>8.3f} "
-              f"{load['errors'] + single['errors']:>6} | {single['rps']:>9.0f} {single['p50']:>8.3f} "
-              f"{single['p99']:>8.3f}")
+    print_wrk_table(results, args.connections)
     host, boxed = results["host"], results["sandbox+pasta"]
     print(f"sandbox+pasta/host: rps ratio (c={args.connections}) = {boxed[0]['rps'] / host[0]['rps']:.2f}, "
           f"(c=1) = {boxed[1]['rps'] / host[1]['rps']:.2f}; p50 added (c=1) = "

@@ -17,7 +17,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench._lib.common import LIB, PYTHON, Procs, ensure_tools, free_port, wait_port, which, wrk  # noqa: E402
+from bench._lib.common import LIB, PYTHON, Procs, ensure_tools, free_port, print_wrk_table, wait_port, which, wrk  # noqa: E402
 
 NGINX_CONF = """\
 worker_processes 1;
@@ -105,13 +104,7 @@ def main() -> None:
                 spy.wait(30)
             single = wrk(url, 1, max(3.0, args.seconds / 2))
             results[name] = (load, single)
-    print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
-    print(f"{'target':<16} {'rps(c=' + str(args.connections) + ')':>12} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'errors':>6} | {'rps(c=1)':>9} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, (load, single) in results.items():
-        print(f"{name:<16} {load['rps']:>12.0f} {load['p50']:>8.3f} {load['p99']:>8.3f} "
-              f"{load['errors'] + single['errors']:>6} | {single['rps']:>9.0f} {single['p50']:>8.3f} "
-              f"{single['p99']:>8.3f}")
+    print_wrk_table(results, args.connections)
     direct_p50 = results["direct"][1]["p50"]
     nginx_rps = results["nginx"][0]["rps"]
     for name in [n for n in results if n.startswith("appproxy")]:
