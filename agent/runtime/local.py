@@ -100,6 +100,20 @@ def software_roots(paths: list[str]) -> list[str]:
     return sorted(r for r in roots if os.path.isdir(r) and not any(o != r and under(r, o) for o in roots))
 
 
+GPU_DEVICE_GLOB = "/dev/nvidia*"  # nvidiactl, nvidia-uvm(-tools), nvidia-modeset, nvidia0..N
+
+
+def gpu_device_binds(gpu_devices: list[str], found: list[str] | None = None) -> list[Bind]:
+    """The NVIDIA device nodes for a replica that was given GPUs (none otherwise). All of them: which GPUs it
+    may use is CUDA_VISIBLE_DEVICES (by UUID) in its environment, as for Backend.AI's local kernels."""
+    if not gpu_devices:
+        return []
+    import glob
+
+    nodes = sorted(glob.glob(GPU_DEVICE_GLOB)) if found is None else found
+    return [Bind(node, node, writable=True, device=True) for node in nodes if not node.endswith("/nvidia-caps")]
+
+
 class SandboxUnavailable(RuntimeUnavailable):
     pass
 
@@ -313,6 +327,7 @@ class LocalRuntime(LaunchFiles):
                 Bind(str(plan.model_folder), plan.mount_destination),
                 Bind(str(work), self._local.work_mount, writable=True),
                 Bind(str(launch), LAUNCH_DIR, writable=True),
+                *gpu_device_binds(plan.gpu_devices),
             ]
             if self.isolates_network:
                 info_r, info_w = os.pipe()

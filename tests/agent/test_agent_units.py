@@ -379,3 +379,16 @@ def test_uid_pool_gives_each_live_replica_its_own_uid() -> None:
     pool.release(3_000_001)
     pool.release(None)
     assert pool.take() == 3_000_001
+
+
+def test_gpu_device_nodes_only_for_replicas_given_gpus() -> None:
+    from agent.runtime.local import gpu_device_binds
+
+    nodes = ["/dev/nvidia0", "/dev/nvidia1", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-caps"]
+    assert gpu_device_binds([], found=nodes) == []
+    binds = gpu_device_binds(["GPU-1"], found=nodes)
+    assert [b.dest for b in binds] == ["/dev/nvidia0", "/dev/nvidia1", "/dev/nvidiactl", "/dev/nvidia-uvm"]
+    assert all(b.device for b in binds)
+    argv = bwrap_argv("bwrap", SandboxSpec(binds=binds, chdir="/", command=["sh"]), lstat=FS.lstat,
+                      readlink=FS.readlink)
+    assert " ".join(argv).count("--dev-bind /dev/nvidia") == 4
