@@ -58,7 +58,7 @@ from agent.runtime.base import (
 )
 from agent.runtime.logfiles import LaunchFiles
 from agent.runtime.netfwd import start_forwarder, stop_forwarder
-from agent.runtime.uids import UidPool
+from agent.runtime.uids import UidPool, hand_over
 from agent.stats import UsageSample, docker_usage
 from common.slots import parse_binary_size
 
@@ -219,8 +219,6 @@ class DockerRuntime(LaunchFiles):
         await asyncio.wait_for(self._docker.images.pull(image), self._cfg.pull_timeout)
 
     async def start(self, plan: ReplicaPlan, kernel_dir: Path) -> KernelHandle:
-        from aiodocker.exceptions import DockerError
-
         if not plan.image:
             raise RuntimeError("no image given for the docker runtime")
         work = kernel_dir / "work"
@@ -240,19 +238,14 @@ class DockerRuntime(LaunchFiles):
         (launch / "spec.json").write_text(json.dumps(spec, indent=1))
         uid = self._uids.take() if self._cfg.run_as == "replica" else None
         if uid is not None:
-            for path in (work, launch, launch / "launcher.py", launch / "spec.json"):
-                os.chown(path, uid, uid)
+            hand_over(work, launch, uid)
         config = container_config(plan, self._cfg, self._agent_id, launch, work, uid)
         name = container_name(plan.kernel_id)
         try:
-            container = await self._docker.containers.create(config, name=name)
-        except DockerError as exc:
-            if exc.status != 409:
-                raise
-            # A container of an earlier attempt (the agent died before recording it): replace it.
-            log.warning("kernel %s: removing a stale container named %s", plan.kernel_id, name)
-            await self._remove(name)
-            container = await self._docker.containers.create(config, name=name)
+            container = await self._create(config, name, plan.kernel_id)
+        except BaseException:
+            self._uids.release(uid)  # no container holds it
+            raise
         info = {"container_id": container.id, "name": name, "kernel_dir": str(kernel_dir),
                 "started_at": time.time(), "image": plan.image, "uid": uid}
         try:
@@ -272,6 +265,19 @@ class DockerRuntime(LaunchFiles):
         handle = KernelHandle(runtime=self.name, ident=container.id, info=info)
         self._watch(handle)
         return handle
+
+    async def _create(self, config: dict[str, Any], name: str, kernel_id: str) -> Any:
+        from aiodocker.exceptions import DockerError
+
+        try:
+            return await self._docker.containers.create(config, name=name)
+        except DockerError as exc:
+            if exc.status != 409:
+                raise
+        # A container of an earlier attempt (the agent died before recording it): replace it.
+        log.warning("kernel %s: removing a stale container named %s", kernel_id, name)
+        await self._remove(name)
+        return await self._docker.containers.create(config, name=name)
 
     # -- watch -----------------------------------------------------------------------------------------
     def _watch(self, handle: KernelHandle) -> _Watch:

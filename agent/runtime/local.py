@@ -68,7 +68,7 @@ from agent.runtime.procs import (
     signal_group,
     start_ticks,
 )
-from agent.runtime.uids import UidPool
+from agent.runtime.uids import UidPool, hand_over
 from agent.stats import UsageSample, proc_group_usage
 
 log = logging.getLogger(__name__)
@@ -311,12 +311,7 @@ class LocalRuntime(LaunchFiles):
             if self._privileged:
                 uid = self._uids.take()
                 identity = Identity(uid, uid)
-                for path in (work, launch, launch / "launcher.py", launch / "spec.json"):
-                    os.chown(path, uid, uid)
-                # bwrap enters the work dir as root without CAP_DAC_OVERRIDE, before setpriv: it must be
-                # traversable whatever the agent's umask (the kernel dirs above it are 0700 on the host)
-                for path in (work, launch):
-                    os.chmod(path, 0o755)
+                hand_over(work, launch, uid)
             passwd, group = passwd_lines(uid if uid is not None else os.getuid(),
                                          uid if uid is not None else os.getgid(), work_dir)
             for name, text in (("passwd", passwd), ("group", group)):
@@ -333,7 +328,7 @@ class LocalRuntime(LaunchFiles):
                 info_r, info_w = os.pipe()
             sandbox = SandboxSpec(binds=binds, chdir=work_dir, command=command, hidden=self._hidden,
                                   software=self._software, identity=identity,
-                                  isolate_network=self._local.network == "isolated", info_fd=info_w,
+                                  isolate_network=self.isolates_network, info_fd=info_w,
                                   passwd_file=str(kernel_dir / "passwd"), group_file=str(kernel_dir / "group"))
             argv = bwrap_argv(self._bwrap, sandbox)
         else:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from agent.runtime.base import RuntimeUnavailable
 
 
@@ -26,3 +29,13 @@ class UidPool:
     def release(self, uid: int | None) -> None:
         if uid is not None:
             self._used.discard(uid)
+
+
+def hand_over(work: Path, launch: Path, uid: int) -> None:
+    """Give a replica running as ``uid`` its work and launch dirs (and the launcher and spec in it), both
+    runtimes alike. They stay traversable (0755) whatever the agent's umask: bwrap enters the work dir as root
+    without CAP_DAC_OVERRIDE before it drops to ``uid``; the kernel dir above them is 0700 on the host."""
+    for path in (work, launch, launch / "launcher.py", launch / "spec.json"):
+        os.chown(path, uid, uid)
+    for path in (work, launch):
+        os.chmod(path, 0o755)
