@@ -62,20 +62,13 @@ async def _endpoint_settings(url: str) -> list[tuple[str, object, object]]:
         await eng.dispose()
 
 
-async def _endpoint_columns(url: str) -> set[str]:
+async def _endpoint_names(url: str, kind: str) -> set[str]:
+    """The names of the endpoints table's ``columns`` or ``indexes``, as the database reports them."""
     eng = db_engine.make_engine(url)
     try:
         async with eng.connect() as conn:
-            return {c["name"] for c in await conn.run_sync(lambda c: sa.inspect(c).get_columns("endpoints"))}
-    finally:
-        await eng.dispose()
-
-
-async def _endpoint_indexes(url: str) -> set[str]:
-    eng = db_engine.make_engine(url)
-    try:
-        async with eng.connect() as conn:
-            return {i["name"] for i in await conn.run_sync(lambda c: sa.inspect(c).get_indexes("endpoints"))}
+            found = await conn.run_sync(lambda c: getattr(sa.inspect(c), f"get_{kind}")("endpoints"))
+            return {item["name"] for item in found}
     finally:
         await eng.dispose()
 
@@ -98,10 +91,10 @@ async def _service_settings_roundtrip(url: str) -> None:
         await eng.dispose()
     live_indexes = {"uq_endpoints_owner_name_live", "uq_endpoints_proxy_port_live", "uq_endpoints_subdomain_live"}
     await db_engine.downgrade(url, "0005")
-    assert not {"cors_allowed_origins", "network_outbound"} & await _endpoint_columns(url)
-    assert live_indexes <= await _endpoint_indexes(url), "SQLite's table copy keeps the partial unique indexes"
+    assert not {"cors_allowed_origins", "network_outbound"} & await _endpoint_names(url, "columns")
+    assert live_indexes <= await _endpoint_names(url, "indexes"), "SQLite's table copy keeps the partial unique indexes"
     await db_engine.upgrade(url)
-    assert live_indexes <= await _endpoint_indexes(url)
+    assert live_indexes <= await _endpoint_names(url, "indexes")
     rows = await _endpoint_settings(url)
     assert [(name, bool(outbound)) for name, _, outbound in rows] == [("kept", False)]
     origins = rows[0][1]

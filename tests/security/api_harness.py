@@ -18,15 +18,8 @@ from manager.context import CTX
 from manager.server import build_manager_app
 from tests.manager.apiclient import APIClient
 from tests.manager.inprocess import manager_config, serving
+from tests.manager.test_api import ECHO_DEF
 from tests.services import free_port
-
-ECHO_DEF = """models:
-  - name: echo
-    model_path: /models
-    service:
-      start_command: python3 /models/echo_server.py --port {port}
-      port: 8000
-"""
 
 
 @dataclass
