@@ -41,7 +41,7 @@ def _message(event: str, session_id: uuid.UUID | None = None, **extra: object) -
 async def run_dry_run(ctx, task: BackgroundTask, new_endpoint: Callable[..., Endpoint],
                       definition: dict) -> None:
     """``new_endpoint(name=, kind=, port=, url=)``: the hidden endpoint's row, one replica of the service asked
-    for (the API layer builds it from the request: :func:`manager.api.services.new_endpoint`); ``definition``:
+    for (the API layer builds it from the request: :func:`manager.services.write.new_endpoint`); ``definition``:
     its resolved model definition."""
     endpoint = new_endpoint(name=f"model-eval-{uuid.uuid4().hex[:10]}", kind="dry_run", port=None, url=None)
     async with ctx.db() as db:
