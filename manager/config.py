@@ -6,9 +6,10 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
-from common.config import EtcdSection, StrictSection, load_config, read_secret
+from common import config as common_config
+from common.config import DatabaseSection, EtcdSection, StrictSection, load_config
 from common.tls import check_pair, client_ssl, server_context
 
 
@@ -30,10 +31,6 @@ class ManagerSection(StrictSection):
     def _tls(self) -> ManagerSection:
         check_pair(self.tls_cert_file, self.tls_key_file)
         return self
-
-
-class DatabaseSection(StrictSection):
-    url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/moorage"
 
 
 class AppProxySection(StrictSection):
@@ -60,13 +57,13 @@ class AppProxySection(StrictSection):
         return self
 
 
-class SecretsSection(StrictSection):
-    cluster_secret: str | None = None  # signs manager <-> agent calls
+class SecretsSection(common_config.SecretsSection):
+    cluster_secret: SecretStr | None = None  # signs manager <-> agent calls
     cluster_secret_file: str | None = None
-    jwt_secret: str | None = None  # signs endpoint tokens; shared with the app proxies only
+    jwt_secret: SecretStr | None = None  # signs endpoint tokens; shared with the app proxies only
     jwt_secret_file: str | None = None
     # encrypts keypair secret keys in the database (manager/secretbox.py); managers only, never in the database
-    keypair_encryption_key: str | None = None
+    keypair_encryption_key: SecretStr | None = None
     keypair_encryption_key_file: str | None = None
 
 
@@ -196,14 +193,13 @@ class ManagerConfig(StrictSection):
         return client_ssl(self.manager.tls_ca_file, "manager.tls_ca_file")
 
     def cluster_secret(self) -> str:
-        return read_secret(self.secrets.cluster_secret, self.secrets.cluster_secret_file, "secrets.cluster_secret")
+        return self.secrets.read("cluster_secret")
 
     def jwt_secret(self) -> str:
-        return read_secret(self.secrets.jwt_secret, self.secrets.jwt_secret_file, "secrets.jwt_secret")
+        return self.secrets.read("jwt_secret")
 
     def keypair_encryption_key(self) -> str:
-        return read_secret(self.secrets.keypair_encryption_key, self.secrets.keypair_encryption_key_file,
-                           "secrets.keypair_encryption_key")
+        return self.secrets.read("keypair_encryption_key")
 
 
 def load_manager_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ManagerConfig:

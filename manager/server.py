@@ -57,8 +57,8 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
     async def context(app: web.Application) -> AsyncIterator[None]:
         ensure_shared_dir(config.manager.storage_root)  # 0755: replicas read model folders (manager.folders)
         if config.manager.auto_migrate:
-            await db_engine.upgrade(config.db.url)
-        engine = db_engine.make_engine(config.db.url)
+            await db_engine.upgrade(config.db.connect_url())
+        engine = db_engine.make_engine(config.db.connect_url())
         try:  # a wrong key stops the start here, rather than failing those users' requests later
             await check_and_seal_keypairs(db_engine.make_sessionmaker(engine), keypair_box)
         except BaseException:
