@@ -59,93 +59,57 @@ class ScaleResult:
 
 
 class ServiceConfigSpec(Protocol):
-    """What a new service's ``config`` gives (the API's ServiceConfigModel has these and more)."""
+    """What a new service's ``config`` gives (the API's ServiceConfigModel has these and more). The three specs
+    are structural: the API's pydantic request models satisfy them, and the domain does not import the API."""
 
-    @property
-    def model(self) -> str: ...
-    @property
-    def model_definition_path(self) -> str | None: ...
-    @property
-    def model_mount_destination(self) -> str: ...
-    @property
-    def scaling_group(self) -> str: ...
-    @property
-    def extra_mounts(self) -> dict[str, Any]: ...
-    @property
-    def environ(self) -> dict[str, str] | None: ...
-    @property
-    def resources(self) -> dict[str, Any] | None: ...
-    @property
-    def resource_opts(self) -> dict[str, Any] | None: ...
+    model: str
+    model_definition_path: str | None
+    model_mount_destination: str
+    scaling_group: str
+    extra_mounts: dict[str, Any]
+    environ: dict[str, str] | None
+    resources: dict[str, Any] | None
+    resource_opts: dict[str, Any] | None
 
 
 class NewServiceSpec(Protocol):
     """What creating (or trying) a service takes: the validated request (the API's NewServiceRequest)."""
 
+    name: str
+    replicas: int
+    image: str | None
+    runtime_variant: str
+    architecture: str | None
+    group: str
+    domain: str
+    cluster_size: int
+    cluster_mode: str
+    tag: str | None
+    startup_command: str | None
+    bootstrap_script: str | None
+    callback_url: str | None
+    owner_access_key: str | None
+    open_to_public: bool
+    cors_allowed_origins: list[str]
+    network_outbound: bool
+
     @property
-    def name(self) -> str: ...
-    @property
-    def replicas(self) -> int: ...
-    @property
-    def image(self) -> str | None: ...
-    @property
-    def runtime_variant(self) -> str: ...
-    @property
-    def architecture(self) -> str | None: ...
-    @property
-    def group(self) -> str: ...
-    @property
-    def domain(self) -> str: ...
-    @property
-    def cluster_size(self) -> int: ...
-    @property
-    def cluster_mode(self) -> str: ...
-    @property
-    def tag(self) -> str | None: ...
-    @property
-    def startup_command(self) -> str | None: ...
-    @property
-    def bootstrap_script(self) -> str | None: ...
-    @property
-    def callback_url(self) -> str | None: ...
-    @property
-    def owner_access_key(self) -> str | None: ...
-    @property
-    def open_to_public(self) -> bool: ...
-    @property
-    def cors_allowed_origins(self) -> list[str]: ...
-    @property
-    def network_outbound(self) -> bool: ...
-    @property
-    def config(self) -> ServiceConfigSpec: ...
+    def config(self) -> ServiceConfigSpec: ...  # read-only: any model that fits, not this type exactly
 
 
 class ServiceUpdateSpec(Protocol):
     """What ``PATCH /services/{id}`` gives (the API's UpdateServiceRequest); None: keep the current value."""
 
-    @property
-    def replicas(self) -> int | None: ...
-    @property
-    def model(self) -> str | None: ...
-    @property
-    def model_definition_path(self) -> str | None: ...
-    @property
-    def runtime_variant(self) -> str | None: ...
-    @property
-    def image(self) -> str | None: ...
-    @property
-    def environ(self) -> dict[str, str] | None: ...
-    @property
-    def resources(self) -> dict[str, Any] | None: ...
-    @property
-    def resource_opts(self) -> dict[str, Any] | None: ...
-    @property
-    def open_to_public(self) -> bool | None: ...
-    @property
-    def cors_allowed_origins(self) -> list[str] | None: ...
-    @property
-    def network_outbound(self) -> bool | None: ...
-    @property
-    def max_surge(self) -> int | None: ...
-    @property
-    def redeploy(self) -> bool: ...
+    replicas: int | None
+    model: str | None
+    model_definition_path: str | None
+    runtime_variant: str | None
+    image: str | None
+    environ: dict[str, str] | None
+    resources: dict[str, Any] | None
+    resource_opts: dict[str, Any] | None
+    open_to_public: bool | None
+    cors_allowed_origins: list[str] | None
+    network_outbound: bool | None
+    max_surge: int | None
+    redeploy: bool
