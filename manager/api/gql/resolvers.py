@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from graphql import GraphQLError, GraphQLResolveInfo
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.status import EndpointLifecycle
 from manager.api.gql.filters import FieldSpec, QueryParseError, parse_filter, parse_order
@@ -53,12 +54,18 @@ def not_found(what: str) -> UserError:
     return UserError(f"{what} not found", "object-not-found")
 
 
-def _ctx(info: GraphQLResolveInfo) -> ManagerContext:
-    return info.context["ctx"]
+# the execution context manager.api.gql builds for each request: {"ctx": ManagerContext, "caller": Caller}
+Info = GraphQLResolveInfo[dict[str, Any]]
 
 
-def _caller(info: GraphQLResolveInfo) -> Caller:
-    return info.context["caller"]
+def _ctx(info: Info) -> ManagerContext:
+    ctx: ManagerContext = info.context["ctx"]
+    return ctx
+
+
+def _caller(info: Info) -> Caller:
+    caller: Caller = info.context["caller"]
+    return caller
 
 
 # ---------------------------------------------------------------------------------------------------- visibility
@@ -72,7 +79,7 @@ def _uuid_arg(value: str, what: str) -> uuid.UUID:
         raise UserError(f"{what}: not a valid UUID") from None
 
 
-async def _visible_endpoint(db: Any, caller: Caller, endpoint_id: uuid.UUID) -> Endpoint:
+async def _visible_endpoint(db: AsyncSession, caller: Caller, endpoint_id: uuid.UUID) -> Endpoint:
     endpoint = (await db.execute(sa.select(Endpoint).where(
         Endpoint.id == endpoint_id, Endpoint.lifecycle != EndpointLifecycle.DESTROYED,
         endpoint_visible(caller)))).scalar_one_or_none()
@@ -138,13 +145,13 @@ def _page_args(limit: int, offset: int) -> None:
         raise UserError(f"offset: must be between 0 and {MAX_OFFSET}")
 
 
-async def resolve_endpoint(_root: Any, info: GraphQLResolveInfo, endpoint_id: uuid.UUID) -> dict[str, Any]:
+async def resolve_endpoint(_root: Any, info: Info, endpoint_id: uuid.UUID) -> dict[str, Any]:
     async with _ctx(info).db() as db:
         endpoint = await _visible_endpoint(db, _caller(info), endpoint_id)
         return (await _endpoint_views(db, [endpoint]))[0]
 
 
-async def resolve_endpoint_list(_root: Any, info: GraphQLResolveInfo, limit: int, offset: int,
+async def resolve_endpoint_list(_root: Any, info: Info, limit: int, offset: int,
                                 filter: str | None = None, order: str | None = None,  # noqa: A002 - wire name
                                 domain_name: str | None = None, group_id: uuid.UUID | None = None,
                                 project: uuid.UUID | None = None, user_uuid: uuid.UUID | None = None
@@ -238,7 +245,7 @@ async def _visible_rule(db: Any, caller: Caller, rule_id: uuid.UUID) -> tuple[Au
     return row[0], row[1]
 
 
-async def resolve_rule_node(_root: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any]:  # noqa: A002
+async def resolve_rule_node(_root: Any, info: Info, id: str) -> dict[str, Any]:  # noqa: A002
     rule_id = parse_rule_id(id)
     async with _ctx(info).db() as db:
         rule, _ = await _visible_rule(db, _caller(info), rule_id)
@@ -250,7 +257,7 @@ def _bounded(name: str, value: int | None, low: int, high: int) -> None:
         raise UserError(f"{name}: must be between {low} and {high}")
 
 
-async def resolve_rule_nodes(_root: Any, info: GraphQLResolveInfo, endpoint: str,
+async def resolve_rule_nodes(_root: Any, info: Info, endpoint: str,
                              filter: str | None = None, order: str | None = None,  # noqa: A002
                              offset: int | None = None, before: str | None = None, after: str | None = None,
                              first: int | None = None, last: int | None = None) -> dict[str, Any]:
@@ -343,7 +350,7 @@ def _writable(endpoint: Endpoint) -> None:
                         "generic-bad-request")
 
 
-async def resolve_create_rule(_root: Any, info: GraphQLResolveInfo, endpoint: str,
+async def resolve_create_rule(_root: Any, info: Info, endpoint: str,
                               props: dict[str, Any]) -> dict[str, Any]:
     ctx, caller = _ctx(info), _caller(info)
     endpoint_id = _uuid_arg(endpoint, "endpoint")
@@ -367,7 +374,7 @@ async def resolve_create_rule(_root: Any, info: GraphQLResolveInfo, endpoint: st
     return {"ok": True, "msg": "created", "rule": view}
 
 
-async def resolve_modify_rule(_root: Any, info: GraphQLResolveInfo, id: str,  # noqa: A002
+async def resolve_modify_rule(_root: Any, info: Info, id: str,  # noqa: A002
                               props: dict[str, Any]) -> dict[str, Any]:
     ctx, caller = _ctx(info), _caller(info)
     rule_id = parse_rule_id(id)
@@ -384,7 +391,7 @@ async def resolve_modify_rule(_root: Any, info: GraphQLResolveInfo, id: str,  # 
     return {"ok": True, "msg": "updated", "rule": view}
 
 
-async def resolve_delete_rule(_root: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any]:  # noqa: A002
+async def resolve_delete_rule(_root: Any, info: Info, id: str) -> dict[str, Any]:  # noqa: A002
     ctx, caller = _ctx(info), _caller(info)
     rule_id = parse_rule_id(id)
     async with ctx.db() as db:
