@@ -28,6 +28,8 @@ from manager.services.model import RouteAxes, RouteRow, ServiceSnapshot, Service
 
 @dataclasses.dataclass(frozen=True)
 class Derived:
+    """What every shape of an endpoint derives from its routes, computed in one place."""
+
     status: EndpointStatus
     active: list[int]  # indexes of the active routes (running and in traffic), in route order
 
