@@ -99,6 +99,8 @@ def list_dir(root: Path, rel: PurePosixPath, offset: int, limit: int, max_entrie
     """One page of a directory, directories first then by name; at most ``max_entries`` are read."""
     where = locate(root, rel)
     st = _lstat(where, rel, "path")
+    if stat.S_ISLNK(st.st_mode):
+        raise InvalidAPIParameters(f"path {str(rel)!r}: a symlink (links are not followed)")
     if not stat.S_ISDIR(st.st_mode):
         raise InvalidAPIParameters(f"path {str(rel)!r}: not a directory")
     entries: list[Entry] = []
@@ -135,7 +137,8 @@ def make_dir(root: Path, rel: PurePosixPath, exist_ok: bool) -> None:
             ensure_shared_dir(real_root.joinpath(*rel.parts))
             break
         if not stat.S_ISDIR(st.st_mode):
-            raise Conflict(f"path {str(PurePosixPath(*rel.parts[:i + 1]))!r}: a file is in the way")
+            what = "a symlink (links are not followed)" if stat.S_ISLNK(st.st_mode) else "a file"
+            raise Conflict(f"path {str(PurePosixPath(*rel.parts[:i + 1]))!r}: {what} is in the way")
     else:
         if not exist_ok:
             raise Conflict(f"path {str(rel)!r}: the directory exists")

@@ -10,10 +10,11 @@ import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 
+from common.status import UserRole
+from manager.bootstrap import create_user
 from manager.context import CTX
 from manager.hmac_auth import sign_request
 from tests.manager.apiclient import APIClient
@@ -37,10 +38,6 @@ async def raw(client: APIClient, method: str, path: str, data: bytes | None = No
     headers = sign_request(client.access_key, client.secret_key, method, path, client.host, content_type)
     async with client.session.request(method, client.base_url + path, data=data, headers=headers) as resp:
         return resp.status, resp.headers, await resp.read()
-
-
-def q(value: str) -> str:
-    return quote(value, safe="")
 
 
 def folder_root(m: Manager, name_or_id: str, folders: list[dict[str, Any]]) -> Path:
@@ -422,3 +419,29 @@ async def test_conversations_crud_export_bounds_and_ownership(mgr: Manager) -> N
     assert status == 204
     status, _ = await alice.request("GET", f"/conversations/{cid}")
     assert status == 404
+
+
+async def test_admins_see_others_folders_store_and_conversations(mgr: Manager) -> None:
+    _, ak, sk = await create_user(mgr.app[CTX].db, "root@example.com", UserRole.SUPERADMIN,
+                                  box=mgr.app[CTX].keypair_box)
+    admin = APIClient(mgr.session, mgr.url, ak, sk)
+    await make_folder(mgr.alice, "shared-model", {"model-definition.yaml": STORE_DEF,
+                                                  "service-definition.toml": SERVICE_DEF})
+    status, conv = await mgr.alice.request("POST", "/conversations", {"title": "alice's"})
+    assert status == 201
+    status, body = await admin.request("GET", "/folders?all=true")
+    assert [(f["name"], f["user"]) for f in body] == [("shared-model", conv["owner"])]
+    status, body = await admin.request("GET", "/folders")
+    assert body == []  # without all=true: the admin's own
+    status, store = await admin.request("GET", "/model-store")
+    assert [c["name"] for c in store["items"]] == ["shared-model"] and store["items"][0]["owner"] == conv["owner"]
+    folder_id = store["items"][0]["folder_id"]
+    status, body = await admin.request("GET", f"/folders/{folder_id}/files")
+    assert status == 200 and {e["name"] for e in body["entries"]} == {"model-definition.yaml",
+                                                                      "service-definition.toml"}
+    status, body = await admin.request("GET", "/conversations?all=true")
+    assert [(c["title"], c["owner"]) for c in body["items"]] == [("alice's", conv["owner"])]
+    status, body = await admin.request("GET", "/conversations")
+    assert body["items"] == []
+    status, body = await admin.request("PATCH", f"/conversations/{conv['id']}", {"title": "moderated"})
+    assert status == 200 and body["owner"] == conv["owner"]
