@@ -25,6 +25,7 @@ from manager.db.models import ModelFolder
 from manager.endpoints import find_folder
 from manager.folders import folder_relpath, list_files, resolve_inside, safe_relative_path
 from manager.ownership import owner_visibility
+from manager.uploads import staging_root
 
 routes = web.RouteTableDef()
 USAGE_MODES = ("model", "general", "data")  # as NewFolderRequest accepts them
@@ -106,6 +107,7 @@ async def delete_folder(request: web.Request) -> web.Response:
         await db.delete(folder)
         await db.commit()
     shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(staging_root(Path(ctx.config.manager.storage_root), folder.id), ignore_errors=True)  # uploads
     return web.Response(status=204)
 
 
