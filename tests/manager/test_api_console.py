@@ -4,6 +4,8 @@ chat conversations, each with its ownership rule (another user's objects are a 4
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import stat
@@ -445,3 +447,47 @@ async def test_admins_see_others_folders_store_and_conversations(mgr: Manager) -
     assert body["items"] == []
     status, body = await admin.request("PATCH", f"/conversations/{conv['id']}", {"title": "moderated"})
     assert status == 200 and body["owner"] == conv["owner"]
+
+
+async def test_a_large_file_in_many_chunks(mgr: Manager) -> None:
+    await mgr.alice.request("POST", "/folders", {"name": "large"})
+    data = os.urandom(64 * CHUNK + 1)  # 16 MiB and a byte: 65 chunks
+    status, body = await upload(mgr.alice, "large", "model.gguf", data)
+    assert status == 200 and body["complete"] and body["size"] == len(data)
+    status, headers, got = await raw(mgr.alice, "GET", "/folders/large/download?path=model.gguf")
+    assert status == 200 and hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+async def test_two_chunks_at_once_and_two_appends_at_once(mgr: Manager) -> None:
+    alice = mgr.alice
+    await alice.request("POST", "/folders", {"name": "race"})
+    status, body = await alice.request("POST", "/folders/race/uploads", {"path": "f.bin", "size": 2 * CHUNK})
+    path = f"/folders/race/uploads/{body['upload_id']}?offset=0"
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"a" * 1024
+        await release.wait()
+        yield b"a" * (CHUNK - 1024)
+
+    async def slow_put() -> int:
+        headers = sign_request(alice.access_key, alice.secret_key, "PUT", path, alice.host,
+                               "application/octet-stream")
+        async with alice.session.put(alice.base_url + path, data=slow_body(), headers=headers) as resp:
+            return resp.status
+
+    first = asyncio.create_task(slow_put())
+    await asyncio.sleep(0.5)  # the first chunk holds the upload's lock now
+    status, _, data = await raw(alice, "PUT", path, b"b" * CHUNK)
+    assert status == 409 and b"being written" in data
+    release.set()
+    assert await first == 200
+    status, body = await alice.request("GET", path.split("?")[0])
+    assert body["offset"] == CHUNK
+
+    status, conv = await alice.request("POST", "/conversations", {"title": "race"})
+    results = await asyncio.gather(*(alice.request("PATCH", f"/conversations/{conv['id']}", {"append": [
+        {"role": "user", "content": f"m{i}"}]}) for i in range(4)))
+    assert [s for s, _ in results] == [200] * 4
+    status, body = await alice.request("GET", f"/conversations/{conv['id']}")
+    assert sorted(m["content"] for m in body["messages"]) == ["m0", "m1", "m2", "m3"]  # none lost
