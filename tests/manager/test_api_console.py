@@ -26,11 +26,28 @@ from tests.security.api_harness import Manager, assert_problem, make_folder, run
 CHUNK = 256 * 1024
 
 
+SECTIONS: dict[str, Any] = {
+    "files": {"max_chunk_bytes": CHUNK},
+    "conversations": {"max_per_user": 3, "max_messages": 5, "max_content_chars": 1000,
+                      "max_conversation_bytes": 4096}}
+
+
 @pytest.fixture
 async def mgr(tmp_path: Path, pg_url: str) -> AsyncIterator[Manager]:
-    async with running_manager(tmp_path, pg_url, files={"max_chunk_bytes": CHUNK},
-                               conversations={"max_per_user": 3, "max_messages": 5, "max_content_chars": 1000,
-                                              "max_conversation_bytes": 4096}) as m:
+    async with running_manager(tmp_path, pg_url, **SECTIONS) as m:
+        yield m
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_db_url(request: pytest.FixtureRequest) -> str | None:
+    """PostgreSQL, and SQLite (None: the harness's default) as in `moorage up`."""
+    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+
+
+@pytest.fixture
+async def mgr_any_db(any_db_url: str | None, tmp_path: Path) -> AsyncIterator[Manager]:
+    """For what the database does (conversations, service rows): both databases."""
+    async with running_manager(tmp_path, any_db_url, **SECTIONS) as m:
         yield m
 
 
@@ -288,7 +305,8 @@ STORE_DEF = ECHO_DEF + """    metadata:
 """
 
 
-async def test_model_store_cards_and_run(mgr: Manager) -> None:
+async def test_model_store_cards_and_run(mgr_any_db: Manager) -> None:
+    mgr = mgr_any_db
     alice, bob = mgr.alice, mgr.bob
     await make_folder(alice, "echo-store", {"model-definition.yaml": STORE_DEF, "service-definition.toml":
                                             SERVICE_DEF, "echo_server.py": "print(1)"})
@@ -331,7 +349,8 @@ async def test_model_store_cards_and_run(mgr: Manager) -> None:
     assert_problem(status, body, 400, "folder_id")
 
 
-async def test_conversations_crud_export_bounds_and_ownership(mgr: Manager) -> None:
+async def test_conversations_crud_export_bounds_and_ownership(mgr_any_db: Manager) -> None:
+    mgr = mgr_any_db
     alice, bob = mgr.alice, mgr.bob
     new = {"title": "First chat", "models": [{"service_id": "6c1d8f3e-7c1b-4d5e-9a51-3c0c2f0e8a11", "model": "echo"},
                                             {"base_url": "https://api.example.com/v1", "model": "gpt"}],
@@ -458,7 +477,8 @@ async def test_a_large_file_in_many_chunks(mgr: Manager) -> None:
     assert status == 200 and hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
 
 
-async def test_two_chunks_at_once_and_two_appends_at_once(mgr: Manager) -> None:
+async def test_two_chunks_at_once_and_four_appends_at_once(mgr_any_db: Manager) -> None:
+    mgr = mgr_any_db
     alice = mgr.alice
     await alice.request("POST", "/folders", {"name": "race"})
     status, body = await alice.request("POST", "/folders/race/uploads", {"path": "f.bin", "size": 2 * CHUNK})
