@@ -55,6 +55,8 @@ def test_check_definition_reports_every_kind_of_error_with_a_line() -> None:
     [extra] = check_definition(DefinitionKind.SERVICE, "[environment]\nimage = 'x'\nflavour = 1\n")
     assert extra.field == "environment.flavour" and extra.line == 3
     assert check_definition(DefinitionKind.SERVICE, "[environment]\nimage = 'x'\n") == []
+    [slot] = check_definition(DefinitionKind.SERVICE, "[resource_slots]\ncpu = 'abc'\n")
+    assert slot == DefinitionProblem("resource_slots.cpu", "must be a number", 2)
 
 
 def test_service_names_from_folder_names() -> None:
