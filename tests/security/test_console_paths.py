@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from common.errors import ProblemError
+from manager import folder_tree
 from manager.context import CTX
+from manager.folders import safe_relative_path
 from tests.manager.test_api_console import raw
 from tests.security.api_harness import Manager, assert_problem, make_folder, running_manager
 
@@ -112,3 +117,26 @@ async def test_another_users_folder_is_a_404_everywhere(mgr: Manager) -> None:
         status, _, _ = await raw(bob, method, path, b"bob" if method == "PUT" else None)
         assert status == 404, (method, path)
     assert (_root(mgr) / "keep.txt").read_text() == "keep"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw_path=st.text(alphabet=st.sampled_from(["a", "b", ".", "/", "\\", "\x00", "é", " ", "~", "%"]),
+                        max_size=12))
+def test_any_path_is_a_problem_or_stays_inside(tmp_path: Path, raw_path: str) -> None:
+    """Whatever the text, the explorer's operations raise a 4xx problem or act inside the folder."""
+    root = tmp_path / "folder"
+    root.mkdir(exist_ok=True)
+    (tmp_path / "outside").mkdir(exist_ok=True)
+    if not (root / "out").is_symlink():
+        os.symlink(tmp_path / "outside", root / "out")
+    for op in (lambda: folder_tree.make_dir(root, folder_tree.optional_path(raw_path), True),
+               lambda: folder_tree.save_file(root, safe_relative_path(raw_path), b"x"),
+               lambda: folder_tree.list_dir(root, folder_tree.optional_path(raw_path), 0, 10, 100),
+               lambda: folder_tree.move(root, safe_relative_path(raw_path), PurePosixPath("moved"), True),
+               lambda: folder_tree.delete(root, safe_relative_path(raw_path), True)):
+        try:
+            op()
+        except ProblemError as exc:
+            assert 400 <= exc.status < 500, exc
+    assert os.listdir(tmp_path / "outside") == []
+    assert (root / "out").is_symlink() or not (root / "out").exists()
