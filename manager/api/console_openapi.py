@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from manager.api import console_schemas as c
+from manager.api import schemas as s
 
 F = "/folders/{name}"
 U = "/folders/{name}/uploads/{upload_id}"
@@ -35,7 +36,7 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
     ("get", "/model-store", "Model folders holding model-definition.yaml and service-definition.toml, as cards",
      None, c.StoreList, 200),
     ("post", "/model-store/{folder_id}/run", "Run this model: create a service from the folder's definitions",
-     c.RunModelRequest, None, 201),
+     c.RunModelRequest, s.ServeInfo, 201),
     ("get", "/conversations", "The caller's chat conversations, newest first", None, c.ConversationList, 200),
     ("post", "/conversations", "Save a new conversation", c.NewConversationRequest, c.Conversation, 201),
     ("get", C, "One conversation with its messages", None, c.Conversation, 200),
@@ -82,8 +83,6 @@ RESPONSE_CONTENT: dict[tuple[str, str], dict[str, Any]] = {
     ("get", f"{F}/download"): {"application/octet-stream": _BYTES},
     ("get", f"{C}/export"): {"application/json": {"schema": {"type": "object"}},
                              "text/markdown": {"schema": {"type": "string"}}},
-    ("post", "/model-store/{folder_id}/run"): {"application/json": {
-        "schema": {"$ref": "#/components/schemas/ServeInfo"}}},
 }
 CONFLICTS = {("post", f"{F}/mkdir"), ("post", f"{F}/move-file"), ("delete", f"{F}/files"),
              ("put", f"{F}/content"), ("post", f"{F}/uploads"), ("put", U), ("post", "/model-store/{folder_id}/run"),

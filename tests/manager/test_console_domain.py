@@ -111,3 +111,17 @@ def test_conversation_bounds() -> None:
         check_messages([{"content": ""}] * 3, limits, "append")
     with pytest.raises(PayloadTooLarge, match="max_conversation_bytes"):
         check_stored_size([], {}, [{"content": "x" * 2000}], limits)
+
+
+def test_every_console_route_is_in_openapi() -> None:
+    from aiohttp.web import RouteDef
+
+    from manager.api import conversations, folder_files, model_store
+    from manager.api.openapi import build_spec
+
+    paths = build_spec()["paths"]
+    defs = [r for table in (folder_files.routes, model_store.routes, conversations.routes) for r in table
+            if isinstance(r, RouteDef)]
+    assert len(defs) == 19
+    for route in defs:
+        assert route.method.lower() in paths.get(route.path, {}), (route.method, route.path)
