@@ -121,7 +121,7 @@ async def download(request: web.Request) -> web.StreamResponse:
             "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
         response.content_length = size
         await response.prepare(request)
-        remaining = size
+        remaining = size if request.method != "HEAD" else 0  # aiohttp would send a HEAD's body as written
         while remaining > 0:
             chunk = await asyncio.to_thread(os.read, fd, min(READ_CHUNK, remaining))
             if not chunk:  # the file shrank meanwhile: the client sees a short body and fails

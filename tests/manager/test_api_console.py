@@ -132,6 +132,10 @@ async def test_explorer_large_file_directories_download_move_delete(mgr: Manager
     assert status == 200 and data == big
     assert headers["Content-Disposition"].startswith('attachment; filename="model.bin"')
     assert int(headers["Content-Length"]) == len(big)
+    status, headers, data = await raw(alice, "HEAD", "/folders/box/download?path=weights/model.bin")
+    assert status == 200 and data == b"" and int(headers["Content-Length"]) == len(big)
+    status, _ = await alice.request("GET", "/folders/box/files")  # the connection is still in step
+    assert status == 200
     status, _, data = await raw(alice, "GET", "/folders/box/download?path=weights")
     assert status == 400 and b"not a regular file" in data
     status, _, data = await raw(alice, "GET", "/folders/box/download?path=nope")
