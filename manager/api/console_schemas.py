@@ -164,11 +164,19 @@ class ChatMessage(_Strict):
     stats: ChatStats | None = None
 
 
+def _not_blank(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
 class NewConversationRequest(_Strict):
     title: str = Field(default="New chat", min_length=1, max_length=MAX_TITLE)
     models: list[ChatModel] = Field(default_factory=list, max_length=MAX_MODELS_PER_CONVERSATION)
     parameters: ChatParameters = Field(default_factory=ChatParameters)
     messages: list[ChatMessage] = Field(default_factory=list)
+
+    _title = field_validator("title")(_not_blank)
 
 
 class UpdateConversationRequest(_Strict):
@@ -180,12 +188,7 @@ class UpdateConversationRequest(_Strict):
     messages: list[ChatMessage] | None = None
     append: list[ChatMessage] | None = None
 
-    @field_validator("title")
-    @classmethod
-    def _title(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be blank")
-        return value
+    _title = field_validator("title")(_not_blank)
 
 
 class ConversationSummary(_Resp):

@@ -412,6 +412,10 @@ async def test_conversations_crud_export_bounds_and_ownership(mgr_any_db: Manage
     assert "sk-secret" not in json.dumps(body)
     status, body = await alice.request("POST", "/conversations", {"models": [{"base_url": "javascript:alert(1)"}]})
     assert_problem(status, body, 400, "base_url")
+    status, body = await alice.request("POST", "/conversations", {"title": "   "})
+    assert_problem(status, body, 400, "title", "blank")
+    status, body = await alice.request("PATCH", f"/conversations/{cid}", {"title": ""})
+    assert_problem(status, body, 400, "title")
     status, body = await alice.request("PATCH", f"/conversations/{cid}", {"append": [
         {"role": "user", "content": "x" * 1001}]})
     assert_problem(status, body, 400, "append.0.content")
