@@ -123,8 +123,9 @@ def list_dir(root: Path, rel: PurePosixPath, offset: int, limit: int, max_entrie
     return Listing(str(rel) if rel.parts else "", entries[offset:offset + limit], len(entries), truncated)
 
 
-def make_dir(root: Path, rel: PurePosixPath, exist_ok: bool) -> None:
-    """``mkdir -p`` inside the folder; 409 when a file is in the way, or the directory exists and not exist_ok."""
+def make_dir(root: Path, rel: PurePosixPath, exist_ok: bool, parents: bool = True) -> None:
+    """``mkdir [-p]`` inside the folder; 409 when a file is in the way, or the directory exists and not exist_ok;
+    404 when a parent is missing and not ``parents``."""
     if not rel.parts:
         raise InvalidAPIParameters("path: the folder root exists already")
     real_root = root.resolve()
@@ -134,6 +135,9 @@ def make_dir(root: Path, rel: PurePosixPath, exist_ok: bool) -> None:
         try:
             st = node.lstat()
         except FileNotFoundError:
+            if not parents and i < len(rel.parts) - 1:
+                raise ObjectNotFound(f"path {str(rel)!r}: its parent directory does not exist (parents=true "
+                                     "creates it)") from None
             ensure_shared_dir(real_root.joinpath(*rel.parts))
             break
         if not stat.S_ISDIR(st.st_mode):

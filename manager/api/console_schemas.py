@@ -48,6 +48,7 @@ class DirListing(_Resp):
 class MkdirRequest(_Strict):
     path: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
     exist_ok: StrictBool = False
+    parents: StrictBool = Field(default=True, description="create missing parent directories (as Backend.AI)")
 
 
 class MoveRequest(_Strict):

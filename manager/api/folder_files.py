@@ -139,7 +139,7 @@ async def mkdir(request: web.Request) -> web.Response:
     _, root = await _folder(request)
     body = await parse_body(request, MkdirRequest)
     rel = safe_relative_path(body.path)
-    folder_tree.make_dir(root, rel, body.exist_ok)
+    folder_tree.make_dir(root, rel, body.exist_ok, body.parents)
     return json_response({"path": str(rel)}, status=201)
 
 

@@ -112,6 +112,10 @@ async def test_explorer_large_file_directories_download_move_delete(mgr: Manager
     assert_problem(status, body, 409, "exists")
     status, _ = await alice.request("POST", "/folders/box/mkdir", {"path": "a/b/c", "exist_ok": True})
     assert status == 201
+    status, body = await alice.request("POST", "/folders/box/mkdir", {"path": "p/q", "parents": False})
+    assert_problem(status, body, 404, "parent")
+    status, body = await alice.request("POST", "/folders/box/mkdir", {"path": "a/b/d", "parents": False})
+    assert status == 201
     status, body = await alice.request("POST", "/folders/box/mkdir", {"path": "weights/model.bin/x"})
     assert_problem(status, body, 409, "a file is in the way")
 
