@@ -18,9 +18,12 @@ from common.store import KVStore
 from manager.api import (
     agents,
     autoscaling,
+    conversations,
+    folder_files,
     folders,
     gql,
     internal,
+    model_store,
     openapi,
     root,
     routings,
@@ -95,7 +98,8 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
     # service_ops first: its /services/_/... paths must win over /services/{service_id}/...
     for table in (root.routes, openapi.routes, service_ops.routes, services.routes, tokens.routes,
                   routings.routes, folders.routes, gql.routes, internal.routes, agents.routes,
-                  service_update.routes, autoscaling.routes):
+                  service_update.routes, autoscaling.routes, folder_files.routes, model_store.routes,
+                  conversations.routes):
         app.add_routes(table)
     return app
 
