@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.errors import Conflict, InvalidAPIParameters, ObjectNotFound
 from manager import conversations as rules
@@ -48,7 +49,7 @@ def _full(conv: Conversation) -> dict[str, Any]:
         "parameters": conv.parameters, "messages": conv.messages}).model_dump(mode="json", exclude_none=False)
 
 
-async def _load(db: Any, caller: Caller, raw_id: str) -> Conversation:
+async def _load(db: AsyncSession, caller: Caller, raw_id: str) -> Conversation:
     conv_id = parse_uuid(raw_id, "conversation_id")
     conv = (await db.execute(sa.select(Conversation).where(
         Conversation.id == conv_id, owner_visibility(caller, Conversation.owner_id)))).scalar_one_or_none()

@@ -14,18 +14,19 @@ from pydantic import ValidationError
 from common.errors import Conflict, InvalidAPIParameters, invalid_params_from_validation
 from common.status import EndpointLifecycle
 from manager import model_store
-from manager.addresses import insert_endpoint
 from manager.api.auth import caller_of
 from manager.api.console_schemas import RunModelRequest, StoreList
 from manager.api.fields import SERVICE_NAME_MAX, SERVICE_NAME_MIN
 from manager.api.folder_files import query_int
 from manager.api.schemas import NewServiceRequest
-from manager.api.services import new_endpoint, resolve_create_request, serve_info
 from manager.api.util import json_response, parse_body, parse_uuid
+from manager.api.views.endpoint import serve_info
 from manager.context import CTX
-from manager.db.models import Endpoint, Event, ModelFolder
+from manager.db.models import Endpoint, ModelFolder
 from manager.endpoints import find_folder
 from manager.ownership import owner_visibility
+from manager.services import write
+from manager.services.model import ServiceSnapshot
 
 routes = web.RouteTableDef()
 DEFAULT_PAGE = 50
@@ -80,22 +81,7 @@ async def run_model(request: web.Request) -> web.Response:
             "open_to_public": body.open_to_public, "config": {"model": str(folder.id)}})
     except ValidationError as exc:
         raise invalid_params_from_validation(exc) from None
-    async with ctx.db() as db:
-        owner, _, resolved = await resolve_create_request(ctx, db, caller, request_body)
-        if name in taken:
-            raise Conflict(f"name: a service named {name!r} already exists")
-
-    def rows(port: int | None, subdomain: str | None, url: str) -> list[Any]:
-        endpoint = new_endpoint(request_body, owner, caller, folder.id, resolved, name=name, kind="service",
-                                port=port, url=url)
-        endpoint.subdomain = subdomain
-        return [endpoint, Event(endpoint_id=endpoint.id, kind="endpoint_created",
-                                data={"replicas": body.replicas, "by": caller.access_key,
-                                      "from_model_store": str(folder.id)})]
-
-    endpoint = await insert_endpoint(ctx.db, ctx.config, owner.user_id, name, rows)
+    endpoint = await write.create_service(ctx.db, ctx.config, caller, request_body,
+                                          event_extra={"from_model_store": str(folder.id)})
     ctx.poke(endpoint.id)
-    return json_response(serve_info(endpoint, []), status=201)
-
-
-
+    return json_response(serve_info(ServiceSnapshot(endpoint, [])), status=201)

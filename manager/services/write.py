@@ -68,9 +68,10 @@ def new_endpoint(body: NewServiceSpec, owner: Caller, caller: Caller, folder_id:
     )
 
 
-async def create_service(sessions: Sessions, config: ManagerConfig, caller: Caller, body: NewServiceSpec
-                         ) -> Endpoint:
-    """A new endpoint (no routes yet: the control loop starts them) with its address, and its creation event."""
+async def create_service(sessions: Sessions, config: ManagerConfig, caller: Caller, body: NewServiceSpec,
+                         event_extra: dict[str, Any] | None = None) -> Endpoint:
+    """A new endpoint (no routes yet: the control loop starts them) with its address, and its creation event
+    (``event_extra`` adds to the event's data, e.g. which Model Store card started it)."""
     async with sessions() as db:
         owner, folder, resolved = await resolve_create_request(config, db, caller, body)
         await ensure_unique_name(db, owner.user_id, body.name)
@@ -81,7 +82,7 @@ async def create_service(sessions: Sessions, config: ManagerConfig, caller: Call
                                 port=port, url=url)
         endpoint.subdomain = subdomain
         return [endpoint, Event(endpoint_id=endpoint.id, kind="endpoint_created",
-                                data={"replicas": body.replicas, "by": caller.access_key})]
+                                data={"replicas": body.replicas, "by": caller.access_key, **(event_extra or {})})]
 
     return await insert_endpoint(sessions, config, owner.user_id, body.name, rows)
 
