@@ -138,6 +138,28 @@ def pids_matching(pattern: str) -> list[int]:
     return [int(p) for p in result.stdout.split()]
 
 
+def _ancestors_mention(pid: int, text: str) -> bool:
+    """Whether ``pid`` or one of its ancestors has ``text`` in its command line (a replica's sandbox binds its
+    storage path; the replica itself sees the folder at /models)."""
+    needle = text.encode()
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if needle in fh.read():
+                    return True
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                pid = int(fh.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
+def replica_pids(pattern: str, storage: Path) -> list[int]:
+    """``pids_matching(pattern)`` limited to replicas of the cluster whose storage root is ``storage``: other test
+    runs on the same machine start echo replicas too."""
+    return [pid for pid in pids_matching(pattern) if _ancestors_mention(pid, str(storage))]
+
+
 @contextlib.contextmanager
 def private_file(path: Path, content: str) -> Iterator[Path]:
     path.write_text(content)

@@ -29,6 +29,7 @@ from tests.e2e.harness import (
     moorage,
     netns_hosts,
     pids_matching,
+    replica_pids,
     wait_for,
 )
 from tests.services import EtcdServer
@@ -117,12 +118,12 @@ def test_agent_sigkill_routes_leave_traffic_then_readoption_without_duplicates(
                  "two routes published again", on_timeout=logs)
 
         def settled() -> bool:
-            live = [p for p in pids_matching("echo_server.py --port")]
+            live = replica_pids("echo_server.py --port", cluster.storage)
             return len(live) == 2
 
         wait_for(settled, 60, "exactly two replica processes (no duplicate, no orphan)", on_timeout=logs)
         time.sleep(2.0)
-        assert len(pids_matching("echo_server.py --port")) == 2, "no duplicate replica afterwards"
+        assert len(replica_pids("echo_server.py --port", cluster.storage)) == 2, "no duplicate replica afterwards"
         final = cluster.info("echo-solo")
         assert len(_healthy(final)) == 2
         kept = ports & {r["port"] for r in _healthy(final)}
