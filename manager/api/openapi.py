@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from manager import __version__
+from manager.api import api_keys as k
 from manager.api import schemas as s
 from manager.api.autoscaling import MAX_LIMIT, AutoscalingDecisionsResponse
 from manager.api.util import json_response
@@ -52,6 +53,13 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
     ("delete", "/folders/{name}", "Delete a folder and its files", None, None, 204),
     ("post", "/folders/{name}/files", "Upload files (multipart; each part's filename is the path in the folder)",
      None, None, 201),
+    ("post", "/api-keys", "Create a gateway API key (the key is in this answer only)", k.NewApiKeyRequest,
+     k.NewApiKeyResponse, 201),
+    ("get", "/api-keys", "List the caller's gateway API keys (admins: ?all=true)", None, k.ApiKeyList, 200),
+    ("patch", "/api-keys/{key_id}", "Change a key's name, models, limits, expiry, priority or metadata",
+     k.UpdateApiKeyRequest, k.ApiKeyInfo, 200),
+    ("delete", "/api-keys/{key_id}", "Revoke a key (every app proxy refuses it within a second)", None,
+     k.ApiKeyInfo, 200),
 ]
 
 
@@ -86,6 +94,10 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("get", "/events/background-task"): [
         {"name": "task_id", "in": "query", "required": True, "schema": UUID,
          "description": "the task_id returned by POST /services/_/try"},
+    ],
+    ("get", "/api-keys"): [
+        {"name": "all", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]},
+         "description": "true: the keys of every user the caller may act for (admins), not only their own"},
     ],
     ("get", "/services/{service_id}/autoscaling-decisions"): [
         {"name": "limit", "in": "query", "required": False,

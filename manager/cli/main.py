@@ -35,6 +35,7 @@ COMMAND_MODULES: list[str] = [
     "manager.cli.demo",
     "manager.cli.agents",
     "manager.cli.config_show",
+    "manager.cli.keys",
 ]
 OPTIONAL_COMMAND_MODULES = frozenset({"manager.cli.up", "manager.cli.daemons"})
 

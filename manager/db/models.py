@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from common.apikeys import PriorityClass
 from common.status import (
     AgentStatus,
     EndpointLifecycle,
@@ -274,3 +275,25 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(sa.String(64))
     data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(TS, default=_now, index=True)
+
+
+class ApiKey(Base):
+    """Gateway API keys (docs/gateway.md). Only the SHA-256 of the key is stored, never the key itself."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(64))
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    hint: Mapped[str] = mapped_column(sa.String(16))  # the key's first characters, for lists
+    allowed_models: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    rpm: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    max_parallel: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    budget: Mapped[float | None] = mapped_column(sa.Float, nullable=True)  # currency units per month
+    expires_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    priority: Mapped[PriorityClass] = mapped_column(_enum(PriorityClass, "api_key_priority"),
+                                                    default=PriorityClass.STANDARD)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    revoked_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
