@@ -239,6 +239,41 @@ class OutlierSection(_Section):
     panic_threshold: float = Field(0.5, ge=0, le=1)
 
 
+class GatewaySection(_Section):
+    """The OpenAI-compatible gateway listener (docs/gateway.md): one port, models by name, API keys, limits."""
+
+    # None: no gateway listener. ``moorage up`` sets one (its URL is printed at start).
+    port: int | None = Field(None, ge=0, le=65535)
+    host: str = "127.0.0.1"  # loopback by default, like the endpoint ports: exposing it is a deliberate choice
+    # A request body over this → 400 naming the body. Chat requests with long contexts are a few hundred KiB;
+    # 8 MiB leaves room for base64 images while bounding what one request holds in memory.
+    max_body_size: int = Field(8 * MiB, ge=64 * KiB, le=256 * MiB)
+    # Bounds on what a request may ask for (→ 400 naming the field): no deployed model generates more than
+    # max_tokens_limit in one answer, and n copies multiply the replica's work.
+    max_tokens_limit: int = Field(1_000_000, ge=1)
+    max_n: int = Field(16, ge=1, le=1024)
+    # Requests the gateway serves at once (all keys, this process) → 503 + Retry-After beyond.
+    max_concurrency: int = Field(4096, ge=1)
+    # A body that stops arriving for this long → 408.
+    request_body_timeout: float = Field(60.0, gt=0, le=3600)
+
+    # --- rate limits (per key: requests and tokens per minute, counted apart) ---
+    # Where the counters live: None → in this process (one proxy, `moorage up`); "redis://host:6379/0" → shared
+    # by every proxy process and host (cluster mode). One Redis round trip per request to admit it (plus one
+    # to correct the token count when it ends).
+    redis_url: str | None = Field(None, max_length=512, pattern=r"^rediss?://")
+    # Prefix of every Redis key this gateway writes (several clusters, or tests, can share one Redis).
+    redis_key_prefix: str = Field("moorage:rl:", max_length=64)
+    # A Redis call that takes longer than this counts as Redis being unreachable: no request ever waits on it.
+    redis_timeout: float = Field(0.25, gt=0, le=10)
+    # Redis unreachable (or slow): admit the request without counting it (true: availability first) or refuse
+    # it with 503 (false: limits first). Either way a warning is logged and gateway_ratelimit_errors_total counts.
+    fail_open: bool = True
+    # The tokens a request reserves besides its prompt when it does not say max_tokens (corrected to the real
+    # usage when the answer ends). 1024 covers a typical chat answer without holding a TPM budget hostage.
+    default_max_tokens: int = Field(1024, ge=1)
+
+
 class SecretsSection(_Section):
     # HS256 key shared with the manager, which mints the endpoint tokens. Inline (environment) or a file;
     # the file wins. Held as SecretStr so printing the config never shows it.
@@ -254,6 +289,7 @@ class ProxyConfig(_Section):
     outlier: OutlierSection = Field(default_factory=OutlierSection)
     etcd: EtcdSection = Field(default_factory=EtcdSection)
     secrets: SecretsSection = Field(default_factory=SecretsSection)
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
 
     def jwt_secret(self) -> str:
         """The token signing secret; raises :class:`common.config.ConfigError` when unset or too short."""

@@ -46,6 +46,7 @@ from appproxy.errors import (
 from appproxy.fastpath import FastPath
 from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, Resumed
 from appproxy.frontend import make_frontend
+from appproxy.gateway.listener import Gateway
 from appproxy.hold import HoldGate
 from appproxy.httpserver import SizedResponse
 from appproxy.metrics import NO_ROUTE, ProxyMetrics, make_registry
@@ -105,6 +106,11 @@ class AppProxy:
                                       fast=self.fastpath.take, ssl_context=ssl_context)
         self.scraper = ReplicaScraper(config.proxy, self.routes, self.forwarder, self.metrics)
         self.admin: AdminServer | None = None
+        # the OpenAI-compatible gateway on its own port (docs/gateway.md), when [gateway] port is set
+        self.gateway: Gateway | None = None
+        if config.gateway.port is not None:
+            self.gateway = Gateway(config, store, self.routes, self.forwarder, self.metrics,
+                                   reuse_port=reuse_port, ssl_context=ssl_context)
         cfg = config.proxy
         self._worker_index, self._reuse_port = worker_index, reuse_port
         if lease_store_factory is None and hasattr(store, "grant_lease") and hasattr(store, "clone"):
@@ -142,6 +148,8 @@ class AppProxy:
                 log.warning("no route tables received within %.1fs; serving none until the store answers",
                             self.config.proxy.initial_sync_timeout)
             await self.frontend.sync()
+            if self.gateway is not None:
+                await self.gateway.start()
             if self.admin is not None:
                 await self.scraper.start()
                 await self.admin.start()
@@ -153,6 +161,8 @@ class AppProxy:
                  self.config.proxy.frontend, "HTTPS" if self.config.proxy.tls_cert_file else "plain HTTP",
                  f", ports {sorted(self.frontend.ports)}" if self.config.proxy.frontend == "port" else "",
                  f", admin on {self.config.proxy.admin_host}:{self.admin.port}" if self.admin else "")
+        if self.gateway is not None:
+            log.info("gateway: %s", self.gateway.url)
 
     async def stop(self) -> None:
         """Stop watching, close the ports (in-flight requests get ``shutdown_timeout``), close the pool.
@@ -169,6 +179,8 @@ class AppProxy:
         if self.admin is not None:
             await self.admin.stop()
         await self.scraper.stop()
+        if self.gateway is not None:
+            await self.gateway.stop()
         await self.routes.stop()
         await self.frontend.stop()
         await self.forwarder.close()

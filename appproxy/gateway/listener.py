@@ -1,0 +1,251 @@
+"""The gateway listener: one port serving ``GET /v1/models`` and ``POST /v1/chat/completions``,
+``/v1/completions``, ``/v1/embeddings`` for every model a key may use (docs/gateway.md).
+
+Stages of one request: authenticate the key (:mod:`.keys`) → read and validate the body (:mod:`.request`,
+400 naming the field) → find the model's pool (:mod:`.catalog`, 404 alike for unknown and not allowed) →
+admit (the key's max_parallel in this process, then rpm/tpm in :mod:`.limiter`, 429 + Retry-After) → relay with
+the app proxy's forwarder (same balancer, retries, outlier ejection and streaming as the endpoint URLs) while
+:mod:`.usage` reads the usage → correct the token reservation to the real usage. Every answer after the key
+check carries the ``x-ratelimit-*`` headers of the key's limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+
+from appproxy.config import ProxyConfig
+from appproxy.cors import CorsGrant
+from appproxy.forward import Forwarder
+from appproxy.frontend import make_server
+from appproxy.gateway.catalog import pool_of, pool_table, visible_models
+from appproxy.gateway.errors import OpenAIError, bad_request, model_not_found
+from appproxy.gateway.keys import KeyCache
+from appproxy.gateway.limiter import Limiter, LimiterUnavailable, MemoryLimiter, RedisLimiter
+from appproxy.gateway.limits import Decision, Limits, Refusal
+from appproxy.gateway.limits import headers as limit_headers
+from appproxy.gateway.request import PATHS, GatewayRequest, parse_request, reservation, upstream_body
+from appproxy.gateway.usage import UsageTap
+from appproxy.httpserver import HttpServer, SizedResponse
+from appproxy.metrics import ProxyMetrics, status_class
+from appproxy.routing import RouteCache
+from common.apikeys import ApiKeyRecord
+from common.errors import ProblemError
+from common.protocol import RouteTable
+from common.store import KVStore
+
+log = logging.getLogger(__name__)
+
+# Headers of the client's request the replica never sees (besides what appproxy.forward drops): the key.
+DROP_HEADERS = frozenset({"x-api-key"})
+
+
+class Gateway:
+    def __init__(self, config: ProxyConfig, store: KVStore, routes: RouteCache, forwarder: Forwarder,
+                 metrics: ProxyMetrics, *, reuse_port: bool = False, ssl_context: Any = None) -> None:
+        self.config = config.gateway
+        self._sync_timeout = config.proxy.initial_sync_timeout
+        self._proxy_cfg = config.proxy
+        self.keys = KeyCache(store)
+        self.routes = routes
+        self.forwarder = forwarder
+        self.metrics = metrics
+        self._reuse_port = reuse_port
+        self._ssl_context = ssl_context
+        self.limiter: Limiter = MemoryLimiter()
+        self._server: HttpServer | None = None
+        self.port: int | None = None
+        self._in_flight = 0
+        self._per_key: Counter[uuid.UUID] = Counter()  # requests in flight per key (max_parallel, this process)
+        self._pools: dict[tuple[str, tuple[uuid.UUID, ...]], RouteTable] = {}
+        self._pools_version = -1
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self.config.host}:{self.port}/v1"
+
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.redis_url:
+            self.limiter = RedisLimiter(cfg.redis_url, prefix=cfg.redis_key_prefix, timeout=cfg.redis_timeout,
+                                        fail_open=cfg.fail_open)
+        self.keys.start()
+        try:
+            await asyncio.wait_for(self.keys.ready.wait(), self._sync_timeout)
+        except TimeoutError:
+            log.warning("no API keys received within %.1fs; refusing every key until the store answers",
+                        self._sync_timeout)
+        # the endpoint ports' HTTP server: same parser limits, head and keep-alive timeouts, per-client caps
+        self._server = make_server(self._proxy_cfg, self.handle, None, self._ssl_context)
+        assert cfg.port is not None  # the gateway exists only when [gateway] port is set
+        listener = await self._server.listen(cfg.host, cfg.port, reuse_port=self._reuse_port)
+        self.port = listener.port
+        log.info("gateway listening on %s", self.url)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.shutdown(self._proxy_cfg.shutdown_timeout)
+        await self.keys.stop()
+        await self.limiter.close()
+
+    # -- the request -----------------------------------------------------------------------------------------
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse | SizedResponse:
+        model, status = "", 500
+        try:
+            response, model = await self._handle(request)
+            status = response.status
+            return response
+        except OpenAIError as exc:
+            status = exc.status
+            return exc.to_response()
+        except ProblemError as exc:  # the forwarder's own answers (502, 503, 504) in the gateway's format
+            status = exc.status
+            return OpenAIError(exc.status, exc.detail, type="server_error" if exc.status >= 500 else
+                               "invalid_request_error", code=exc.slug, headers=exc.headers).to_response()
+        except asyncio.CancelledError:
+            status = 499
+            raise
+        finally:
+            self.metrics.gateway_requests[(model, status_class(status))] += 1
+
+    async def _handle(self, request: web.BaseRequest) -> tuple[web.StreamResponse | SizedResponse, str]:
+        path = request.path
+        if path == "/v1/models" or path.startswith("/v1/models/"):
+            if request.method != "GET":
+                raise OpenAIError(405, f"{request.method} is not allowed on {path}.", code="method_not_allowed")
+            record = self.keys.authenticate(request.headers)
+            return self._models(record, path), ""
+        kind = PATHS.get(path)
+        if kind is None:
+            raise OpenAIError(404, f"Unknown path {path[:200]}; the gateway serves /v1/models, "
+                                   f"/v1/chat/completions, /v1/completions and /v1/embeddings.", code="unknown_url")
+        if request.method != "POST":
+            raise OpenAIError(405, f"{request.method} is not allowed on {path}; use POST.", code="method_not_allowed")
+        record = self.keys.authenticate(request.headers)
+        raw = await self._read_body(request)
+        cfg = self.config
+        parsed = parse_request(kind, raw, max_tokens_limit=cfg.max_tokens_limit, max_n=cfg.max_n)
+        members = pool_of(record, parsed.model, self.routes.tables.values())
+        if not members:
+            raise model_not_found(parsed.model)
+        return await self._admitted(request, record, parsed, raw, members), parsed.model
+
+    def _models(self, record: ApiKeyRecord, path: str) -> web.Response:
+        names = visible_models(record, self.routes.tables.values())
+        entries = [{"id": n, "object": "model", "created": 0, "owned_by": "moorage"} for n in names]
+        if path == "/v1/models":
+            return web.json_response({"object": "list", "data": entries})
+        wanted = path[len("/v1/models/"):]
+        for entry in entries:
+            if entry["id"] == wanted:
+                return web.json_response(entry)
+        raise model_not_found(wanted)
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
+        limit = self.config.max_body_size
+        if request.content_length is not None and request.content_length > limit:
+            raise bad_request(f"The request body ({request.content_length} bytes) exceeds the limit of {limit} "
+                              f"bytes.", None, "request_too_large")
+        try:
+            async with asyncio.timeout(self.config.request_body_timeout):
+                raw = await request.content.read(limit + 1)
+        except TimeoutError:
+            raise OpenAIError(408, "The request body did not arrive in time.", code="request_timeout") from None
+        if len(raw) > limit:
+            raise bad_request(f"The request body exceeds the limit of {limit} bytes.", None, "request_too_large")
+        return raw
+
+    def _pool(self, model: str, members: list[RouteTable]) -> RouteTable:
+        if self._pools_version != self.routes.version:  # tables changed: rebuild pools as they are asked for
+            self._pools, self._pools_version = {}, self.routes.version
+        ids = tuple(t.endpoint_id for t in members)
+        table = self._pools.get((model, ids))
+        if table is None:
+            table = self._pools[(model, ids)] = pool_table(model, members)
+        return table
+
+    async def _admitted(self, request: web.BaseRequest, record: ApiKeyRecord, parsed: GatewayRequest, raw: bytes,
+                        members: list[RouteTable]) -> web.StreamResponse | SizedResponse:
+        cfg = self.config
+        if self._in_flight >= cfg.max_concurrency:
+            raise OpenAIError(503, "The gateway is at capacity; retry shortly.", type="server_error",
+                              code="overloaded", headers={"Retry-After": str(self._proxy_cfg.retry_after)})
+        limits = Limits(record.rpm, record.tpm)
+        if record.max_parallel is not None and self._per_key[record.key_id] >= record.max_parallel:
+            raise OpenAIError(429, f"This key already has {record.max_parallel} requests in progress "
+                                   f"(max_parallel); retry when one ends.", type="rate_limit_exceeded",
+                              code="max_parallel_exceeded", headers={"Retry-After": "1"})
+        reserve = reservation(parsed, cfg.default_max_tokens)
+        request_id = uuid.uuid4().hex
+        key_id = str(record.key_id)
+        decision: Decision | None = None
+        if limits.any:
+            try:
+                decision = await self.limiter.admit(key_id, limits, reserve, request_id)
+            except LimiterUnavailable:
+                raise OpenAIError(503, "Rate limits cannot be checked right now; retry shortly.",
+                                  type="server_error", code="rate_limiter_unavailable",
+                                  headers={"Retry-After": str(self._proxy_cfg.retry_after)}) from None
+            finally:
+                self.metrics.gateway_ratelimit_errors[""] = self.limiter.errors
+        extra = limit_headers(limits, decision) if decision is not None else {}
+        if decision is not None and not decision.admitted:
+            self.metrics.gateway_rate_limited[str(decision.refused)] += 1
+            raise self._refusal(limits, decision, reserve, extra)
+        self._in_flight += 1
+        self._per_key[record.key_id] += 1
+        tap = UsageTap(strip_usage_chunk=parsed.stream and not parsed.wants_usage)
+        try:
+            body = upstream_body(parsed, raw)
+            table = self._pool(parsed.model, members)
+            clean = request.clone(headers=[(k, v) for k, v in request.headers.items()
+                                           if k.lower() not in DROP_HEADERS])
+            grant = CorsGrant(b"".join(f"{k}: {v}\r\n".encode() for k, v in extra.items()), tuple(extra.items()))
+            try:
+                response, _route = await self.forwarder.forward(clean, table, body, cors=grant, tap=tap)
+            except ProblemError as exc:
+                exc.headers = {**extra, **exc.headers}
+                raise
+            return response
+        finally:
+            self._in_flight -= 1
+            if self._per_key[record.key_id] <= 1:
+                del self._per_key[record.key_id]
+            else:
+                self._per_key[record.key_id] -= 1
+            if decision is not None and limits.tpm is not None:
+                used = self._used_tokens(parsed, tap)
+                if used != reserve:
+                    await self.limiter.correct(key_id, request_id, used)
+
+    @staticmethod
+    def _used_tokens(parsed: GatewayRequest, tap: UsageTap) -> int:
+        """What the request really used: the replica's usage, else the prompt estimate plus the content chunks
+        seen (one token each, roughly), else nothing beyond the prompt (the replica never answered)."""
+        if tap.usage is not None:
+            return tap.usage[0] + tap.usage[1]
+        return parsed.prompt_estimate + tap.chunks
+
+    @staticmethod
+    def _refusal(limits: Limits, decision: Decision, reserve: int, extra: dict[str, str]) -> OpenAIError:
+        retry = max(1, math.ceil(decision.retry_after))
+        if decision.refused is Refusal.REQUESTS:
+            message = (f"Rate limit reached for requests per minute (rpm): limit {limits.rpm}, used "
+                       f"{decision.requests}. Retry in {retry}s.")
+        elif limits.tpm is not None and reserve > limits.tpm:
+            message = (f"Request too large for tokens per minute (tpm): limit {limits.tpm}, this request reserves "
+                       f"{reserve} (prompt estimate + max_tokens). Lower max_tokens or the prompt.")
+        else:
+            message = (f"Rate limit reached for tokens per minute (tpm): limit {limits.tpm}, used "
+                       f"{decision.tokens}, requested {reserve}. Retry in {retry}s.")
+        return OpenAIError(429, message, type="rate_limit_exceeded", param=None,
+                           code=f"rate_limit_{decision.refused}",
+                           headers={**extra, "Retry-After": str(retry)})
