@@ -273,6 +273,17 @@ class GatewaySection(_Section):
     # usage when the answer ends). 1024 covers a typical chat answer without holding a TPM budget hostage.
     default_max_tokens: int = Field(1024, ge=1)
 
+    # --- usage metering: one record per request, sent to the manager in batches ---
+    # The manager's base URL for POST /internal/usage (signed with secrets.cluster_secret). None: no usage is
+    # recorded (a warning at start); `moorage up` hands records to its manager directly.
+    manager_url: str | None = Field(None, max_length=512, pattern=r"^https?://")
+    # Records are sent this often (and whenever a full batch of 1000 waits): what a SIGKILL can lose.
+    usage_flush_interval: float = Field(1.0, gt=0, le=60)
+    # Records kept while the manager cannot be reached; the oldest are dropped (and counted) beyond this.
+    usage_buffer_limit: int = Field(100_000, ge=1000)
+    # On stop (SIGTERM) the last records get this long to reach the manager.
+    usage_close_timeout: float = Field(5.0, gt=0, le=120)
+
 
 class SecretsSection(_Section):
     # HS256 key shared with the manager, which mints the endpoint tokens. Inline (environment) or a file;
@@ -305,12 +316,14 @@ class ProxyConfig(_Section):
         return server_context(self.proxy.tls_cert_file, self.proxy.tls_key_file, "proxy")
 
     def cluster_secret(self) -> str | None:
-        """The internal request signing secret; None when the admin listener is off (then it is not needed)."""
-        if self.proxy.admin_port is None:
+        """The internal request signing secret; None when neither the admin listener nor usage reporting to the
+        manager is on (then it is not needed)."""
+        if self.proxy.admin_port is None and self.gateway.manager_url is None:
             return None
         inline = self.secrets.cluster_secret.get_secret_value() if self.secrets.cluster_secret else None
         try:
-            return read_secret(inline, self.secrets.cluster_secret_file, "secrets.cluster_secret (admin_port is set)")
+            return read_secret(inline, self.secrets.cluster_secret_file,
+                               "secrets.cluster_secret (admin_port or gateway.manager_url is set)")
         except OSError as exc:
             raise ConfigError(f"secrets.cluster_secret_file: cannot read {self.secrets.cluster_secret_file!r}: "
                               f"{exc.strerror or exc}") from None

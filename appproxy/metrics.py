@@ -52,6 +52,7 @@ class ProxyMetrics:
         self.gateway_requests: Counter[tuple[str, str]] = Counter()
         self.gateway_rate_limited: Counter[str] = Counter()
         self.gateway_ratelimit_errors: Counter[str] = Counter()  # "" → count (a labelless counter)
+        self.gateway_usage_dropped: Counter[str] = Counter()  # "" → usage records dropped (manager unreachable)
 
     # -- hot path --------------------------------------------------------------------------------------------
     def request_started(self, endpoint: str) -> None:
@@ -160,6 +161,10 @@ class ProxyCollector:
                                                "Rate-limit counter store (Redis) calls that failed or timed out.")
         ratelimit_errors.add_metric([], m.gateway_ratelimit_errors[""])
         yield ratelimit_errors
+        usage_dropped = CounterMetricFamily(PREFIX + "gateway_usage_dropped",
+                                            "Usage records dropped while the manager could not be reached.")
+        usage_dropped.add_metric([], m.gateway_usage_dropped[""])
+        yield usage_dropped
 
 
 def make_registry(metrics: ProxyMetrics) -> CollectorRegistry:

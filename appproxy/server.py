@@ -47,6 +47,7 @@ from appproxy.fastpath import FastPath
 from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, Resumed
 from appproxy.frontend import make_frontend
 from appproxy.gateway.listener import Gateway
+from appproxy.gateway.meter import Sink
 from appproxy.hold import HoldGate
 from appproxy.httpserver import SizedResponse
 from appproxy.metrics import NO_ROUTE, ProxyMetrics, make_registry
@@ -87,11 +88,12 @@ def raw_header_bytes(raw: tuple[tuple[bytes, bytes], ...]) -> int:
 class AppProxy:
     def __init__(self, config: ProxyConfig, store: KVStore, *, rng: random.Random | None = None,
                  routes_prefix: str = ROUTES_PREFIX, worker_index: int = 0, reuse_port: bool = False,
-                 lease_store_factory: Callable[[], Any] | None = None) -> None:
+                 lease_store_factory: Callable[[], Any] | None = None, usage_sink: Sink | None = None) -> None:
         """``worker_index``/``reuse_port``: set by ``python -m appproxy --workers N`` (worker k of N shares the
         proxy ports with its siblings and serves its admin listener on ``admin_port + k``).
         ``lease_store_factory``: fresh etcd stores for the registration's lease (:mod:`appproxy.registration`);
-        default: ``store.clone`` when the store has leases, else a plain key deleted on stop."""
+        default: ``store.clone`` when the store has leases, else a plain key deleted on stop.
+        ``usage_sink``: where the gateway's usage records go (:mod:`appproxy.gateway.meter`)."""
         self.config = config
         self._secret = config.jwt_secret()  # fail at construction, not at the first request
         cluster_secret = config.cluster_secret()  # likewise; None when there is no admin listener
@@ -110,7 +112,7 @@ class AppProxy:
         self.gateway: Gateway | None = None
         if config.gateway.port is not None:
             self.gateway = Gateway(config, store, self.routes, self.forwarder, self.metrics,
-                                   reuse_port=reuse_port, ssl_context=ssl_context)
+                                   reuse_port=reuse_port, ssl_context=ssl_context, usage_sink=usage_sink)
         cfg = config.proxy
         self._worker_index, self._reuse_port = worker_index, reuse_port
         if lease_store_factory is None and hasattr(store, "grant_lease") and hasattr(store, "clone"):

@@ -127,7 +127,13 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
     manager_app = build_manager_app(mcfg, store)
     agent_app = build_agent_app(acfg)
     agent_runner = web.AppRunner(agent_app, access_log=None)
-    proxy = AppProxy(pcfg, store)
+    async def record_gateway_usage(records: Any) -> None:  # the gateway's usage, straight into this manager's DB
+        from manager.usage import record_usage
+
+        async with manager_app[CTX].db() as db:
+            await record_usage(db, records)
+
+    proxy = AppProxy(pcfg, store, usage_sink=record_gateway_usage)
     manager_runner = await start_manager_site(manager_app, mcfg)  # loopback, plain HTTP (one machine)
     try:
         await agent_runner.setup()

@@ -29,6 +29,7 @@ from manager.api import (
     service_update,
     services,
     tokens,
+    usage,
 )
 from manager.api.auth import auth_middleware
 from manager.apikeys import resync_keys
@@ -101,7 +102,8 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
     # service_ops first: its /services/_/... paths must win over /services/{service_id}/...
     for table in (root.routes, openapi.routes, service_ops.routes, services.routes, tokens.routes,
                   routings.routes, folders.routes, gql.routes, internal.routes, agents.routes,
-                  service_update.routes, autoscaling.routes, api_keys.routes):
+                  service_update.routes, autoscaling.routes, api_keys.routes,
+                  usage.routes):
         app.add_routes(table)
     return app
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +32,7 @@ from appproxy.gateway.keys import KeyCache
 from appproxy.gateway.limiter import Limiter, LimiterUnavailable, MemoryLimiter, RedisLimiter
 from appproxy.gateway.limits import Decision, Limits, Refusal
 from appproxy.gateway.limits import headers as limit_headers
+from appproxy.gateway.meter import Sink, UsageMeter, http_sink
 from appproxy.gateway.request import PATHS, GatewayRequest, parse_request, reservation, upstream_body
 from appproxy.gateway.usage import UsageTap
 from appproxy.httpserver import HttpServer, SizedResponse
@@ -39,6 +42,7 @@ from common.apikeys import ApiKeyRecord
 from common.errors import ProblemError
 from common.protocol import RouteTable
 from common.store import KVStore
+from common.usage import UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,10 @@ DROP_HEADERS = frozenset({"x-api-key"})
 
 class Gateway:
     def __init__(self, config: ProxyConfig, store: KVStore, routes: RouteCache, forwarder: Forwarder,
-                 metrics: ProxyMetrics, *, reuse_port: bool = False, ssl_context: Any = None) -> None:
+                 metrics: ProxyMetrics, *, reuse_port: bool = False, ssl_context: Any = None,
+                 usage_sink: Sink | None = None) -> None:
+        """``usage_sink``: where usage records go (embedded mode: the manager's database directly); default: the
+        manager at ``[gateway] manager_url``, else nowhere."""
         self.config = config.gateway
         self._sync_timeout = config.proxy.initial_sync_timeout
         self._proxy_cfg = config.proxy
@@ -65,6 +72,16 @@ class Gateway:
         self._per_key: Counter[uuid.UUID] = Counter()  # requests in flight per key (max_parallel, this process)
         self._pools: dict[tuple[str, tuple[uuid.UUID, ...]], RouteTable] = {}
         self._pools_version = -1
+        self._close_sink: Callable[[], Awaitable[None]] | None = None
+        cfg = self.config
+        if usage_sink is None and cfg.manager_url:
+            secret = config.cluster_secret()
+            assert secret is not None  # required by config.cluster_secret() when manager_url is set
+            usage_sink, self._close_sink = http_sink(cfg.manager_url, secret, timeout=10.0)
+        self.meter = UsageMeter(usage_sink, interval=cfg.usage_flush_interval, limit=cfg.usage_buffer_limit,
+                                close_timeout=cfg.usage_close_timeout)
+        if usage_sink is None:
+            log.warning("gateway usage is not recorded: set [gateway] manager_url")
 
     @property
     def url(self) -> str:
@@ -77,6 +94,7 @@ class Gateway:
             self.limiter = RedisLimiter(cfg.redis_url, prefix=cfg.redis_key_prefix, timeout=cfg.redis_timeout,
                                         fail_open=cfg.fail_open)
         self.keys.start()
+        self.meter.start()
         try:
             await asyncio.wait_for(self.keys.ready.wait(), self._sync_timeout)
         except TimeoutError:
@@ -95,6 +113,9 @@ class Gateway:
             await server.shutdown(self._proxy_cfg.shutdown_timeout)
         await self.keys.stop()
         await self.limiter.close()
+        await self.meter.close()  # after the last request: its record is in the buffer
+        if self._close_sink is not None:
+            await self._close_sink()
 
     # -- the request -----------------------------------------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse | SizedResponse:
@@ -203,6 +224,8 @@ class Gateway:
         self._in_flight += 1
         self._per_key[record.key_id] += 1
         tap = UsageTap(strip_usage_chunk=parsed.stream and not parsed.wants_usage)
+        started, at = asyncio.get_running_loop().time(), time.time()
+        route, status = "", 500
         try:
             body = upstream_body(parsed, raw)
             table = self._pool(parsed.model, members)
@@ -210,10 +233,15 @@ class Gateway:
                                            if k.lower() not in DROP_HEADERS])
             grant = CorsGrant(b"".join(f"{k}: {v}\r\n".encode() for k, v in extra.items()), tuple(extra.items()))
             try:
-                response, _route = await self.forwarder.forward(clean, table, body, cors=grant, tap=tap)
+                response, route = await self.forwarder.forward(clean, table, body, cors=grant, tap=tap)
             except ProblemError as exc:
+                status = exc.status
                 exc.headers = {**extra, **exc.headers}
                 raise
+            except asyncio.CancelledError:  # the client left: the record says so (nginx's 499)
+                status = 499
+                raise
+            status = response.status
             return response
         finally:
             self._in_flight -= 1
@@ -221,18 +249,32 @@ class Gateway:
                 del self._per_key[record.key_id]
             else:
                 self._per_key[record.key_id] -= 1
-            if decision is not None and limits.tpm is not None:
-                used = self._used_tokens(parsed, tap)
-                if used != reserve:
-                    await self.limiter.correct(key_id, request_id, used)
+            prompt, completion, estimated = self._used_tokens(parsed, tap)
+            if decision is not None and limits.tpm is not None and prompt + completion != reserve:
+                await self.limiter.correct(key_id, request_id, prompt + completion)
+            ended = asyncio.get_running_loop().time()
+            self.meter.add(UsageRecord(
+                request_id=request_id, at=at, key_id=record.key_id, user_id=record.owner_id, model=parsed.model,
+                endpoint_id=self._endpoint_of(members, route), route_id=uuid.UUID(route) if route else None,
+                prompt_tokens=prompt, completion_tokens=completion, estimated=estimated, status=status,
+                ttft_ms=(tap.first_byte_at - started) * 1000 if tap.first_byte_at is not None else None,
+                duration_ms=(ended - started) * 1000))
+            self.metrics.gateway_usage_dropped[""] = self.meter.dropped
 
     @staticmethod
-    def _used_tokens(parsed: GatewayRequest, tap: UsageTap) -> int:
-        """What the request really used: the replica's usage, else the prompt estimate plus the content chunks
-        seen (one token each, roughly), else nothing beyond the prompt (the replica never answered)."""
+    def _endpoint_of(members: list[RouteTable], route: str) -> uuid.UUID | None:
+        for table in members:
+            if any(str(r.route_id) == route for r in table.routes):
+                return table.endpoint_id
+        return None
+
+    @staticmethod
+    def _used_tokens(parsed: GatewayRequest, tap: UsageTap) -> tuple[int, int, bool]:
+        """(prompt, completion, estimated): the replica's usage, else the prompt estimate and the content chunks
+        seen (about one token each; a client gone mid-stream is charged what was produced until then)."""
         if tap.usage is not None:
-            return tap.usage[0] + tap.usage[1]
-        return parsed.prompt_estimate + tap.chunks
+            return tap.usage[0], tap.usage[1], False
+        return parsed.prompt_estimate, tap.chunks, True
 
     @staticmethod
     def _refusal(limits: Limits, decision: Decision, reserve: int, extra: dict[str, str]) -> OpenAIError:

@@ -11,6 +11,7 @@ from pydantic.json_schema import models_json_schema
 from manager import __version__
 from manager.api import api_keys as k
 from manager.api import schemas as s
+from manager.api import usage as u
 from manager.api.autoscaling import MAX_LIMIT, AutoscalingDecisionsResponse
 from manager.api.util import json_response
 
@@ -60,6 +61,8 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
      k.UpdateApiKeyRequest, k.ApiKeyInfo, 200),
     ("delete", "/api-keys/{key_id}", "Revoke a key (every app proxy refuses it within a second)", None,
      k.ApiKeyInfo, 200),
+    ("get", "/usage", "Gateway usage: requests and tokens grouped by day, model, key or user (admins: everyone's)",
+     None, u.UsageResponse, 200),
 ]
 
 
@@ -98,6 +101,14 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("get", "/api-keys"): [
         {"name": "all", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]},
          "description": "true: the keys of every user the caller may act for (admins), not only their own"},
+    ],
+    ("get", "/usage"): [
+        {"name": "by", "in": "query", "required": False, "schema": {"type": "string", "default": "day"},
+         "description": "comma-separated groups: day, model, key, user"},
+        {"name": "since", "in": "query", "required": False, "schema": {"type": "string", "default": "7d"},
+         "description": "a duration back from now (7d, 12h) or an ISO 8601 time"},
+        {"name": "until", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "likewise; default: now"},
     ],
     ("get", "/services/{service_id}/autoscaling-decisions"): [
         {"name": "limit", "in": "query", "required": False,

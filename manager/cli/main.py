@@ -36,6 +36,7 @@ COMMAND_MODULES: list[str] = [
     "manager.cli.agents",
     "manager.cli.config_show",
     "manager.cli.keys",
+    "manager.cli.usage",
 ]
 OPTIONAL_COMMAND_MODULES = frozenset({"manager.cli.up", "manager.cli.daemons"})
 

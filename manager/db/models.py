@@ -297,3 +297,24 @@ class ApiKey(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(TS, default=_now)
     revoked_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+
+
+class UsageRecordRow(Base):
+    """One gateway request (docs/gateway.md), written in batches by the app proxies."""
+
+    __tablename__ = "usage_records"
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    request_id: Mapped[str] = mapped_column(sa.String(32), unique=True)  # a resent batch is not counted twice
+    at: Mapped[datetime] = mapped_column(TS, index=True)
+    key_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    model: Mapped[str] = mapped_column(sa.String(64))
+    endpoint_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    route_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(sa.Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(sa.Integer, default=0)
+    ttft_ms: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    duration_ms: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    status: Mapped[int] = mapped_column(sa.SmallInteger)
+    estimated: Mapped[bool] = mapped_column(sa.Boolean, default=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 
 import pytest
 
@@ -12,11 +13,13 @@ from appproxy.gateway.catalog import pool_of, pool_table, reachable, visible_mod
 from appproxy.gateway.errors import OpenAIError
 from appproxy.gateway.keys import KeyCache
 from appproxy.gateway.limits import WINDOW, Limits, Refusal, Window, decide, format_reset, headers
+from appproxy.gateway.meter import UsageMeter
 from appproxy.gateway.request import GatewayRequest, Kind, parse_request, reservation, upstream_body
 from appproxy.gateway.usage import UsageTap
 from common.apikeys import APIKEYS_PREFIX, ApiKeyRecord, hash_key, new_key
 from common.protocol import RouteTable, RouteTarget
 from common.store import MemoryStore, WatchEvent
+from common.usage import UsageRecord
 
 OWNER = uuid.uuid4()
 
@@ -165,3 +168,35 @@ async def test_key_cache_applies_events() -> None:
     with pytest.raises(OpenAIError) as info:
         cache.authenticate({"X-API-Key": key})
     assert info.value.status == 401
+
+
+# -- usage meter -----------------------------------------------------------------------------------------------
+def usage_record(i: int) -> UsageRecord:
+    return UsageRecord(request_id=f"{i:032x}", at=0.0, key_id=OWNER, user_id=OWNER, model="m", status=200)
+
+
+async def test_meter_keeps_records_while_the_sink_fails_and_bounds_them() -> None:
+    delivered: list[str] = []
+    failing = True
+
+    async def sink(records: Sequence[UsageRecord]) -> None:
+        if failing:
+            raise ConnectionRefusedError("manager down")
+        delivered.extend(r.request_id for r in records)
+
+    meter = UsageMeter(sink, interval=60, limit=1000, close_timeout=1)
+    for i in range(1005):
+        meter.add(usage_record(i))
+    assert meter.dropped == 5
+    assert not await meter.flush()
+    failing = False
+    await meter.close()
+    assert delivered == [f"{i:032x}" for i in range(5, 1005)] and meter.sent == 1000
+
+
+async def test_meter_without_sink_records_nothing() -> None:
+    meter = UsageMeter(None, interval=1, limit=1000, close_timeout=1)
+    meter.add(usage_record(1))
+    meter.start()
+    await meter.close()
+    assert meter.sent == 0

@@ -138,6 +138,7 @@ async def test_openapi_lists_the_routes(manager: dict) -> None:
     assert set(spec["paths"]["/api-keys"]) == {"get", "post"}
     assert set(spec["paths"]["/api-keys/{key_id}"]) == {"patch", "delete"}
     assert "NewApiKeyResponse" in spec["components"]["schemas"]
+    assert set(spec["paths"]["/usage"]) == {"get"}
 
 
 async def test_keys_survive_a_store_reset(manager: dict) -> None:
