@@ -87,4 +87,4 @@ async def get_usage(request: web.Request) -> web.Response:
     async with request.app[CTX].db() as db:
         rows = await usage_summary(db, visible, by, since, until)
     return json_response(UsageResponse(since=since, until=until, by=by, rows=[UsageRow(**r) for r in rows])
-                         .model_dump(mode="json"))
+                         .model_dump(mode="json", exclude_none=True))  # rows name only their groups

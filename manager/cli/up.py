@@ -71,6 +71,8 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"Moorage is already running for {data_dir} (pid {running}); `moorage down` stops it")
             return 0
         raise CLIError(f"Moorage is already running for {data_dir} (pid {running}); `moorage down` stops it")
+    if args.gateway_port is None:
+        args.gateway_port = args.port + 1
     if args.detach:
         log_path = data_dir / LOG_FILE
         cmd = [sys.executable, "-m", "manager.cli.main", "--data-dir", str(data_dir), "up", "--host", args.host,
@@ -133,8 +135,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--port", type=int, default=8090, help="manager port (default 8090)")
     up.add_argument("--proxy-ports", type=_parse_range, default=(10300, 10399),
                     help="port range for endpoint URLs (default 10300-10399)")
-    up.add_argument("--gateway-port", type=int, default=8091,
-                    help="port of the OpenAI-compatible gateway (default 8091; 0: no gateway)")
+    up.add_argument("--gateway-port", type=int, default=None,
+                    help="port of the OpenAI-compatible gateway (default: --port + 1, so 8091; 0: no gateway)")
     up.add_argument("--detach", action="store_true", help="run in the background and return once it answers")
     up.add_argument("--wait", type=float, default=120.0, help="seconds --detach waits for the manager")
     up.add_argument("--log-level", default="info")

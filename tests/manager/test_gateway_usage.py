@@ -113,7 +113,7 @@ async def test_usage_is_recorded_as_the_replica_reported_it(env: dict[str, Any])
     # GET /usage: alice sees hers, bob nothing, the superadmin everyone's
     status, mine = await env["alice"].request("GET", "/usage?by=model,key&since=1h")
     assert status == 200 and mine["rows"] == [{
-        "day": None, "model": "echo", "key": created["id"], "user": None, "requests": 2, "prompt_tokens": 5,
+        "model": "echo", "key": created["id"], "requests": 2, "prompt_tokens": 5,
         "completion_tokens": 7, "total_tokens": 12, "errors": 0}]
     status, theirs = await env["bob"].request("GET", "/usage?by=day")
     assert status == 200 and theirs["rows"] == []
