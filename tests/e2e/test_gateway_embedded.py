@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import openai
@@ -67,3 +68,49 @@ def test_gateway_in_moorage_up(tmp_path: Path) -> None:
     finally:
         daemons.stop_all()
         assert proc.poll() is not None
+
+
+def test_smollm2_streams_through_the_gateway_and_its_usage_is_recorded(tmp_path: Path) -> None:
+    """The real SmolLM2-135M replica (`moorage demo`) by its service name with the official client: a reply's
+    usage is recorded exactly as the replica reported it; a stream is relayed chunk by chunk and, since
+    llama-cpp-python ignores ``stream_options.include_usage``, recorded as the gateway's estimate (marked so)."""
+    data_dir = tmp_path / "data"
+    port, gateway = free_port(), free_port()
+    proxy_base = free_port_block(3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+    env["MOORAGE_DATA_DIR"] = str(data_dir)
+    daemons = Daemons(tmp_path)
+    daemons.start("up", [PYTHON, "-m", "manager.cli.main", "up", "--port", str(port), "--proxy-ports",
+                         f"{proxy_base}-{proxy_base + 2}", "--gateway-port", str(gateway)], env)
+    try:
+        wait_port("127.0.0.1", port, 60)
+        wait_for(lambda: (data_dir / "cluster.json").exists(), 30, "cluster.json", on_timeout=daemons.logs)
+        moorage(env, "demo", "--name", "chat", "--wait", "300", timeout=400)
+        key = moorage(env, "key", "create", "smol", "--tpm", "100000").stdout.strip()
+
+        def usage_rows(requests: int) -> list[dict] | None:
+            rows = moorage_json(env, "usage", "--by", "model")
+            return rows if rows and rows[0]["requests"] == requests else None
+
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{gateway}/v1", api_key=key, max_retries=0,
+                           timeout=120) as client:
+            assert [m.id for m in client.models.list()] == ["chat"]
+            reply = client.chat.completions.create(model="chat", max_tokens=16, temperature=0,
+                                                   messages=[{"role": "user", "content": "List three fruits."}])
+            assert reply.usage is not None and reply.usage.completion_tokens > 0
+            (row,) = wait_for(lambda: usage_rows(1), 10, "the reply's usage record", on_timeout=daemons.logs)
+            assert (row["model"], row["prompt_tokens"], row["completion_tokens"]) == (
+                "chat", reply.usage.prompt_tokens, reply.usage.completion_tokens)
+            chunks = list(client.chat.completions.create(
+                model="chat", stream=True, max_tokens=16, temperature=0,
+                messages=[{"role": "user", "content": "Count from one to ten in words."}]))
+            pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+            assert len([p for p in pieces if p]) >= 3, pieces  # really streamed
+            assert all(c.usage is None for c in chunks)
+            (row,) = wait_for(lambda: usage_rows(2), 10, "the stream's usage record", on_timeout=daemons.logs)
+            assert row["completion_tokens"] > reply.usage.completion_tokens
+        with sqlite3.connect(data_dir / "moorage.db") as db:
+            estimated = [bool(e) for (e,) in db.execute("SELECT estimated FROM usage_records ORDER BY at")]
+        assert estimated == [False, True]
+    finally:
+        daemons.stop_all()

@@ -208,3 +208,28 @@ async def test_a_proxy_stopped_with_sigterm_delivers_every_record(env: dict[str,
 
 async def _ok(status: Any) -> bool:
     return await status == 200
+
+
+async def test_a_client_leaving_mid_stream_is_charged_what_was_produced(env: dict[str, Any]) -> None:
+    status, created = await env["alice"].request("POST", "/api-keys", {"name": "k"})
+    table = await echo_table(env, env["alice_id"])
+    proxy = await start_proxy(env, usage_flush_interval=0.2)
+    assert proxy.gateway is not None
+    try:
+        await eventually(lambda: proxy.routes.get(table.endpoint_id) is not None, what="table served")
+        words = " ".join(["w"] * 200)  # 201 chunks 10 ms apart: the client leaves long before the end
+        body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": words}]}
+        async with env["session"].post(proxy.gateway.url + "/chat/completions", json=body,
+                                       headers={"Authorization": f"Bearer {created['key']}"}) as resp:
+            assert resp.status == 200
+            seen = 0
+            async for _ in resp.content.iter_any():
+                seen += 1
+                if seen >= 3:
+                    break
+        await eventually(lambda: _count(env, 1), what="the record of the abandoned stream")
+    finally:
+        await proxy.stop()
+    (row,) = await rows(env)
+    assert row.status == 499 and row.estimated
+    assert 1 <= row.completion_tokens < 150 and row.prompt_tokens > 0
