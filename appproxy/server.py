@@ -108,12 +108,13 @@ class AppProxy:
                                       fast=self.fastpath.take, ssl_context=ssl_context)
         self.scraper = ReplicaScraper(config.proxy, self.routes, self.forwarder, self.metrics)
         self.admin: AdminServer | None = None
+        cfg = config.proxy
+        self.bodies = BodyBudget(cfg.max_buffered_body_bytes)  # request body bytes held in this process
         # the OpenAI-compatible gateway on its own port (docs/gateway.md), when [gateway] port is set
         self.gateway: Gateway | None = None
         if config.gateway.port is not None:
-            self.gateway = Gateway(config, store, self.routes, self.forwarder, self.metrics,
-                                   reuse_port=reuse_port, ssl_context=ssl_context, usage_sink=usage_sink)
-        cfg = config.proxy
+            self.gateway = Gateway(config, store, self.routes, self.forwarder, self.metrics, reuse_port=reuse_port,
+                                   ssl_context=ssl_context, usage_sink=usage_sink, bodies=self.bodies)
         self._worker_index, self._reuse_port = worker_index, reuse_port
         if lease_store_factory is None and hasattr(store, "grant_lease") and hasattr(store, "clone"):
             lease_store_factory = store.clone
@@ -127,7 +128,6 @@ class AppProxy:
                 self.registry, self.scraper, known=lambda e: self.routes.get(e) is not None,
                 in_flight=lambda e: self.metrics.in_flight.get(e, 0), ssl_context=ssl_context)
         self._admitted: Counter[str] = Counter()  # endpoint → requests admitted and not finished
-        self.bodies = BodyBudget(cfg.max_buffered_body_bytes)  # request body bytes held in this process
         self._tokens = TokenCache()
         self._names: dict[uuid.UUID, str] = {}  # endpoint id → str(id), the metrics label (UUID.__str__ is slow)
         self._started = False

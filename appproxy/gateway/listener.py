@@ -22,8 +22,10 @@ from typing import Any
 
 from aiohttp import web
 
+from appproxy.body import BodyBudget, continue_100, read_chunk
 from appproxy.config import ProxyConfig
 from appproxy.cors import CorsGrant
+from appproxy.errors import RequestBodyTimeout
 from appproxy.forward import Forwarder
 from appproxy.frontend import make_server
 from appproxy.gateway.catalog import pool_of, pool_table, visible_models
@@ -53,9 +55,11 @@ DROP_HEADERS = frozenset({"x-api-key"})
 class Gateway:
     def __init__(self, config: ProxyConfig, store: KVStore, routes: RouteCache, forwarder: Forwarder,
                  metrics: ProxyMetrics, *, reuse_port: bool = False, ssl_context: Any = None,
-                 usage_sink: Sink | None = None) -> None:
+                 usage_sink: Sink | None = None, bodies: BodyBudget | None = None) -> None:
         """``usage_sink``: where usage records go (embedded mode: the manager's database directly); default: the
-        manager at ``[gateway] manager_url``, else nowhere."""
+        manager at ``[gateway] manager_url``, else nowhere. ``bodies``: the proxy's process-wide budget of request
+        body bytes, shared with the endpoint ports."""
+        self.bodies = bodies if bodies is not None else BodyBudget(config.proxy.max_buffered_body_bytes)
         self.config = config.gateway
         self._sync_timeout = config.proxy.initial_sync_timeout
         self._proxy_cfg = config.proxy
@@ -151,13 +155,16 @@ class Gateway:
         if request.method != "POST":
             raise OpenAIError(405, f"{request.method} is not allowed on {path}; use POST.", code="method_not_allowed")
         record = self.keys.authenticate(request.headers)
-        raw = await self._read_body(request)
-        cfg = self.config
-        parsed = parse_request(kind, raw, max_tokens_limit=cfg.max_tokens_limit, max_n=cfg.max_n)
-        members = pool_of(record, parsed.model, self.routes.tables.values())
-        if not members:
-            raise model_not_found(parsed.model)
-        return await self._admitted(request, record, parsed, raw, members), parsed.model
+        raw, taken = await self._read_body(request)
+        try:
+            cfg = self.config
+            parsed = parse_request(kind, raw, max_tokens_limit=cfg.max_tokens_limit, max_n=cfg.max_n)
+            members = pool_of(record, parsed.model, self.routes.tables.values())
+            if not members:
+                raise model_not_found(parsed.model)
+            return await self._admitted(request, record, parsed, raw, members), parsed.model
+        finally:
+            self.bodies.give_back(taken)
 
     def _models(self, record: ApiKeyRecord, path: str) -> web.Response:
         names = visible_models(record, self.routes.tables.values())
@@ -170,19 +177,43 @@ class Gateway:
                 return web.json_response(entry)
         raise model_not_found(wanted)
 
-    async def _read_body(self, request: web.BaseRequest) -> bytes:
+    async def _read_body(self, request: web.BaseRequest) -> tuple[bytes, int]:
+        """The whole body (at most ``max_body_size``, within the proxy's process-wide body budget) and the budget
+        bytes taken for it, which the caller gives back when the request is over."""
         limit = self.config.max_body_size
-        if request.content_length is not None and request.content_length > limit:
-            raise bad_request(f"The request body ({request.content_length} bytes) exceeds the limit of {limit} "
-                              f"bytes.", None, "request_too_large")
+        length = request.content_length
+        if length is not None and length > limit:
+            raise bad_request(f"The request body ({length} bytes) exceeds the limit of {limit} bytes.", None,
+                              "request_too_large")
+        taken = 0
         try:
-            async with asyncio.timeout(self.config.request_body_timeout):
-                raw = await request.content.read(limit + 1)
-        except TimeoutError:
+            if length is not None:
+                taken = self._take(length)
+            await continue_100(request)
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := await read_chunk(request, self.config.request_body_timeout):
+                size += len(chunk)
+                if size > limit:
+                    raise bad_request(f"The request body exceeds the limit of {limit} bytes.", None,
+                                      "request_too_large")
+                if length is None:
+                    taken += self._take(len(chunk))
+                chunks.append(chunk)
+            return b"".join(chunks), taken
+        except RequestBodyTimeout:
+            self.bodies.give_back(taken)
             raise OpenAIError(408, "The request body did not arrive in time.", code="request_timeout") from None
-        if len(raw) > limit:
-            raise bad_request(f"The request body exceeds the limit of {limit} bytes.", None, "request_too_large")
-        return raw
+        except BaseException:
+            self.bodies.give_back(taken)
+            raise
+
+    def _take(self, size: int) -> int:
+        if not self.bodies.take(size):
+            raise OpenAIError(503, "The gateway is holding as many request bodies as it may; retry shortly.",
+                              type="server_error", code="overloaded",
+                              headers={"Retry-After": str(self._proxy_cfg.retry_after)})
+        return size
 
     def _pool(self, model: str, members: list[RouteTable]) -> RouteTable:
         if self._pools_version != self.routes.version:  # tables changed: rebuild pools as they are asked for

@@ -246,6 +246,27 @@ async def test_bad_input_is_400_naming_the_field_and_reaches_no_replica(gw: dict
     assert await served(gw) == before + 3  # only the three info requests of served() itself
 
 
+async def test_a_large_body_arriving_in_pieces_is_read_whole(gw: dict[str, Any]) -> None:
+    """A 850 KiB request (the echo replica takes up to 1 MiB), chunked and sent in 64 KiB pieces: read whole (not
+    cut at the first piece) and relayed; the body budget is given back."""
+    key, _ = await add_key(gw["store"])
+    words = "word " * (170 * 1024)
+    data = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x"},
+                                            {"role": "system", "content": words}]}).encode()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(0, len(data), 65536):
+            yield data[i:i + 65536]
+            await asyncio.sleep(0)
+
+    async with gw["http"].post(gw["url"] + "/chat/completions", data=pieces(),
+                               headers={"Authorization": f"Bearer {key}"}) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+    assert body["choices"][0]["message"]["content"] == "echo: x"
+    assert gw["proxy"].bodies.used == 0
+
+
 async def test_one_model_name_is_one_pool(gw: dict[str, Any]) -> None:
     key, _ = await add_key(gw["store"])
     echo_a, echo_b, _ = gw["echoes"]
