@@ -123,9 +123,9 @@ class Gateway:
 
     # -- the request -----------------------------------------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse | SizedResponse:
-        model, status = "", 500
+        status, model = 500, [""]  # the model, once the body named a valid one (the metrics label)
         try:
-            response, model = await self._handle(request)
+            response = await self._handle(request, model)
             status = response.status
             return response
         except OpenAIError as exc:
@@ -139,15 +139,15 @@ class Gateway:
             status = 499
             raise
         finally:
-            self.metrics.gateway_requests[(model, status_class(status))] += 1
+            self.metrics.gateway_requests[(model[0], status_class(status))] += 1
 
-    async def _handle(self, request: web.BaseRequest) -> tuple[web.StreamResponse | SizedResponse, str]:
+    async def _handle(self, request: web.BaseRequest, model: list[str]) -> web.StreamResponse | SizedResponse:
         path = request.path
         if path == "/v1/models" or path.startswith("/v1/models/"):
             if request.method != "GET":
                 raise OpenAIError(405, f"{request.method} is not allowed on {path}.", code="method_not_allowed")
             record = self.keys.authenticate(request.headers)
-            return self._models(record, path), ""
+            return self._models(record, path)
         kind = PATHS.get(path)
         if kind is None:
             raise OpenAIError(404, f"Unknown path {path[:200]}; the gateway serves /v1/models, "
@@ -162,7 +162,8 @@ class Gateway:
             members = pool_of(record, parsed.model, self.routes.tables.values())
             if not members:
                 raise model_not_found(parsed.model)
-            return await self._admitted(request, record, parsed, raw, members), parsed.model
+            model[0] = parsed.model
+            return await self._admitted(request, record, parsed, raw, members)
         finally:
             self.bodies.give_back(taken)
 

@@ -295,6 +295,9 @@ async def test_rpm_limit_in_memory(gw: dict[str, Any]) -> None:
     assert headers["x-ratelimit-remaining-requests"] == "0"
     with pytest.raises(openai.RateLimitError):
         await client(gw, key).chat.completions.create(model="echo", messages=CHAT["messages"])
+    metrics = gw["proxy"].metrics
+    assert metrics.gateway_rate_limited["requests"] == 2 and metrics.gateway_requests[("echo", "4xx")] == 2
+    assert metrics.gateway_requests[("echo", "2xx")] == 3
     # another key is not affected
     other, _ = await add_key(gw["store"], rpm=3)
     status, _, _ = await post(gw, "/chat/completions", CHAT, other)
