@@ -71,9 +71,9 @@ def test_gateway_in_moorage_up(tmp_path: Path) -> None:
 
 
 def test_smollm2_streams_through_the_gateway_and_its_usage_is_recorded(tmp_path: Path) -> None:
-    """The real SmolLM2-135M replica (`moorage demo`) by its service name with the official client: a reply's
-    usage is recorded exactly as the replica reported it; a stream is relayed chunk by chunk and, since
-    llama-cpp-python ignores ``stream_options.include_usage``, recorded as the gateway's estimate (marked so)."""
+    """The real SmolLM2-135M replica (`moorage demo`) by its service name with the official client, streamed and
+    not: the usage recorded is exactly what the replica reported (on a stream, the usage chunk the launcher adds
+    for ``stream_options.include_usage``, asked for by the client, then by the gateway alone and stripped)."""
     data_dir = tmp_path / "data"
     port, gateway = free_port(), free_port()
     proxy_base = free_port_block(3)
@@ -102,15 +102,25 @@ def test_smollm2_streams_through_the_gateway_and_its_usage_is_recorded(tmp_path:
             assert (row["model"], row["prompt_tokens"], row["completion_tokens"]) == (
                 "chat", reply.usage.prompt_tokens, reply.usage.completion_tokens)
             chunks = list(client.chat.completions.create(
-                model="chat", stream=True, max_tokens=16, temperature=0,
+                model="chat", stream=True, max_tokens=16, temperature=0, stream_options={"include_usage": True},
                 messages=[{"role": "user", "content": "Count from one to ten in words."}]))
             pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
             assert len([p for p in pieces if p]) >= 3, pieces  # really streamed
-            assert all(c.usage is None for c in chunks)
+            reported = chunks[-1].usage
+            assert reported is not None and reported.completion_tokens > 0 and not chunks[-1].choices
             (row,) = wait_for(lambda: usage_rows(2), 10, "the stream's usage record", on_timeout=daemons.logs)
-            assert row["completion_tokens"] > reply.usage.completion_tokens
+            assert (row["prompt_tokens"], row["completion_tokens"]) == (
+                reply.usage.prompt_tokens + reported.prompt_tokens,
+                reply.usage.completion_tokens + reported.completion_tokens)
+            # not asked by the client: the gateway asks, records it, and strips the chunk
+            chunks = list(client.chat.completions.create(
+                model="chat", stream=True, max_tokens=8, temperature=0,
+                messages=[{"role": "user", "content": "Count from one to ten in words."}]))
+            assert chunks and all(c.usage is None and c.choices for c in chunks)
+            (row,) = wait_for(lambda: usage_rows(3), 10, "the third usage record", on_timeout=daemons.logs)
+            assert 0 < row["completion_tokens"] - reply.usage.completion_tokens - reported.completion_tokens <= 8
         with sqlite3.connect(data_dir / "moorage.db") as db:
             estimated = [bool(e) for (e,) in db.execute("SELECT estimated FROM usage_records ORDER BY at")]
-        assert estimated == [False, True]
+        assert estimated == [False, False, False]
     finally:
         daemons.stop_all()
