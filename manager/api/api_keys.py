@@ -8,6 +8,7 @@ Each change is published to the app proxies at once (:mod:`manager.apikeys`); a 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -26,7 +27,7 @@ from common.apikeys import (
     key_hint,
     new_key,
 )
-from common.errors import InvalidAPIParameters, ObjectNotFound
+from common.errors import InvalidAPIParameters, ObjectNotFound, ServiceUnavailable
 from manager.api.auth import caller_of
 from manager.api.util import json_response, parse_body, parse_uuid
 from manager.apikeys import aware, publish_key
@@ -35,6 +36,7 @@ from manager.db.models import ApiKey
 from manager.durations import parse_duration
 from manager.ownership import can_act_for, owner_visibility
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 MAX_RPM = 1_000_000  # far above any one GPU fleet; a bound so arithmetic and Redis counters stay small
@@ -111,6 +113,18 @@ class ApiKeyList(BaseModel):
     api_keys: list[ApiKeyInfo]
 
 
+async def _publish(ctx: Any, db: Any, row: ApiKey, what: str) -> None:
+    """Publish the change to the app proxies; 503 (the change itself is saved) when the store cannot be reached,
+    so that a client retries rather than believe, say, a revocation already reached every proxy."""
+    try:
+        await publish_key(ctx, db, row)
+    except Exception as exc:  # noqa: BLE001 - etcd down or refusing: the database already holds the change
+        log.warning("API key %s %s but not published: %s", row.id, what, exc)
+        raise ServiceUnavailable(f"The API key was {what} but the app proxies could not be told yet; retry the "
+                                 f"request (it is idempotent) or it takes effect at the next manager start.",
+                                 headers={"Retry-After": "2"}) from None
+
+
 def _info(key: ApiKey) -> dict[str, Any]:
     return ApiKeyInfo(id=key.id, name=key.name, owner_id=key.owner_id, hint=key.hint,
                       allowed_models=list(key.allowed_models or []), rpm=key.rpm, tpm=key.tpm,
@@ -168,7 +182,7 @@ async def create_api_key(request: web.Request) -> web.Response:
                      priority=body.priority or PriorityClass.STANDARD, meta=body.metadata or {}, created_at=now)
         db.add(row)
         await db.commit()
-        await publish_key(ctx, db, row)
+        await _publish(ctx, db, row, "created")
         info = _info(row)
     return json_response({**info, "key": key}, status=201)
 
@@ -219,7 +233,7 @@ async def update_api_key(request: web.Request) -> web.Response:
         if sets_expiry:
             row.expires_at = expires_at
         await db.commit()
-        await publish_key(ctx, db, row)
+        await _publish(ctx, db, row, "updated")
         return json_response(_info(row))
 
 
@@ -232,5 +246,5 @@ async def revoke_api_key(request: web.Request) -> web.Response:
         if row.revoked_at is None:
             row.revoked_at = datetime.now(UTC)
             await db.commit()
-        await publish_key(ctx, db, row)  # removes it from the store (again, if a first attempt failed)
+        await _publish(ctx, db, row, "revoked")  # removes it from the store (again, if a first attempt failed)
         return json_response(_info(row))

@@ -183,3 +183,21 @@ async def test_cli_create_prints_only_the_key(manager: dict, capsys: pytest.Capt
     assert await manager["store"].get(APIKEYS_PREFIX + hash_key(key)) is None
     assert await loop.run_in_executor(None, run, "key", "revoke", "ci") == 1
     assert "no active API key named 'ci'" in capsys.readouterr().err
+
+
+async def test_store_down_is_a_503_and_a_retried_revoke_reaches_the_store(manager: dict) -> None:
+    alice: APIClient = manager["alice"]
+    store: MemoryStore = manager["store"]
+    _, created = await alice.request("POST", "/api-keys", {"name": "k"})
+    where = APIKEYS_PREFIX + hash_key(created["key"])
+    real_delete = store.delete
+
+    async def broken(key: str) -> None:
+        raise ConnectionError("etcd unreachable")
+
+    store.delete = broken  # type: ignore[method-assign]
+    status, problem = await alice.request("DELETE", f"/api-keys/{created['id']}")
+    assert status == 503 and "retry" in problem["detail"] and await store.get(where) is not None
+    store.delete = real_delete  # type: ignore[method-assign]
+    status, _ = await alice.request("DELETE", f"/api-keys/{created['id']}")
+    assert status == 200 and await store.get(where) is None
