@@ -110,11 +110,6 @@ class AppProxy:
         self.admin: AdminServer | None = None
         cfg = config.proxy
         self.bodies = BodyBudget(cfg.max_buffered_body_bytes)  # request body bytes held in this process
-        # the OpenAI-compatible gateway on its own port (docs/gateway.md), when [gateway] port is set
-        self.gateway: Gateway | None = None
-        if config.gateway.port is not None:
-            self.gateway = Gateway(config, store, self.routes, self.forwarder, self.metrics, reuse_port=reuse_port,
-                                   ssl_context=ssl_context, usage_sink=usage_sink, bodies=self.bodies)
         self._worker_index, self._reuse_port = worker_index, reuse_port
         if lease_store_factory is None and hasattr(store, "grant_lease") and hasattr(store, "clone"):
             lease_store_factory = store.clone
@@ -122,6 +117,12 @@ class AppProxy:
         self.registration: Registration | None = None
         proxy_id = default_proxy_id(cfg.proxy_id, cfg.admin_port, worker_index, reuse_port)
         self.hold = HoldGate(cfg, self.routes, store, proxy_id, metrics=self.metrics)
+        # the OpenAI-compatible gateway on its own port (docs/gateway.md), when [gateway] port is set
+        self.gateway: Gateway | None = None
+        if config.gateway.port is not None:
+            self.gateway = Gateway(config, store, self.routes, self.forwarder, self.metrics, reuse_port=reuse_port,
+                                   ssl_context=ssl_context, usage_sink=usage_sink, bodies=self.bodies,
+                                   hold=self.hold)
         if cfg.admin_port is not None and cluster_secret is not None:
             self.admin = AdminServer(
                 cfg.admin_host, cfg.admin_port + worker_index if cfg.admin_port else 0, cluster_secret,

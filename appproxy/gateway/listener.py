@@ -37,6 +37,7 @@ from appproxy.gateway.limits import headers as limit_headers
 from appproxy.gateway.meter import Sink, UsageMeter, http_sink
 from appproxy.gateway.request import PATHS, GatewayRequest, parse_request, reservation, upstream_body
 from appproxy.gateway.usage import UsageTap
+from appproxy.hold import HoldGate
 from appproxy.httpserver import HttpServer, SizedResponse
 from appproxy.metrics import ProxyMetrics, status_class
 from appproxy.routing import RouteCache
@@ -55,10 +56,13 @@ DROP_HEADERS = frozenset({"x-api-key"})
 class Gateway:
     def __init__(self, config: ProxyConfig, store: KVStore, routes: RouteCache, forwarder: Forwarder,
                  metrics: ProxyMetrics, *, reuse_port: bool = False, ssl_context: Any = None,
-                 usage_sink: Sink | None = None, bodies: BodyBudget | None = None) -> None:
+                 usage_sink: Sink | None = None, bodies: BodyBudget | None = None,
+                 hold: HoldGate | None = None) -> None:
         """``usage_sink``: where usage records go (embedded mode: the manager's database directly); default: the
         manager at ``[gateway] manager_url``, else nowhere. ``bodies``: the proxy's process-wide budget of request
-        body bytes, shared with the endpoint ports."""
+        body bytes, shared with the endpoint ports. ``hold``: the proxy's scale-from-zero gate: a request for a
+        model none of whose endpoints has a route waits for one (demand signalled) like one on an endpoint port."""
+        self.hold = hold
         self.bodies = bodies if bodies is not None else BodyBudget(config.proxy.max_buffered_body_bytes)
         self.config = config.gateway
         self._sync_timeout = config.proxy.initial_sync_timeout
@@ -163,6 +167,9 @@ class Gateway:
             if not members:
                 raise model_not_found(parsed.model)
             model[0] = parsed.model
+            if self.hold is not None and not any(t.routes for t in members):  # at zero replicas: wake one
+                await self.hold.wait_for_route(members[0].endpoint_id, members[0])
+                members = pool_of(record, parsed.model, self.routes.tables.values()) or members
             return await self._admitted(request, record, parsed, raw, members)
         finally:
             self.bodies.give_back(taken)

@@ -339,3 +339,23 @@ async def test_unknown_paths_and_methods(gw: dict[str, Any]) -> None:
         assert r.status == 405 and (await r.json())["error"]["code"] == "method_not_allowed"
     status, _, body = await post(gw, "/files", {}, key)
     assert status == 404 and body["error"]["code"] == "unknown_url"
+
+
+async def test_a_model_at_zero_replicas_is_woken_and_the_request_held(gw: dict[str, Any]) -> None:
+    from common.protocol import DEMAND_PREFIX
+
+    key, _ = await add_key(gw["store"])
+    cold = RouteTable(endpoint_id=uuid.uuid4(), name="cold", owner_id=ALICE, routes=[], hold_requests=True)
+    await publish(gw["store"], cold)
+    await eventually(lambda: gw["proxy"].routes.get(cold.endpoint_id) is not None, what="cold table served")
+    request = asyncio.create_task(post(gw, "/chat/completions", {**CHAT, "model": "cold"}, key))
+
+    async def demand() -> bool:
+        return await gw["store"].get(DEMAND_PREFIX + str(cold.endpoint_id)) is not None
+
+    await eventually(demand, what="demand signalled for the cold endpoint")
+    assert not request.done()
+    warm = cold.model_copy(update={"routes": [gw["echoes"][0].target()]})
+    await publish(gw["store"], warm)
+    status, _, body = await asyncio.wait_for(request, 10)
+    assert status == 200 and body["choices"][0]["message"]["content"] == "echo: hello there gateway"
