@@ -46,7 +46,7 @@ test: venv system-deps
 test-e2e: venv system-deps
 	$(VENV)/bin/pytest -q -m e2e
 
-## ruff, then mypy (configured in pyproject.toml: which packages, which modules strict; cache in .mypy_cache)
+## ruff, then mypy (configured in pyproject.toml: strict by default, the modules not strict yet listed; cache in .mypy_cache)
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

@@ -46,10 +46,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from common import config as common_config
 from common.config import EtcdSection as CommonEtcdSection
-from common.config import StrictSection, load_config, read_secret
+from common.config import StrictSection, load_config
 from common.slots import parse_binary_size
 from common.tls import check_pair, client_ssl, server_context
 
@@ -156,8 +157,8 @@ class ReplicaUidSection(_Section):
     count: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
-class SecretsSection(_Section):
-    cluster_secret: str | None = None  # prefer the environment or a file; never commit it
+class SecretsSection(common_config.SecretsSection):
+    cluster_secret: SecretStr | None = None  # prefer the environment or a file; never commit it
     cluster_secret_file: str | None = None
 
 
@@ -301,7 +302,7 @@ class AgentConfig(_Section):
 
     def cluster_secret(self) -> str:
         """The manager ↔ agent HMAC secret (file wins over inline); raises ConfigError when missing."""
-        return read_secret(self.secrets.cluster_secret, self.secrets.cluster_secret_file, "secrets.cluster_secret")
+        return self.secrets.read("cluster_secret")
 
 
 def load_agent_config(

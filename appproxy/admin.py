@@ -32,9 +32,9 @@ def _signed_except_open(secret: str) -> Any:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path in OPEN_PATHS:
-            return await handler(request)
-        return await signed(request, handler)
+        response: web.StreamResponse = await handler(request) if request.path in OPEN_PATHS else await signed(
+            request, handler)
+        return response
 
     return middleware
 

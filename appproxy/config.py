@@ -58,7 +58,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from common.config import ConfigError, EtcdSection, StrictSection, load_config, read_secret
+from common import config as common_config
+from common.config import EtcdSection, StrictSection, load_config
 from common.tls import check_pair, server_context
 
 KiB = 1024
@@ -285,9 +286,9 @@ class GatewaySection(_Section):
     usage_close_timeout: float = Field(5.0, gt=0, le=120)
 
 
-class SecretsSection(_Section):
+class SecretsSection(common_config.SecretsSection):
     # HS256 key shared with the manager, which mints the endpoint tokens. Inline (environment) or a file;
-    # the file wins. Held as SecretStr so printing the config never shows it.
+    # the file wins (common.config.SecretsSection).
     jwt_secret: SecretStr | None = None
     jwt_secret_file: str | None = None
     # HMAC secret of the internal channels (common.signing); needed when the admin listener is on.
@@ -304,12 +305,7 @@ class ProxyConfig(_Section):
 
     def jwt_secret(self) -> str:
         """The token signing secret; raises :class:`common.config.ConfigError` when unset or too short."""
-        inline = self.secrets.jwt_secret.get_secret_value() if self.secrets.jwt_secret else None
-        try:
-            return read_secret(inline, self.secrets.jwt_secret_file, "secrets.jwt_secret")
-        except OSError as exc:
-            raise ConfigError(f"secrets.jwt_secret_file: cannot read {self.secrets.jwt_secret_file!r}: "
-                              f"{exc.strerror or exc}") from None
+        return self.secrets.read("jwt_secret")
 
     def server_ssl_context(self) -> ssl.SSLContext | None:
         """The listeners' TLS context (None: plain HTTP); ConfigError for unreadable or mismatched files."""
@@ -320,13 +316,8 @@ class ProxyConfig(_Section):
         manager is on (then it is not needed)."""
         if self.proxy.admin_port is None and self.gateway.manager_url is None:
             return None
-        inline = self.secrets.cluster_secret.get_secret_value() if self.secrets.cluster_secret else None
-        try:
-            return read_secret(inline, self.secrets.cluster_secret_file,
-                               "secrets.cluster_secret (admin_port or gateway.manager_url is set)")
-        except OSError as exc:
-            raise ConfigError(f"secrets.cluster_secret_file: cannot read {self.secrets.cluster_secret_file!r}: "
-                              f"{exc.strerror or exc}") from None
+        return self.secrets.read("cluster_secret",
+                                 "secrets.cluster_secret (admin_port or gateway.manager_url is set)")
 
 
 ENV_PREFIX = "MOORAGE_APPPROXY"

@@ -119,10 +119,11 @@ class ProxyCollector:
         m = self._m
 
         def family(cls: Any, name: str, doc: str, labels: list[str], series: Mapping[Any, float]) -> Metric:
-            fam = cls(PREFIX + name, doc, labels=labels)
+            fam: Any = cls(PREFIX + name, doc, labels=labels)  # a *MetricFamily: add_metric differs by kind
             for key, value in list(series.items()):
                 fam.add_metric(list(key) if isinstance(key, tuple) else [key], value)
-            return fam
+            metric: Metric = fam
+            return metric
 
         yield family(CounterMetricFamily, "requests", "Responses sent to clients, by status class.",
                      ["endpoint", "route", "status_class"], m.requests)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from sqlalchemy.engine import make_url
 
 T = TypeVar("T", bound=BaseModel)
 log = logging.getLogger(__name__)
@@ -210,6 +211,48 @@ def read_secret(value: str | None, file: str | None, what: str, min_length: int 
     return secret
 
 
+def read_secret_field(section: BaseModel, name: str, what: str, min_length: int = 32) -> str:
+    """The secret a section holds as ``name`` (inline, a :class:`SecretStr`, usually from the environment) and
+    ``name_file`` (a path; wins): :func:`read_secret` of the two. The one way every component reads a secret."""
+    if name not in type(section).model_fields or f"{name}_file" not in type(section).model_fields:
+        raise KeyError(f"{type(section).__name__} has no secret {name!r} (and {name}_file)")
+    inline = getattr(section, name)
+    value = inline.get_secret_value() if isinstance(inline, SecretStr) else inline
+    return read_secret(value, getattr(section, f"{name}_file"), what, min_length)
+
+
+class SecretsSection(StrictSection):
+    """Base of every component's ``[secrets]``: each secret ``NAME`` is two keys, ``NAME`` inline (a
+    :class:`SecretStr`, so no dump or repr shows it; set it through the environment,
+    ``MOORAGE_<COMPONENT>__SECRETS__NAME``, never in a committed file) and ``NAME_file``, a path that wins (private
+    file rules of :func:`read_secret`). Components subclass it with their secrets and read them with
+    :meth:`read`."""
+
+    def read(self, name: str, what: str | None = None, min_length: int = 32) -> str:
+        """Secret ``name``; :class:`ConfigError` naming ``what`` (default ``secrets.<name>``) when it is missing,
+        too short, or its file is readable by others."""
+        return read_secret_field(self, name, what or f"secrets.{name}", min_length)
+
+
+class DatabaseSection(StrictSection):
+    """``[db]`` of the manager: the SQLAlchemy URL of its database (PostgreSQL with asyncpg, or SQLite).
+
+    The password may be in the URL, or kept apart (the same rules as every secret): ``password`` (inline, from
+    ``MOORAGE_MANAGER__DB__PASSWORD``) or ``password_file`` (wins); it then replaces the URL's. ``moorage config
+    show`` masks both."""
+
+    url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/moorage"
+    password: SecretStr | None = None
+    password_file: str | None = None
+
+    def connect_url(self) -> str:
+        """The URL to connect with: ``url`` with the separate password, if one is set, put in."""
+        if self.password is None and not self.password_file:
+            return self.url
+        password = read_secret_field(self, "password", "db.password", min_length=1)
+        return make_url(self.url).set(password=password).render_as_string(hide_password=False)
+
+
 class EtcdSection(StrictSection):
     """``[etcd]`` of the manager, agent and app proxy configs: where etcd is and how to log in to it.
 
@@ -237,5 +280,4 @@ class EtcdSection(StrictSection):
         :class:`ConfigError` when the password is missing or its file is readable by others."""
         if not self.user:
             return None
-        inline = self.password.get_secret_value() if self.password is not None else None
-        return self.user, read_secret(inline, self.password_file, "etcd.password", min_length=1)
+        return self.user, read_secret_field(self, "password", "etcd.password", min_length=1)

@@ -7,6 +7,7 @@ Backend.AI's slugs (``https://api.backend.ai/probs/<slug>``) so its client recog
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -88,6 +89,14 @@ class PayloadTooLarge(ProblemError):
 
 class ServiceUnavailable(ProblemError):
     status, slug, title = 503, "service-unavailable", "Service unavailable."
+
+
+def parse_uuid(value: str, field: str) -> uuid.UUID:
+    """``value`` as a UUID, or 400 naming ``field``."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidAPIParameters(f"{field}: not a valid UUID") from None
 
 
 def pydantic_detail(exc: Any, prefix: str = "") -> tuple[str, list[dict[str, Any]]]:

@@ -108,7 +108,8 @@ async def insert_endpoint(sessions: async_sessionmaker[AsyncSession], config: Ma
             db.add_all(rows)
             try:
                 await db.commit()
-                return rows[0]
+                endpoint: Endpoint = rows[0]  # build() puts the endpoint first
+                return endpoint
             except IntegrityError:
                 await db.rollback()
         await asyncio.sleep(RETRY_PAUSE * (attempt + 1) * random.uniform(0.5, 1.5))

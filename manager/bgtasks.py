@@ -31,7 +31,7 @@ class BackgroundTask:
     events: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
     finished_at: float | None = None
     changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
-    runner: asyncio.Task | None = None
+    runner: asyncio.Task[None] | None = None
 
     def emit(self, event: str, message: str, current: int = 0, total: int = 0, **extra: Any) -> None:
         if self.finished_at is not None:
@@ -73,7 +73,7 @@ class BackgroundTasks:
     def get(self, task_id: uuid.UUID) -> BackgroundTask | None:
         return self._tasks.get(task_id)
 
-    async def follow(self, task: BackgroundTask, keepalive: float = 15.0) -> AsyncIterator[tuple[str, dict]]:
+    async def follow(self, task: BackgroundTask, keepalive: float = 15.0) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Yield every event (past ones first) until the terminal one; ``("", {})`` marks a keep-alive tick."""
         sent = 0
         while True:

@@ -6,9 +6,10 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
-from common.config import EtcdSection, StrictSection, load_config, read_secret
+from common import config as common_config
+from common.config import DatabaseSection, EtcdSection, StrictSection, load_config
 from common.tls import check_pair, client_ssl, server_context
 
 
@@ -30,10 +31,6 @@ class ManagerSection(StrictSection):
     def _tls(self) -> ManagerSection:
         check_pair(self.tls_cert_file, self.tls_key_file)
         return self
-
-
-class DatabaseSection(StrictSection):
-    url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/moorage"
 
 
 class AppProxySection(StrictSection):
@@ -60,13 +57,13 @@ class AppProxySection(StrictSection):
         return self
 
 
-class SecretsSection(StrictSection):
-    cluster_secret: str | None = None  # signs manager <-> agent calls
+class SecretsSection(common_config.SecretsSection):
+    cluster_secret: SecretStr | None = None  # signs manager <-> agent calls
     cluster_secret_file: str | None = None
-    jwt_secret: str | None = None  # signs endpoint tokens; shared with the app proxies only
+    jwt_secret: SecretStr | None = None  # signs endpoint tokens; shared with the app proxies only
     jwt_secret_file: str | None = None
     # encrypts keypair secret keys in the database (manager/secretbox.py); managers only, never in the database
-    keypair_encryption_key: str | None = None
+    keypair_encryption_key: SecretStr | None = None
     keypair_encryption_key_file: str | None = None
 
 
@@ -122,6 +119,38 @@ class LimitsSection(StrictSection):
     max_json_body: int = Field(default=1024 * 1024, ge=1024)
     max_token_lifetime_seconds: int = Field(default=10 * 365 * 86400, ge=60)
     default_slots: dict[str, Any] = Field(default_factory=lambda: {"cpu": "1", "mem": "1g"})
+
+
+class FilesSection(StrictSection):
+    """The folder explorer's file API (manager/api/folder_files.py; docs/console-api.md)."""
+
+    # One chunk of a chunked upload (PUT /folders/{name}/uploads/{upload_id}): a request stays short enough to
+    # retry cheaply over a slow link, while 8 MiB keeps the per-request overhead negligible for model weights.
+    max_chunk_bytes: int = Field(default=8 * 1024**2, ge=1024)
+    # An unfinished upload's staged data is deleted after this long without a chunk (a resumed upload keeps
+    # refreshing it); a day lets a browser resume after a night's sleep.
+    upload_ttl: float = Field(default=86_400.0, gt=0)
+    # Open chunked uploads per folder: a directory upload opens one per file, a few at a time (the console sends
+    # files in turn), so 256 is far above a real client while bounding the staging area's file count.
+    max_open_uploads: int = Field(default=256, ge=1)
+    # Entries one directory listing reads (then sorts and pages): bounds memory and time on a huge directory; the
+    # answer says "truncated" when a directory holds more.
+    max_listed_entries: int = Field(default=100_000, ge=1)
+    # Files saved through PUT /folders/{name}/content (the definition editor): small text files.
+    max_content_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Model folders the Model Store reads per request (it opens two small files in each).
+    max_store_folders: int = Field(default=1000, ge=1)
+
+
+class ConversationsSection(StrictSection):
+    """Chat conversations kept per user (manager/conversations.py; docs/console-api.md)."""
+
+    max_per_user: int = Field(default=1000, ge=1)
+    max_messages: int = Field(default=1000, ge=1)
+    # one message's content: a long model answer is a few tens of KB
+    max_content_chars: int = Field(default=64 * 1024, ge=1)
+    # a whole conversation as stored (its messages, parameters and models as JSON): one row stays cheap to load
+    max_conversation_bytes: int = Field(default=4 * 1024**2, ge=1024)
 
 
 class AutoscaleSection(StrictSection):
@@ -180,6 +209,8 @@ class ManagerConfig(StrictSection):
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
     leader: LeaderSection = Field(default_factory=LeaderSection)
     autoscale: AutoscaleSection = Field(default_factory=AutoscaleSection)
+    files: FilesSection = Field(default_factory=FilesSection)
+    conversations: ConversationsSection = Field(default_factory=ConversationsSection)
 
     @property
     def public_url(self) -> str:
@@ -196,14 +227,13 @@ class ManagerConfig(StrictSection):
         return client_ssl(self.manager.tls_ca_file, "manager.tls_ca_file")
 
     def cluster_secret(self) -> str:
-        return read_secret(self.secrets.cluster_secret, self.secrets.cluster_secret_file, "secrets.cluster_secret")
+        return self.secrets.read("cluster_secret")
 
     def jwt_secret(self) -> str:
-        return read_secret(self.secrets.jwt_secret, self.secrets.jwt_secret_file, "secrets.jwt_secret")
+        return self.secrets.read("jwt_secret")
 
     def keypair_encryption_key(self) -> str:
-        return read_secret(self.secrets.keypair_encryption_key, self.secrets.keypair_encryption_key_file,
-                           "secrets.keypair_encryption_key")
+        return self.secrets.read("keypair_encryption_key")
 
 
 def load_manager_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ManagerConfig:

@@ -12,12 +12,14 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 
 from common.definitions import ModelDefinition
 from common.status import EndpointLifecycle, RouteLifecycle, route_ready
 from manager.bgtasks import BackgroundTask
+from manager.context import ManagerContext
 from manager.db.models import Endpoint, Event, Route
 
 POLL_INTERVAL = 0.5
@@ -25,7 +27,7 @@ MIN_WAIT = 60.0  # seconds, even for a definition without health-check timing
 MAX_WAIT = 1800.0  # the runtime-variant default initial_delay; bounds a dry run
 
 
-def dry_run_deadline(definition: dict) -> float:
+def dry_run_deadline(definition: dict[str, Any]) -> float:
     """How long to wait for the replica: its health-check contract plus a start-up margin, bounded."""
     check = ModelDefinition.model_validate(definition).health_check()
     if check is None:
@@ -38,10 +40,10 @@ def _message(event: str, session_id: uuid.UUID | None = None, **extra: object) -
     return json.dumps({"event": event, "session_id": str(session_id) if session_id else None, **extra})
 
 
-async def run_dry_run(ctx, task: BackgroundTask, new_endpoint: Callable[..., Endpoint],
-                      definition: dict) -> None:
+async def run_dry_run(ctx: ManagerContext, task: BackgroundTask, new_endpoint: Callable[..., Endpoint],
+                      definition: dict[str, Any]) -> None:
     """``new_endpoint(name=, kind=, port=, url=)``: the hidden endpoint's row, one replica of the service asked
-    for (the API layer builds it from the request: :func:`manager.api.services.new_endpoint`); ``definition``:
+    for (the API layer builds it from the request: :func:`manager.services.write.new_endpoint`); ``definition``:
     its resolved model definition."""
     endpoint = new_endpoint(name=f"model-eval-{uuid.uuid4().hex[:10]}", kind="dry_run", port=None, url=None)
     async with ctx.db() as db:

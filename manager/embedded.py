@@ -81,7 +81,8 @@ def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
 def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090,

@@ -19,9 +19,12 @@ from manager.api import (
     agents,
     api_keys,
     autoscaling,
+    conversations,
+    folder_files,
     folders,
     gql,
     internal,
+    model_store,
     openapi,
     root,
     routings,
@@ -60,8 +63,8 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
     async def context(app: web.Application) -> AsyncIterator[None]:
         ensure_shared_dir(config.manager.storage_root)  # 0755: replicas read model folders (manager.folders)
         if config.manager.auto_migrate:
-            await db_engine.upgrade(config.db.url)
-        engine = db_engine.make_engine(config.db.url)
+            await db_engine.upgrade(config.db.connect_url())
+        engine = db_engine.make_engine(config.db.connect_url())
         try:  # a wrong key stops the start here, rather than failing those users' requests later
             await check_and_seal_keypairs(db_engine.make_sessionmaker(engine), keypair_box)
         except BaseException:
@@ -102,8 +105,8 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
     # service_ops first: its /services/_/... paths must win over /services/{service_id}/...
     for table in (root.routes, openapi.routes, service_ops.routes, services.routes, tokens.routes,
                   routings.routes, folders.routes, gql.routes, internal.routes, agents.routes,
-                  service_update.routes, autoscaling.routes, api_keys.routes,
-                  usage.routes):
+                  service_update.routes, autoscaling.routes, folder_files.routes, model_store.routes,
+                  conversations.routes, api_keys.routes, usage.routes):
         app.add_routes(table)
     return app
 

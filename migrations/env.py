@@ -6,6 +6,7 @@ import asyncio
 
 from alembic import context
 from sqlalchemy import pool
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from manager.db.models import Base
@@ -14,7 +15,7 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def _do_run(connection) -> None:
+def _do_run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -286,3 +286,62 @@ def test_only_app_wiring_imports_the_http_layer() -> None:
             f"(allowed: {sorted(ALLOWED_API_IMPORTERS)}):\n{report}",
             pytrace=False,
         )
+
+
+# Handler modules that are thin adapters: they parse the request, call the service domain (manager.services) and
+# render with manager.api.views; they build no SQL. New handler modules join the list once they are thin.
+THIN_HANDLERS = (
+    "manager.api.services",
+    "manager.api.service_ops",
+    "manager.api.service_update",
+    "manager.api.tokens",
+    "manager.api.routings",
+)
+DOMAIN = "manager.services"
+# What a thin handler may take from SQLAlchemy: the session type, to annotate a helper that runs inside one.
+HANDLER_SQLALCHEMY_ALLOWED = ("sqlalchemy.ext.asyncio",)
+
+
+def third_party_imports(module: str) -> list[tuple[str, int]]:
+    """Every module name ``module`` imports (first-party or not), with its line, wherever the import runs."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    names: list[tuple[str, int]] = []
+    for node, _kind in _imports(tree):
+        if isinstance(node, ast.Import):
+            names.extend((alias.name, node.lineno) for alias in node.names)
+        elif node.level == 0 and node.module:
+            names.append((node.module, node.lineno))
+    return names
+
+
+def _under(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_thin_handlers_build_no_sql() -> None:
+    assert all(module in MODULES for module in THIN_HANDLERS)
+    found = [
+        f"  {module} imports {name} (line {line})"
+        for module in THIN_HANDLERS
+        for name, line in third_party_imports(module)
+        if _under(name, "sqlalchemy") and not any(_under(name, ok) for ok in HANDLER_SQLALCHEMY_ALLOWED)
+    ]
+    assert not found, "handlers must call manager.services instead of querying:\n" + "\n".join(found)
+
+
+def test_service_domain_has_no_http() -> None:
+    domain = [m for m in MODULES if _under(m, DOMAIN)]
+    assert len(domain) > 3  # the package is found (else this test would pass vacuously)
+    found = [
+        f"  {module} imports {name} (line {line})"
+        for module in domain
+        for name, line in third_party_imports(module)
+        if _under(name, "aiohttp") or _under(name, API)
+    ]
+    assert not found, "the service domain takes plain values, not requests:\n" + "\n".join(found)
+
+
+def test_third_party_imports_sees_what_the_rules_look_for() -> None:
+    # the scan behind the two tests above: a query or an aiohttp import where they are refused would be seen
+    assert any(n == "sqlalchemy" for n, _ in third_party_imports("manager.services.read"))
+    assert any(_under(n, "aiohttp") for n, _ in third_party_imports("manager.api.services"))

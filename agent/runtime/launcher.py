@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, Dict, NoReturn  # noqa: UP035 - Dict: see Result
 
 EXIT_PRESTART_FAILED = 86
 EXIT_START_FAILED = 87
@@ -52,20 +52,20 @@ class ActionError(Exception):
     """A pre-start action failed; the message is shown to the user on the route."""
 
 
-class Result(dict):
+class Result(Dict[str, Any]):  # noqa: UP006 - an image's python3 may predate dict[...] as a base class (3.9)
     """A dict result (``run_command``) usable both as ``{ref.out}`` and ``{ref[out]}``."""
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
 
 
-def interpolate(text: str, variables: dict) -> str:
+def interpolate(text: str, variables: dict[str, Any]) -> str:
     """Replace known ``{placeholders}``; leave every other brace untouched."""
 
-    def replace(match: re.Match) -> str:
+    def replace(match: re.Match[str]) -> str:
         expr = match.group("escaped")
         root_match = _ROOT_RE.match(expr or match.group("field"))
         assert root_match is not None  # both alternatives of _PLACEHOLDER start with a name
@@ -82,7 +82,7 @@ def interpolate(text: str, variables: dict) -> str:
     return _TOKEN_RE.sub(replace, text)
 
 
-def interpolate_value(value, variables: dict):
+def interpolate_value(value: Any, variables: dict[str, Any]) -> Any:
     if isinstance(value, str):
         return interpolate(value, variables)
     if isinstance(value, list):
@@ -92,14 +92,14 @@ def interpolate_value(value, variables: dict):
     return value
 
 
-def _mode(mode) -> int:
+def _mode(mode: object) -> int:
     try:
         return int(str(mode), 8)
     except ValueError:
         raise ActionError(f"invalid file mode {mode!r}; use an octal string like '644'") from None
 
 
-def _lines(body) -> list:
+def _lines(body: object) -> list[str]:
     if isinstance(body, str):
         return [body]
     if not isinstance(body, list):
@@ -107,7 +107,7 @@ def _lines(body) -> list:
     return [str(line) for line in body]
 
 
-def action_write_file(filename: str, body, mode="644", append: bool = False) -> str:
+def action_write_file(filename: str, body: object, mode: object = "644", append: bool = False) -> str:
     with open(filename, "a" if append else "w") as fp:
         for line in _lines(body):
             fp.write(line + "\n")
@@ -115,7 +115,7 @@ def action_write_file(filename: str, body, mode="644", append: bool = False) -> 
     return filename
 
 
-def action_write_tempfile(body, mode="644") -> str:
+def action_write_tempfile(body: object, mode: object = "644") -> str:
     fd, path = tempfile.mkstemp(suffix=".py")
     with os.fdopen(fd, "w") as fp:
         for line in _lines(body):
@@ -124,7 +124,7 @@ def action_write_tempfile(body, mode="644") -> str:
     return path
 
 
-def action_run_command(command, echo: bool = False) -> Result:
+def action_run_command(command: str | list[object], echo: bool = False) -> Result:
     argv = shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
     if not argv:
         raise ActionError("'command' is empty")
@@ -150,7 +150,7 @@ def action_mkdir(path: str) -> str:
     return path
 
 
-def action_log(message, debug: bool = False) -> None:
+def action_log(message: object, debug: bool = False) -> None:
     if debug and not os.environ.get("MOORAGE_PRESTART_DEBUG"):
         return
     print(f"[pre-start]{' (debug)' if debug else ''} {message}", flush=True)
@@ -165,7 +165,7 @@ ACTIONS: dict[str, Callable[..., object]] = {
 }
 
 
-def run_actions(actions: list, variables: dict) -> None:
+def run_actions(actions: list[Any], variables: dict[str, Any]) -> None:
     """Run the pre-start actions in order; ``ref`` results become variables. Raises ActionError."""
     for index, item in enumerate(actions):
         name = item.get("action") if isinstance(item, dict) else None
@@ -191,7 +191,7 @@ def run_actions(actions: list, variables: dict) -> None:
             variables[ref] = Result(result) if isinstance(result, dict) else result
 
 
-def build_argv(start_command: str, shell, variables: dict) -> list:
+def build_argv(start_command: str, shell: str | None, variables: dict[str, Any]) -> list[str]:
     command = interpolate(start_command, variables)
     if shell:
         return [shell, "-c", command]
@@ -209,7 +209,7 @@ def _fail(spec_path: str, filename: str, kind: str, message: str, code: int) -> 
     sys.exit(code)
 
 
-def redirect_output(stdout_path, stderr_path) -> None:
+def redirect_output(stdout_path: str | None, stderr_path: str | None) -> None:
     """Point fds 1 and 2 (inherited by the start command) at append-only files."""
     for path, fd, stream in ((stdout_path, 1, sys.stdout), (stderr_path, 2, sys.stderr)):
         if not path:

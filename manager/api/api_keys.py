@@ -201,7 +201,7 @@ async def list_api_keys(request: web.Request) -> web.Response:
 
 async def _load(db: Any, request: web.Request) -> ApiKey:
     key_id = parse_uuid(request.match_info["key_id"], "key_id")
-    row = await db.get(ApiKey, key_id)
+    row: ApiKey | None = await db.get(ApiKey, key_id)
     if row is None or not await can_act_for(db, caller_of(request), row.owner_id):
         raise ObjectNotFound(f"API key {key_id} not found")
     return row

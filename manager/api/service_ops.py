@@ -4,77 +4,40 @@ plus the SSE stream of background tasks (``GET /events/background-task?task_id=`
 from __future__ import annotations
 
 import json
-import uuid
-from typing import Any
 
-import sqlalchemy as sa
 from aiohttp import web
 
 from common.errors import InvalidAPIParameters, ObjectNotFound
-from common.status import EndpointLifecycle
 from manager.api.auth import caller_of
 from manager.api.schemas import (
     NewServiceRequest,
     Pagination,
     RuntimesResponse,
-    SearchItem,
     SearchServicesRequest,
     SearchServicesResponse,
-    StringFilter,
     TaskResponse,
 )
-from manager.api.services import load_endpoint, new_endpoint, resolve_create_request
-from manager.api.util import json_response, parse_body, parse_uuid
+from manager.api.util import json_response, parse_body, parse_uuid, service_ref
+from manager.api.views.endpoint import search_item
 from manager.context import CTX
 from manager.control.publisher import publish_endpoints
-from manager.db.models import Endpoint, Route, route_active_clause
 from manager.dryrun import run_dry_run
 from manager.endpoints import RUNTIME_VARIANT_LABELS
-from manager.ownership import can_act_for, endpoint_visibility
+from manager.ownership import can_act_for
+from manager.services import read, write
 
 routes = web.RouteTableDef()
-
-
-def _string_condition(column, flt: StringFilter):
-    conds = []
-    if flt.equals is not None:
-        conds.append(column == flt.equals)
-    if flt.not_equals is not None:
-        conds.append(column != flt.not_equals)
-    if flt.i_equals is not None:
-        conds.append(sa.func.lower(column) == flt.i_equals.lower())
-    if flt.contains is not None:
-        conds.append(column.contains(flt.contains, autoescape=True))
-    if flt.i_contains is not None:
-        conds.append(sa.func.lower(column).contains(flt.i_contains.lower(), autoescape=True))
-    if flt.starts_with is not None:
-        conds.append(column.startswith(flt.starts_with, autoescape=True))
-    if flt.ends_with is not None:
-        conds.append(column.endswith(flt.ends_with, autoescape=True))
-    return conds
 
 
 @routes.post("/services/_/search")
 async def search_services(request: web.Request) -> web.Response:
     caller = caller_of(request)
     body = await parse_body(request, SearchServicesRequest)
-    conds = [Endpoint.lifecycle != EndpointLifecycle.DESTROYED, Endpoint.kind == "service"]
-    conds.append(endpoint_visibility(caller))
-    if body.filter and body.filter.name:
-        conds.extend(_string_condition(Endpoint.name, body.filter.name))
-    async with request.app[CTX].db() as db:
-        total = (await db.execute(sa.select(sa.func.count()).select_from(Endpoint).where(*conds))).scalar_one()
-        endpoints = list((await db.execute(sa.select(Endpoint).where(*conds).order_by(Endpoint.created_at)
-                                           .offset(body.offset).limit(body.limit))).scalars())
-        counts = dict((await db.execute(
-            sa.select(Route.endpoint_id, sa.func.count()).where(
-                Route.endpoint_id.in_([e.id for e in endpoints]), route_active_clause())
-                .group_by(Route.endpoint_id))).all())
-    items = [SearchItem(id=e.id, name=e.name, replicas=e.replicas, desired_session_count=e.replicas,
-                        active_route_count=counts.get(e.id, 0), service_endpoint=e.url,
-                        resource_slots=e.resource_slots, resource_group=e.scaling_group,
-                        open_to_public=e.open_to_public) for e in endpoints]
-    result = SearchServicesResponse(items=items, pagination=Pagination(total=total, offset=body.offset,
+    name = body.filter.name if body.filter else None
+    page = await read.search_services(request.app[CTX].db, caller,
+                                      read.NameFilter(**name.model_dump()) if name else None, body.offset, body.limit)
+    items = [search_item(e, page.active_counts.get(e.id, 0)) for e in page.endpoints]
+    result = SearchServicesResponse(items=items, pagination=Pagination(total=page.total, offset=body.offset,
                                                                        limit=body.limit))
     return json_response(result.model_dump(mode="json"))
 
@@ -88,10 +51,9 @@ async def list_runtimes(request: web.Request) -> web.Response:
 @routes.post("/services/{service_id}/sync")
 async def sync_service(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    async with ctx.db() as db:
-        endpoint = await load_endpoint(db, caller_of(request), request.match_info["service_id"])
-    await publish_endpoints(ctx, {endpoint.id}, force=True)
-    ctx.poke(endpoint.id)  # on a follower: the leader republishes too, so the newest table wins
+    endpoint_id = (await read.visible_endpoint(ctx.db, caller_of(request), *service_ref(request))).id
+    await publish_endpoints(ctx, {endpoint_id}, force=True)
+    ctx.poke(endpoint_id)  # on a follower: the leader republishes too, so the newest table wins
     return json_response({"success": True})
 
 
@@ -101,13 +63,8 @@ async def try_service(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     caller = caller_of(request)
     body = await parse_body(request, NewServiceRequest)
-    async with ctx.db() as db:
-        owner, folder, resolved = await resolve_create_request(ctx, db, caller, body)
-
-    def dry_run_endpoint(**fields: Any) -> Endpoint:  # built in the background task, as before
-        return new_endpoint(body.model_copy(update={"replicas": 1}), owner, owner, folder.id, resolved, **fields)
-
-    task = ctx.bgtasks.start(caller.user_id, lambda t: run_dry_run(ctx, t, dry_run_endpoint, resolved.definition))
+    dry_run_endpoint, definition = await write.prepare_dry_run(ctx.db, ctx.config, caller, body)
+    task = ctx.bgtasks.start(caller.user_id, lambda t: run_dry_run(ctx, t, dry_run_endpoint, definition))
     return json_response(TaskResponse(task_id=task.id, name=body.name).model_dump(mode="json"))
 
 
@@ -136,6 +93,3 @@ async def background_task_events(request: web.Request) -> web.StreamResponse:
     await response.write(b"event: server_close\ndata: {}\n\n")
     await response.write_eof()
     return response
-
-
-__all__ = ["routes", "uuid"]

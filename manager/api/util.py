@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from common.errors import InvalidAPIParameters, PayloadTooLarge, invalid_params_from_validation
+from common.errors import parse_uuid as parse_uuid  # re-exported: the handlers' path parameters
 from manager.context import CTX
 
 M = TypeVar("M", bound=BaseModel)
@@ -96,12 +97,11 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         raise invalid_params_from_validation(exc) from None
 
 
-def parse_uuid(value: str, field: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidAPIParameters(f"{field}: not a valid UUID") from None
-
-
 def json_response(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
+
+
+def service_ref(request: web.Request) -> tuple[uuid.UUID, str]:
+    """The ``{service_id}`` path parameter as a UUID (400 if it is not one) and as written (for the 404)."""
+    raw = request.match_info["service_id"]
+    return parse_uuid(raw, "service_id"), raw

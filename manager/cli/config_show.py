@@ -1,7 +1,7 @@
 """``moorage config show COMPONENT [--config FILE]``: the effective configuration of a component (the file with
 its ``MOORAGE_<COMPONENT>__*`` environment overrides applied, defaults filled in, validated as at start), with
-every secret masked. Secrets are never printed: inline secret values, passwords and keys show as ``***``;
-secret *files* show their path (the secret stays in the file)."""
+every secret masked. Secrets are never printed: inline secret values, passwords (also the one in a URL such as
+``db.url``) and keys show as ``***``; secret *files* show their path (the secret stays in the file)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from manager.cli.connection import CLIError
 MASK = "***"
 # Field names whose values are secrets (paths to secret files end in "_file" and are shown).
 SECRET_NAME = re.compile(r"(secret|password|encryption_key|secret_key|token)$")
+# The password of a URL (``db.url = "postgresql+asyncpg://user:password@host/db"``): scheme://user: ... @
+URL_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:)[^/@]*@")
 
 
 def masked(value: Any, name: str = "") -> Any:
@@ -26,6 +28,8 @@ def masked(value: Any, name: str = "") -> Any:
         return [masked(v, name) for v in value]
     if value not in (None, "") and SECRET_NAME.search(name):
         return MASK
+    if isinstance(value, str):
+        return URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", value, count=1)
     return value
 
 

@@ -103,7 +103,7 @@ def run_db(args: argparse.Namespace) -> int:
 
     private_umask()  # `db upgrade` of a SQLite URL may create the database file
     config = _load_manager_config(args) if not args.url or args.db_command == "downgrade" else None
-    url = args.url if config is None else args.url or config.db.url
+    url = args.url if config is None else args.url or config.db.connect_url()
     try:
         if args.db_command == "upgrade":
             asyncio.run(engine.upgrade(url, args.revision or "head"))
@@ -126,7 +126,7 @@ def run_admin_create_user(args: argparse.Namespace) -> int:
 
     private_umask()
     config = _load_manager_config(args)
-    url = args.url or config.db.url
+    url = args.url or config.db.connect_url()
     box = _keypair_box(config)  # the secret key is stored encrypted (manager/secretbox.py)
 
     async def _main() -> tuple:

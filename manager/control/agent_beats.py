@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.aio import cancel_and_wait
 from common.status import AgentStatus
@@ -35,7 +36,7 @@ BEAT_UPDATE = _agents.update().where(_agents.c.id == sa.bindparam("b_id")).value
 
 
 class AgentBeats:
-    def __init__(self, db, heartbeat_timeout: float) -> None:
+    def __init__(self, db: async_sessionmaker[AsyncSession], heartbeat_timeout: float) -> None:
         self._db = db
         self._trust_for = heartbeat_timeout / 2
         # agent id → (what it reported, monotonic time its row was last read or written as alive)

@@ -195,7 +195,7 @@ class Autoscaling:
             if not endpoints:
                 return
             rows = await _enabled_rules(db, [e.id for e in endpoints])
-            rules_of: dict[uuid.UUID, list] = {}
+            rules_of: dict[uuid.UUID, list[AutoScalingRule]] = {}
             for r in rows:
                 rules_of.setdefault(r.endpoint_id, []).append(r)
             for endpoint in endpoints:
@@ -254,7 +254,7 @@ class Autoscaling:
         wall = time.time()
         waiting = self.waiting()
         decisions: list[tuple[Endpoint, EndpointDecision]] = []
-        rules_by_endpoint: dict[uuid.UUID, list] = {}
+        rules_by_endpoint: dict[uuid.UUID, list[Rule]] = {}
         for r in rows:
             rules_by_endpoint.setdefault(r.endpoint_id, []).append(rule_of(r))
         for endpoint_id, endpoint in endpoints.items():

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.protocol import AgentHeartbeat, HeartbeatReply, KernelReport
 from common.status import (
@@ -33,6 +34,8 @@ from common.status import (
     RouteTraffic,
     SessionStatus,
 )
+from manager.config import ReconcileSection
+from manager.context import ManagerContext
 from manager.control.planner import backoff_delay
 from manager.control.transitions import TERMINAL_KERNEL, decide_route_change
 from manager.db.models import Agent, Endpoint, Event, Route, Session
@@ -119,7 +122,7 @@ def _vanished(row: SessionRow, agent_id: str, now: datetime, grace: Grace) -> bo
     return _aware(row.created_at) < now - (grace.answered if row.port is not None else grace.unanswered)
 
 
-async def apply_heartbeat(ctx, hb: AgentHeartbeat) -> tuple[HeartbeatReply, set[uuid.UUID]]:
+async def apply_heartbeat(ctx: ManagerContext, hb: AgentHeartbeat) -> tuple[HeartbeatReply, set[uuid.UUID]]:
     """Returns the reply for the agent and the endpoints whose route tables changed."""
     now = datetime.now(UTC)
     rc = ctx.config.reconcile
@@ -142,7 +145,8 @@ async def apply_heartbeat(ctx, hb: AgentHeartbeat) -> tuple[HeartbeatReply, set[
     return HeartbeatReply(destroy=found.destroy), changed
 
 
-async def _record_agent(ctx, db, hb: AgentHeartbeat, now: datetime) -> dict[str, Any] | None:
+async def _record_agent(ctx: ManagerContext, db: AsyncSession, hb: AgentHeartbeat, now: datetime
+                        ) -> dict[str, Any] | None:
     """Register the agent or refresh its row; returns what it reported when the row was read or written (to be
     remembered once committed). An unchanged agent whose row is known to be alive costs nothing here: its beat
     time is queued and written with the others' (manager.control.agent_beats)."""
@@ -173,8 +177,8 @@ async def _record_agent(ctx, db, hb: AgentHeartbeat, now: datetime) -> dict[str,
     return reported
 
 
-async def _apply_changes(db, agent_id: str, reported: Mapping[uuid.UUID, KernelReport],
-                         work: set[uuid.UUID], now: datetime, grace: Grace, rc) -> set[uuid.UUID]:
+async def _apply_changes(db: AsyncSession, agent_id: str, reported: Mapping[uuid.UUID, KernelReport],
+                         work: set[uuid.UUID], now: datetime, grace: Grace, rc: ReconcileSection) -> set[uuid.UUID]:
     """Load the sessions triage picked (with their routes and endpoints) and apply the reports to them."""
     changed: set[uuid.UUID] = set()
     sessions = list((await db.execute(sa.select(Session).where(Session.id.in_(list(work))))).scalars())

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.aio import wait_event
 from common.protocol import KernelReport, KernelSpec
@@ -31,6 +32,7 @@ from common.status import (
     SessionStatus,
 )
 from common.store import ROUTES_PREFIX
+from manager.context import ManagerContext
 from manager.control import metrics
 from manager.control.autoscale import Autoscaling
 from manager.control.heartbeat import _aware, mark_replica_gone
@@ -45,7 +47,7 @@ PLANNING_COLUMNS = (Endpoint.lifecycle, Endpoint.replicas, Endpoint.next_retry_a
 HEX_DIGITS = "0123456789abcdef"
 
 
-async def live_holdings(db) -> dict[str, list[tuple[dict[str, str] | None, ResourceSlots]]]:
+async def live_holdings(db: AsyncSession) -> dict[str, list[tuple[dict[str, str] | None, ResourceSlots]]]:
     """Per agent id, what each of its live sessions holds: (reported GPU allocation or None, requested slots)."""
     held: dict[str, list[tuple[dict[str, str] | None, ResourceSlots]]] = defaultdict(list)
     for agent_id, slots, allocation in (await db.execute(
@@ -67,7 +69,7 @@ class ControlLoop:
     own error handling (one that raises is logged and counted, and the next phases still run) and its own
     duration histogram (manager.control.metrics). The loop owns the autoscaler's state for its term."""
 
-    def __init__(self, ctx) -> None:
+    def __init__(self, ctx: ManagerContext) -> None:
         self.ctx = ctx
         self.autoscaling = Autoscaling(ctx)
         self._last_resync = 0.0
@@ -168,12 +170,13 @@ class ControlLoop:
                 return
             metrics.ENDPOINTS_RECONCILED.inc(len(endpoints))
             by_endpoint: dict[uuid.UUID, list[RouteView]] = defaultdict(list)
-            for route_id, endpoint_id, lifecycle, health, created_at, revision in (await db.execute(
+            for route_id, endpoint_id, route_lifecycle, health, created_at, revision in (await db.execute(
                     sa.select(Route.id, Route.endpoint_id, Route.lifecycle, Route.health, Route.created_at,
                               Route.revision).where(Route.lifecycle.in_(
                                   [RouteLifecycle.PROVISIONING, RouteLifecycle.RUNNING,
                                    RouteLifecycle.TERMINATING])))).all():
-                by_endpoint[endpoint_id].append(RouteView(route_id, lifecycle, health, _aware(created_at), revision))
+                by_endpoint[endpoint_id].append(RouteView(route_id, route_lifecycle, health, _aware(created_at),
+                                                          revision))
             drain: list[uuid.UUID] = []
             destroyed: list[uuid.UUID] = []
             for endpoint_id, lifecycle, replicas, next_retry_at, revision, max_surge, _ in endpoints:
@@ -205,7 +208,7 @@ class ControlLoop:
                     lifecycle=EndpointLifecycle.DESTROYED, destroyed_at=now))
             await db.commit()
 
-    async def _capacities(self, db) -> dict[str, tuple[Agent, AgentCapacity]]:
+    async def _capacities(self, db: AsyncSession) -> dict[str, tuple[Agent, AgentCapacity]]:
         """Alive agents and what is free on each: slots their live sessions hold, free share per GPU."""
         agents = list((await db.execute(sa.select(Agent).where(Agent.status == AgentStatus.ALIVE))).scalars())
         held = await live_holdings(db)
@@ -231,7 +234,8 @@ class ControlLoop:
             replicas_on: dict[uuid.UUID, dict[str, int]] = defaultdict(lambda: defaultdict(int))
             for agent_id, endpoint_id in (await db.execute(sa.select(Session.agent_id, Session.endpoint_id).where(
                     Session.status.in_(ACTIVE_SESSION_STATES)))).all():
-                replicas_on[endpoint_id][agent_id] += 1
+                if agent_id is not None:  # an active session is placed: it has an agent
+                    replicas_on[endpoint_id][agent_id] += 1
             folders = {f.id: f for f in (await db.execute(sa.select(ModelFolder).where(
                 ModelFolder.id.in_([e.model_folder_id for _, e in pending])))).scalars()}
             placed: list[tuple[Route, Session]] = []
@@ -368,13 +372,13 @@ class ControlLoop:
             sessions = {s.id: s for s in (await db.execute(sa.select(Session).where(
                 Session.id.in_([s for _, s in destroyed])))).scalars()}
             for route_id, session_id in destroyed:
-                session, route = sessions.get(session_id), routes.get(route_id)
-                if session is not None and session.status in ACTIVE_SESSION_STATES:
-                    session.status = SessionStatus.TERMINATED
-                    session.terminated_at = datetime.now(UTC)
-                if route is not None and route.lifecycle == RouteLifecycle.TERMINATING:
-                    route.lifecycle = RouteLifecycle.TERMINATED
-                    ctx.dirty_endpoints.add(route.endpoint_id)
+                stopped, stopped_route = sessions.get(session_id), routes.get(route_id)
+                if stopped is not None and stopped.status in ACTIVE_SESSION_STATES:
+                    stopped.status = SessionStatus.TERMINATED
+                    stopped.terminated_at = datetime.now(UTC)
+                if stopped_route is not None and stopped_route.lifecycle == RouteLifecycle.TERMINATING:
+                    stopped_route.lifecycle = RouteLifecycle.TERMINATED
+                    ctx.dirty_endpoints.add(stopped_route.endpoint_id)
             await db.commit()
         ctx.wake.set()
 

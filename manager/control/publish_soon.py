@@ -13,6 +13,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from common.aio import cancel_and_wait
 from manager.control.publisher import publish_endpoints
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class PublishSoon:
-    def __init__(self, ctx) -> None:
+    def __init__(self, ctx: Any) -> None:  # ManagerContext (manager.context imports this module)
         self._ctx = ctx
         self._pending: set[uuid.UUID] = set()
         self._wanted = asyncio.Event()

@@ -9,7 +9,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.orm import load_only
@@ -73,7 +73,7 @@ TABLE_COLUMNS = (Endpoint.name, Endpoint.owner_id, Endpoint.kind, Endpoint.lifec
 WRITE_CONCURRENCY = 32
 
 
-async def publish_endpoints(ctx, endpoint_ids: set[uuid.UUID], force: bool = False,
+async def publish_endpoints(ctx: Any, endpoint_ids: set[uuid.UUID], force: bool = False,
                             stored_prefix: str = ROUTES_PREFIX) -> None:
     """Publish (or remove) the tables of these endpoints. Safe to call from handlers and loops.
 
@@ -132,7 +132,7 @@ async def publish_endpoints(ctx, endpoint_ids: set[uuid.UUID], force: bool = Fal
         await _write_all(ctx, writes)
 
 
-async def _write_all(ctx, writes: list[tuple[uuid.UUID, str, str | None]]) -> None:
+async def _write_all(ctx: Any, writes: list[tuple[uuid.UUID, str, str | None]]) -> None:
     gate = asyncio.Semaphore(WRITE_CONCURRENCY)
 
     async def write(endpoint_id: uuid.UUID, key: str, value: str | None) -> None:

@@ -40,3 +40,23 @@ def test_show_reports_an_unknown_key_with_the_closest_name(tmp_path: Path) -> No
     config.write_text("[reconcile]\nintervall = 1\n")
     out = _show("manager", config)
     assert out.returncode == 1 and "did you mean 'reconcile.interval'?" in out.stderr, out.stderr
+
+
+def test_show_masks_the_database_password_in_the_url_and_apart(tmp_path: Path) -> None:
+    config = tmp_path / "manager.toml"
+    config.write_text(f'[db]\nurl = "postgresql+asyncpg://moorage:{SECRET}@db.example:5432/moorage"\n')
+    out = _show("manager", config, MOORAGE_MANAGER__DB__PASSWORD=SECRET + "-apart")
+    assert out.returncode == 0, out.stderr
+    assert SECRET not in out.stdout and SECRET not in out.stderr
+    shown = json.loads(out.stdout)["db"]
+    assert shown["url"] == "postgresql+asyncpg://moorage:***@db.example:5432/moorage"
+    assert shown["password"] == "***"
+
+
+def test_masked_keeps_urls_without_a_password() -> None:
+    from manager.cli.config_show import masked
+
+    assert masked({"url": "postgresql+asyncpg://postgres@127.0.0.1:5432/moorage"}) == {
+        "url": "postgresql+asyncpg://postgres@127.0.0.1:5432/moorage"}
+    assert masked({"url": "sqlite+aiosqlite:////var/lib/moorage/db.sqlite"})["url"].endswith("db.sqlite")
+    assert masked({"x": "https://u:p@h/"}) == {"x": "https://u:***@h/"}

@@ -25,6 +25,7 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLSchema,
     InlineFragmentNode,
     OperationDefinitionNode,
     SelectionSetNode,
@@ -51,7 +52,7 @@ MAX_DEPTH = 15  # the deepest client query nests 4 levels; the standard introspe
 routes = web.RouteTableDef()
 
 
-def _build_schema():
+def _build_schema() -> GraphQLSchema:
     schema = build()
     bind(schema, "Query", "endpoint", r.resolve_endpoint)
     bind(schema, "Query", "endpoint_list", r.resolve_endpoint_list)

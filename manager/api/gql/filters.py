@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
 MAX_FILTER_LENGTH = 2048
@@ -52,7 +53,7 @@ class FieldSpec:
     ``kind``: ``str`` | ``uuid`` | ``int`` | ``float`` | ``bool`` | ``datetime`` | ``enum``. For ``enum``,
     ``normalize`` maps a client value to the stored value (raising ValueError for unknown ones)."""
 
-    column: Any
+    column: QueryableAttribute[Any]
     kind: str = "str"
     normalize: Callable[[str], Any] | None = None
     orderable: bool = True
@@ -229,7 +230,8 @@ class _FilterParser:
         value = _coerce(tok.text, spec, raw)
         if op in ("<", "<=", ">", ">=") and spec.kind in ("bool", "uuid", "enum"):
             raise QueryParseError(f"{tok.text}: '{op}' does not apply to a {spec.kind} field")
-        return _COMPARE[op](spec.column, value)
+        compared: ColumnElement[bool] = _COMPARE[op](spec.column, value)  # operator.* return Any
+        return compared
 
 
 def field_spec(fields: Mapping[str, FieldSpec], name: str) -> FieldSpec:

@@ -23,14 +23,16 @@ from typing import Any
 
 import sqlalchemy as sa
 from graphql import GraphQLError, GraphQLResolveInfo
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.status import EndpointLifecycle, RouteHealth, RouteLifecycle, RouteTraffic
+from common.status import EndpointLifecycle
 from manager.api.gql.filters import FieldSpec, QueryParseError, parse_filter, parse_order
 from manager.api.gql.schema import COMPARATORS, METRIC_SOURCES, decimal_text
+from manager.api.views.endpoint import endpoint_node
 from manager.context import ManagerContext
-from manager.db.models import AutoScalingRule, Endpoint, Event, Project, Route, User
-from manager.endpoint_status import derive_endpoint_status
+from manager.db.models import AutoScalingRule, Endpoint, Event, Project, User
 from manager.ownership import Caller, endpoint_visibility
+from manager.services import read
 
 MAX_PAGE_SIZE = 100
 MAX_OFFSET = 1_000_000
@@ -52,12 +54,18 @@ def not_found(what: str) -> UserError:
     return UserError(f"{what} not found", "object-not-found")
 
 
-def _ctx(info: GraphQLResolveInfo) -> ManagerContext:
-    return info.context["ctx"]
+# the execution context manager.api.gql builds for each request: {"ctx": ManagerContext, "caller": Caller}
+Info = GraphQLResolveInfo[dict[str, Any]]
 
 
-def _caller(info: GraphQLResolveInfo) -> Caller:
-    return info.context["caller"]
+def _ctx(info: Info) -> ManagerContext:
+    ctx: ManagerContext = info.context["ctx"]
+    return ctx
+
+
+def _caller(info: Info) -> Caller:
+    caller: Caller = info.context["caller"]
+    return caller
 
 
 # ---------------------------------------------------------------------------------------------------- visibility
@@ -71,7 +79,7 @@ def _uuid_arg(value: str, what: str) -> uuid.UUID:
         raise UserError(f"{what}: not a valid UUID") from None
 
 
-async def _visible_endpoint(db: Any, caller: Caller, endpoint_id: uuid.UUID) -> Endpoint:
+async def _visible_endpoint(db: AsyncSession, caller: Caller, endpoint_id: uuid.UUID) -> Endpoint:
     endpoint = (await db.execute(sa.select(Endpoint).where(
         Endpoint.id == endpoint_id, Endpoint.lifecycle != EndpointLifecycle.DESTROYED,
         endpoint_visible(caller)))).scalar_one_or_none()
@@ -81,88 +89,13 @@ async def _visible_endpoint(db: Any, caller: Caller, endpoint_id: uuid.UUID) -> 
 
 
 # ------------------------------------------------------------------------------------------------------ endpoints
-def route_status(route: Route) -> str:
-    """Backend.AI's single route status from Moorage's orthogonal axes (lifecycle, health, traffic).
-
-    A running route that has not passed a probe yet is still ``provisioning`` (as in Backend.AI, where a route
-    becomes healthy on its first passed check); a healthy route that was taken out of traffic is ``unhealthy``
-    (it serves nothing)."""
-    lifecycle = route.lifecycle
-    if lifecycle == RouteLifecycle.RUNNING:
-        if route.health == RouteHealth.HEALTHY:
-            return "healthy" if route.traffic == RouteTraffic.ACTIVE else "unhealthy"
-        if route.health == RouteHealth.DEGRADED:
-            return "degraded"
-        if route.health == RouteHealth.UNHEALTHY:
-            return "unhealthy"
-        return "provisioning"
-    return lifecycle.value  # provisioning | terminating | terminated | failed_to_start
-
-
-def _route_view(route: Route) -> dict[str, Any]:
-    return {
-        "routing_id": route.id, "endpoint": route.endpoint_id, "session": route.session_id,
-        "status": route_status(route), "traffic_ratio": route.traffic_ratio, "created_at": route.created_at,
-        "error_data": route.error_data, "live_stat": None, "lifecycle": route.lifecycle.value,
-        "health": route.health.value, "traffic": route.traffic.value,
-    }
-
-
-def _error_view(route: Route) -> dict[str, Any]:
-    data = route.error_data or {}
-    errors = data.get("errors") if isinstance(data.get("errors"), list) else None
-    if not errors:
-        errors = [{"src": "", "name": str(data.get("type", "error")),
-                   "repr": str(data.get("message") or data.get("stderr_tail") or "")}]
-    return {"session_id": route.session_id,
-            "errors": [{"src": str(e.get("src", "")), "name": str(e.get("name", "")), "repr": str(e.get("repr", ""))}
-                       for e in errors if isinstance(e, dict)]}
-
-
-def _image_view(endpoint: Endpoint) -> dict[str, Any] | None:
-    if not endpoint.image:
-        return None
-    name = endpoint.image
-    registry, _, rest = name.rpartition("/") if "/" in name else ("", "", name)
-    tag = rest.split(":", 1)[1] if ":" in rest else None
-    return {"name": name, "humanized_name": name, "tag": tag, "registry": registry.split("/", 1)[0] or None,
-            "architecture": endpoint.architecture}
-
-
 async def _endpoint_views(db: Any, endpoints: Sequence[Endpoint]) -> list[dict[str, Any]]:
+    """The GraphQL shape of each endpoint (manager.api.views.endpoint), with its routes and its users' emails."""
     if not endpoints:
         return []
-    ids = [e.id for e in endpoints]
-    routes = list((await db.execute(sa.select(Route).where(
-        Route.endpoint_id.in_(ids), Route.lifecycle != RouteLifecycle.TERMINATED)
-        .order_by(Route.created_at, Route.id))).scalars())
     user_ids = {e.owner_id for e in endpoints} | {e.created_user_id for e in endpoints}
     emails = {row[0]: row[1] for row in await db.execute(sa.select(User.id, User.email).where(User.id.in_(user_ids)))}
-    by_endpoint: dict[Any, list[Route]] = {}
-    for r in routes:
-        by_endpoint.setdefault(r.endpoint_id, []).append(r)
-    views = []
-    for e in endpoints:
-        own = by_endpoint.get(e.id, [])
-        status = derive_endpoint_status(e.lifecycle, e.replicas, [(r.lifecycle, r.health) for r in own])
-        views.append({
-            "id": str(e.id), "endpoint_id": e.id, "name": e.name, "image": e.image, "image_object": _image_view(e),
-            "domain": e.domain_name, "project": e.project_name, "resource_group": e.scaling_group,
-            "resource_slots": e.resource_slots or {}, "resource_opts": e.resource_opts or {}, "url": e.url,
-            "model": e.model_folder_id, "model_definition_path": e.model_definition_path,
-            "model_mount_destination": e.model_mount_destination, "created_user": e.created_user_id,
-            "created_user_email": emails.get(e.created_user_id), "session_owner": e.owner_id,
-            "session_owner_email": emails.get(e.owner_id), "tag": e.tag, "startup_command": e.startup_command,
-            "bootstrap_script": e.bootstrap_script, "callback_url": e.callback_url, "environ": e.environ or {},
-            "replicas": e.replicas, "desired_session_count": e.replicas, "cluster_mode": e.cluster_mode.upper()
-            .replace("-", "_"), "cluster_size": e.cluster_size, "open_to_public": e.open_to_public,
-            "runtime_variant": e.runtime_variant, "created_at": e.created_at, "destroyed_at": e.destroyed_at,
-            "routings": [_route_view(r) for r in own], "retries": e.retries, "next_retry_at": e.next_retry_at,
-            "status": status.value, "lifecycle_stage": e.lifecycle.value,
-            "errors": [_error_view(r) for r in own if r.lifecycle == RouteLifecycle.FAILED_TO_START],
-            "live_stat": None,
-        })
-    return views
+    return [endpoint_node(snapshot, emails) for snapshot in await read.snapshots(db, endpoints)]
 
 
 def _lifecycle(value: str) -> EndpointLifecycle:
@@ -212,13 +145,13 @@ def _page_args(limit: int, offset: int) -> None:
         raise UserError(f"offset: must be between 0 and {MAX_OFFSET}")
 
 
-async def resolve_endpoint(_root: Any, info: GraphQLResolveInfo, endpoint_id: uuid.UUID) -> dict[str, Any]:
+async def resolve_endpoint(_root: Any, info: Info, endpoint_id: uuid.UUID) -> dict[str, Any]:
     async with _ctx(info).db() as db:
         endpoint = await _visible_endpoint(db, _caller(info), endpoint_id)
         return (await _endpoint_views(db, [endpoint]))[0]
 
 
-async def resolve_endpoint_list(_root: Any, info: GraphQLResolveInfo, limit: int, offset: int,
+async def resolve_endpoint_list(_root: Any, info: Info, limit: int, offset: int,
                                 filter: str | None = None, order: str | None = None,  # noqa: A002 - wire name
                                 domain_name: str | None = None, group_id: uuid.UUID | None = None,
                                 project: uuid.UUID | None = None, user_uuid: uuid.UUID | None = None
@@ -312,7 +245,7 @@ async def _visible_rule(db: Any, caller: Caller, rule_id: uuid.UUID) -> tuple[Au
     return row[0], row[1]
 
 
-async def resolve_rule_node(_root: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any]:  # noqa: A002
+async def resolve_rule_node(_root: Any, info: Info, id: str) -> dict[str, Any]:  # noqa: A002
     rule_id = parse_rule_id(id)
     async with _ctx(info).db() as db:
         rule, _ = await _visible_rule(db, _caller(info), rule_id)
@@ -324,7 +257,7 @@ def _bounded(name: str, value: int | None, low: int, high: int) -> None:
         raise UserError(f"{name}: must be between {low} and {high}")
 
 
-async def resolve_rule_nodes(_root: Any, info: GraphQLResolveInfo, endpoint: str,
+async def resolve_rule_nodes(_root: Any, info: Info, endpoint: str,
                              filter: str | None = None, order: str | None = None,  # noqa: A002
                              offset: int | None = None, before: str | None = None, after: str | None = None,
                              first: int | None = None, last: int | None = None) -> dict[str, Any]:
@@ -417,7 +350,7 @@ def _writable(endpoint: Endpoint) -> None:
                         "generic-bad-request")
 
 
-async def resolve_create_rule(_root: Any, info: GraphQLResolveInfo, endpoint: str,
+async def resolve_create_rule(_root: Any, info: Info, endpoint: str,
                               props: dict[str, Any]) -> dict[str, Any]:
     ctx, caller = _ctx(info), _caller(info)
     endpoint_id = _uuid_arg(endpoint, "endpoint")
@@ -441,7 +374,7 @@ async def resolve_create_rule(_root: Any, info: GraphQLResolveInfo, endpoint: st
     return {"ok": True, "msg": "created", "rule": view}
 
 
-async def resolve_modify_rule(_root: Any, info: GraphQLResolveInfo, id: str,  # noqa: A002
+async def resolve_modify_rule(_root: Any, info: Info, id: str,  # noqa: A002
                               props: dict[str, Any]) -> dict[str, Any]:
     ctx, caller = _ctx(info), _caller(info)
     rule_id = parse_rule_id(id)
@@ -458,7 +391,7 @@ async def resolve_modify_rule(_root: Any, info: GraphQLResolveInfo, id: str,  # 
     return {"ok": True, "msg": "updated", "rule": view}
 
 
-async def resolve_delete_rule(_root: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any]:  # noqa: A002
+async def resolve_delete_rule(_root: Any, info: Info, id: str) -> dict[str, Any]:  # noqa: A002
     ctx, caller = _ctx(info), _caller(info)
     rule_id = parse_rule_id(id)
     async with ctx.db() as db:
