@@ -240,6 +240,52 @@ class OutlierSection(_Section):
     panic_threshold: float = Field(0.5, ge=0, le=1)
 
 
+class GatewaySection(_Section):
+    """The OpenAI-compatible gateway listener (docs/gateway.md): one port, models by name, API keys, limits."""
+
+    # None: no gateway listener. ``moorage up`` sets one (its URL is printed at start).
+    port: int | None = Field(None, ge=0, le=65535)
+    host: str = "127.0.0.1"  # loopback by default, like the endpoint ports: exposing it is a deliberate choice
+    # A request body over this → 400 naming the body. Chat requests with long contexts are a few hundred KiB;
+    # 8 MiB leaves room for base64 images while bounding what one request holds in memory.
+    max_body_size: int = Field(8 * MiB, ge=64 * KiB, le=256 * MiB)
+    # Bounds on what a request may ask for (→ 400 naming the field): no deployed model generates more than
+    # max_tokens_limit in one answer, and n copies multiply the replica's work.
+    max_tokens_limit: int = Field(1_000_000, ge=1)
+    max_n: int = Field(16, ge=1, le=1024)
+    # Requests the gateway serves at once (all keys, this process) → 503 + Retry-After beyond.
+    max_concurrency: int = Field(4096, ge=1)
+    # A body that stops arriving for this long → 408.
+    request_body_timeout: float = Field(60.0, gt=0, le=3600)
+
+    # --- rate limits (per key: requests and tokens per minute, counted apart) ---
+    # Where the counters live: None → in this process (one proxy, `moorage up`); "redis://host:6379/0" → shared
+    # by every proxy process and host (cluster mode). One Redis round trip per request to admit it (plus one
+    # to correct the token count when it ends).
+    redis_url: str | None = Field(None, max_length=512, pattern=r"^rediss?://")
+    # Prefix of every Redis key this gateway writes (several clusters, or tests, can share one Redis).
+    redis_key_prefix: str = Field("moorage:rl:", max_length=64)
+    # A Redis call that takes longer than this counts as Redis being unreachable: no request ever waits on it.
+    redis_timeout: float = Field(0.25, gt=0, le=10)
+    # Redis unreachable (or slow): admit the request without counting it (true: availability first) or refuse
+    # it with 503 (false: limits first). Either way a warning is logged and gateway_ratelimit_errors_total counts.
+    fail_open: bool = True
+    # The tokens a request reserves besides its prompt when it does not say max_tokens (corrected to the real
+    # usage when the answer ends). 1024 covers a typical chat answer without holding a TPM budget hostage.
+    default_max_tokens: int = Field(1024, ge=1)
+
+    # --- usage metering: one record per request, sent to the manager in batches ---
+    # The manager's base URL for POST /internal/usage (signed with secrets.cluster_secret). None: no usage is
+    # recorded (a warning at start); `moorage up` hands records to its manager directly.
+    manager_url: str | None = Field(None, max_length=512, pattern=r"^https?://")
+    # Records are sent this often (and whenever a full batch of 1000 waits): what a SIGKILL can lose.
+    usage_flush_interval: float = Field(1.0, gt=0, le=60)
+    # Records kept while the manager cannot be reached; the oldest are dropped (and counted) beyond this.
+    usage_buffer_limit: int = Field(100_000, ge=1000)
+    # On stop (SIGTERM) the last records get this long to reach the manager.
+    usage_close_timeout: float = Field(5.0, gt=0, le=120)
+
+
 class SecretsSection(common_config.SecretsSection):
     # HS256 key shared with the manager, which mints the endpoint tokens. Inline (environment) or a file;
     # the file wins (common.config.SecretsSection).
@@ -255,6 +301,7 @@ class ProxyConfig(_Section):
     outlier: OutlierSection = Field(default_factory=OutlierSection)
     etcd: EtcdSection = Field(default_factory=EtcdSection)
     secrets: SecretsSection = Field(default_factory=SecretsSection)
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
 
     def jwt_secret(self) -> str:
         """The token signing secret; raises :class:`common.config.ConfigError` when unset or too short."""
@@ -265,10 +312,12 @@ class ProxyConfig(_Section):
         return server_context(self.proxy.tls_cert_file, self.proxy.tls_key_file, "proxy")
 
     def cluster_secret(self) -> str | None:
-        """The internal request signing secret; None when the admin listener is off (then it is not needed)."""
-        if self.proxy.admin_port is None:
+        """The internal request signing secret; None when neither the admin listener nor usage reporting to the
+        manager is on (then it is not needed)."""
+        if self.proxy.admin_port is None and self.gateway.manager_url is None:
             return None
-        return self.secrets.read("cluster_secret", "secrets.cluster_secret (admin_port is set)")
+        return self.secrets.read("cluster_secret",
+                                 "secrets.cluster_secret (admin_port or gateway.manager_url is set)")
 
 
 ENV_PREFIX = "MOORAGE_APPPROXY"

@@ -244,6 +244,18 @@ class Resumed(Protocol):
     def outcome(self) -> Awaitable[UpstreamResponse]: ...
 
 
+class ResponseTap(Protocol):
+    """Watches (and may rewrite) an answer as it is relayed: the gateway's usage metering
+    (:mod:`appproxy.gateway.usage`). ``sized`` sees a small sized body (relayed unchanged); ``chunk`` each piece
+    of a streamed body and returns what to send instead; ``finish`` what it held back, at the end."""
+
+    def sized(self, body: bytes) -> None: ...
+
+    def chunk(self, data: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
 class _Plan:
     """What forwarding needs from one route table, computed once per table (tables are immutable)."""
 
@@ -340,12 +352,13 @@ class Forwarder:
 
     # -- forwarding ------------------------------------------------------------------------------------------
     async def forward(self, request: web.BaseRequest, table: RouteTable, body: bytes | BodyStream,
-                      resumed: Resumed | None = None,
-                      cors: CorsGrant | None = None) -> tuple[web.StreamResponse | SizedResponse, str]:
+                      resumed: Resumed | None = None, cors: CorsGrant | None = None,
+                      tap: ResponseTap | None = None) -> tuple[web.StreamResponse | SizedResponse, str]:
         """Send the request to a route; return the response sent to the client and the route id that served it.
 
         ``resumed``: the first attempt was started by the fast path (same route choice, counters and retry rules;
-        only its response or error comes from there). ``cors``: headers added to the answer (:mod:`appproxy.cors`).
+        only its response or error comes from there). ``cors``: headers added to the answer (:mod:`appproxy.cors`; the
+        gateway passes its rate-limit headers the same way). ``tap``: sees the answer's body (:class:`ResponseTap`).
         A streamed ``body`` (:class:`appproxy.body.BodyStream`) is retried after a connect failure only: once
         the client's bytes have gone to a replica, a failure is a 502."""
         pool = self._pool
@@ -403,7 +416,7 @@ class Forwarder:
                     log.warning("bad response from route %s (%s:%d): %s", route, target.host, target.port, exc)
                     raise BadGateway("The replica sent an invalid response.") from None
                 else:
-                    return await self._relay(request, table, key, target, upstream, cors), route
+                    return await self._relay(request, table, key, target, upstream, cors, tap), route
                 self._failure(table, target, kind)
                 log.info("route %s (%s:%d) of %s failed before the first byte (%s); %s", route, target.host,
                          target.port, table.name, last_error,
@@ -420,7 +433,8 @@ class Forwarder:
         raise BadGateway(f"No replica could be reached ({len(tried)} tried; last error: {last_error}).")
 
     async def _relay(self, request: web.BaseRequest, table: RouteTable, key: RouteKey, target: RouteTarget,
-                     upstream: UpstreamResponse, cors: CorsGrant | None = None) -> web.StreamResponse | SizedResponse:
+                     upstream: UpstreamResponse, cors: CorsGrant | None = None,
+                     tap: ResponseTap | None = None) -> web.StreamResponse | SizedResponse:
         clean = False
         try:
             status = upstream.status
@@ -440,6 +454,8 @@ class Forwarder:
                     self._failure(table, target, "stream")
                     raise BadGateway(f"The replica broke off its response ({type(exc).__name__}).") from None
                 clean = True
+                if tap is not None:
+                    tap.sized(body)
                 lines = sized_header_lines(upstream.headers, upstream.raw_headers)
                 if lines is not None:
                     if cors is not None:
@@ -452,6 +468,8 @@ class Forwarder:
             headers, _ = client_response_headers(upstream)
             if cors is not None:
                 headers += cors.pairs
+            if tap is not None:  # the tap may change the body's length: send it chunked
+                headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
             content = upstream.content
             try:
@@ -469,7 +487,13 @@ class Forwarder:
                         return response
                     if not chunk:
                         break
+                    if tap is not None:
+                        chunk = tap.chunk(chunk)
+                        if not chunk:
+                            continue
                     await response.write(chunk)  # as soon as it arrives: never held back to fill a buffer
+                if tap is not None and (rest := tap.finish()):
+                    await response.write(rest)
                 await response.write_eof()
             except ConnectionResetError:  # the client went away (without handler cancellation noticing first)
                 self.metrics.client_disconnects[str(table.endpoint_id)] += 1

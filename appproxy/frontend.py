@@ -82,7 +82,7 @@ def local_port(request: web.BaseRequest) -> int | None:
     return None
 
 
-def _make_server(config: ProxySection,
+def make_server(config: ProxySection,
                  handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse | SizedResponse]],
                  fast: Callable[[HttpConnection, RawRequestMessage, StreamReader], bool] | None,
                  ssl_context: ssl.SSLContext | None = None) -> HttpServer:
@@ -126,7 +126,7 @@ class WildcardFrontend:
         self._fast_handler = fast
         self._reuse_port = reuse_port
         self._domain = config.wildcard_domain.lower().rstrip(".")
-        self._server = _make_server(config, self._handle, self._fast if fast is not None else None, ssl_context)
+        self._server = make_server(config, self._handle, self._fast if fast is not None else None, ssl_context)
         self._site: Listener | None = None
         self._host_map: dict[str, uuid.UUID] = {}  # what the handler reads: lower-case host → endpoint
         self._conflicts: set[tuple[str, uuid.UUID]] = set()
@@ -195,7 +195,7 @@ class PortFrontend:
         self._handler = handler
         self._fast_handler = fast
         self._reuse_port = reuse_port
-        self._server = _make_server(config, self._handle, self._fast if fast is not None else None, ssl_context)
+        self._server = make_server(config, self._handle, self._fast if fast is not None else None, ssl_context)
         self._sites: dict[int, tuple[uuid.UUID, Listener]] = {}
         self._port_map: dict[int, uuid.UUID] = {}  # what the handler reads: bound port → endpoint
         self._bind_errors: dict[int, str] = {}  # port → last error, to log each new error once

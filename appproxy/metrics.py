@@ -48,6 +48,11 @@ class ProxyMetrics:
         # (endpoint, route) → [per-bucket counts (not cumulative), +Inf last] and the sum of seconds
         self.durations: dict[tuple[str, str], list[int]] = {}
         self.duration_sum: defaultdict[tuple[str, str], float] = defaultdict(float)  # a Counter holds ints
+        # the gateway (docs/gateway.md): (model, status class) → answers; limit → 429s; Redis failures
+        self.gateway_requests: Counter[tuple[str, str]] = Counter()
+        self.gateway_rate_limited: Counter[str] = Counter()
+        self.gateway_ratelimit_errors: Counter[str] = Counter()  # "" → count (a labelless counter)
+        self.gateway_usage_dropped: Counter[str] = Counter()  # "" → usage records dropped (manager unreachable)
 
     # -- hot path --------------------------------------------------------------------------------------------
     def request_started(self, endpoint: str) -> None:
@@ -149,6 +154,18 @@ class ProxyCollector:
                      ["endpoint", "reason"], m.rejections)
         yield family(CounterMetricFamily, "client_disconnects", "Clients gone before the response ended.",
                      ["endpoint"], m.client_disconnects)
+        yield family(CounterMetricFamily, "gateway_requests", "Gateway answers by model and status class "
+                     "(model \"\" : no valid model named).", ["model", "status_class"], m.gateway_requests)
+        yield family(CounterMetricFamily, "gateway_rate_limited", "Gateway requests refused 429 by a key's limit.",
+                     ["limit"], m.gateway_rate_limited)
+        ratelimit_errors = CounterMetricFamily(PREFIX + "gateway_ratelimit_errors",
+                                               "Rate-limit counter store (Redis) calls that failed or timed out.")
+        ratelimit_errors.add_metric([], m.gateway_ratelimit_errors[""])
+        yield ratelimit_errors
+        usage_dropped = CounterMetricFamily(PREFIX + "gateway_usage_dropped",
+                                            "Usage records dropped while the manager could not be reached.")
+        usage_dropped.add_metric([], m.gateway_usage_dropped[""])
+        yield usage_dropped
 
 
 def make_registry(metrics: ProxyMetrics) -> CollectorRegistry:

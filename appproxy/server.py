@@ -46,6 +46,8 @@ from appproxy.errors import (
 from appproxy.fastpath import FastPath
 from appproxy.forward import STATUS_CLIENT_CLOSED, Forwarder, Resumed
 from appproxy.frontend import make_frontend
+from appproxy.gateway.listener import Gateway
+from appproxy.gateway.meter import Sink
 from appproxy.hold import HoldGate
 from appproxy.httpserver import SizedResponse
 from appproxy.metrics import NO_ROUTE, ProxyMetrics, make_registry
@@ -86,11 +88,12 @@ def raw_header_bytes(raw: tuple[tuple[bytes, bytes], ...]) -> int:
 class AppProxy:
     def __init__(self, config: ProxyConfig, store: KVStore, *, rng: random.Random | None = None,
                  routes_prefix: str = ROUTES_PREFIX, worker_index: int = 0, reuse_port: bool = False,
-                 lease_store_factory: Callable[[], Any] | None = None) -> None:
+                 lease_store_factory: Callable[[], Any] | None = None, usage_sink: Sink | None = None) -> None:
         """``worker_index``/``reuse_port``: set by ``python -m appproxy --workers N`` (worker k of N shares the
         proxy ports with its siblings and serves its admin listener on ``admin_port + k``).
         ``lease_store_factory``: fresh etcd stores for the registration's lease (:mod:`appproxy.registration`);
-        default: ``store.clone`` when the store has leases, else a plain key deleted on stop."""
+        default: ``store.clone`` when the store has leases, else a plain key deleted on stop.
+        ``usage_sink``: where the gateway's usage records go (:mod:`appproxy.gateway.meter`)."""
         self.config = config
         self._secret = config.jwt_secret()  # fail at construction, not at the first request
         cluster_secret = config.cluster_secret()  # likewise; None when there is no admin listener
@@ -106,6 +109,7 @@ class AppProxy:
         self.scraper = ReplicaScraper(config.proxy, self.routes, self.forwarder, self.metrics)
         self.admin: AdminServer | None = None
         cfg = config.proxy
+        self.bodies = BodyBudget(cfg.max_buffered_body_bytes)  # request body bytes held in this process
         self._worker_index, self._reuse_port = worker_index, reuse_port
         if lease_store_factory is None and hasattr(store, "grant_lease") and hasattr(store, "clone"):
             lease_store_factory = store.clone
@@ -113,13 +117,18 @@ class AppProxy:
         self.registration: Registration | None = None
         proxy_id = default_proxy_id(cfg.proxy_id, cfg.admin_port, worker_index, reuse_port)
         self.hold = HoldGate(cfg, self.routes, store, proxy_id, metrics=self.metrics)
+        # the OpenAI-compatible gateway on its own port (docs/gateway.md), when [gateway] port is set
+        self.gateway: Gateway | None = None
+        if config.gateway.port is not None:
+            self.gateway = Gateway(config, store, self.routes, self.forwarder, self.metrics, reuse_port=reuse_port,
+                                   ssl_context=ssl_context, usage_sink=usage_sink, bodies=self.bodies,
+                                   hold=self.hold)
         if cfg.admin_port is not None and cluster_secret is not None:
             self.admin = AdminServer(
                 cfg.admin_host, cfg.admin_port + worker_index if cfg.admin_port else 0, cluster_secret,
                 self.registry, self.scraper, known=lambda e: self.routes.get(e) is not None,
                 in_flight=lambda e: self.metrics.in_flight.get(e, 0), ssl_context=ssl_context)
         self._admitted: Counter[str] = Counter()  # endpoint → requests admitted and not finished
-        self.bodies = BodyBudget(cfg.max_buffered_body_bytes)  # request body bytes held in this process
         self._tokens = TokenCache()
         self._names: dict[uuid.UUID, str] = {}  # endpoint id → str(id), the metrics label (UUID.__str__ is slow)
         self._started = False
@@ -142,6 +151,8 @@ class AppProxy:
                 log.warning("no route tables received within %.1fs; serving none until the store answers",
                             self.config.proxy.initial_sync_timeout)
             await self.frontend.sync()
+            if self.gateway is not None:
+                await self.gateway.start()
             if self.admin is not None:
                 await self.scraper.start()
                 await self.admin.start()
@@ -153,6 +164,8 @@ class AppProxy:
                  self.config.proxy.frontend, "HTTPS" if self.config.proxy.tls_cert_file else "plain HTTP",
                  f", ports {sorted(self.frontend.ports)}" if self.config.proxy.frontend == "port" else "",
                  f", admin on {self.config.proxy.admin_host}:{self.admin.port}" if self.admin else "")
+        if self.gateway is not None:
+            log.info("gateway: %s", self.gateway.url)
 
     async def stop(self) -> None:
         """Stop watching, close the ports (in-flight requests get ``shutdown_timeout``), close the pool.
@@ -169,6 +182,8 @@ class AppProxy:
         if self.admin is not None:
             await self.admin.stop()
         await self.scraper.stop()
+        if self.gateway is not None:
+            await self.gateway.stop()
         await self.routes.stop()
         await self.frontend.stop()
         await self.forwarder.close()

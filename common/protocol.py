@@ -126,6 +126,9 @@ class RouteTable(_Wire):
     port: int | None = None  # port-mode listen port (stable for the endpoint's life)
     subdomain: str | None = None  # wildcard mode: served at <subdomain>.<wildcard domain>; unique among live endpoints
     open_to_public: bool = False
+    # The endpoint's owner: the gateway serves it (as the model ``name``) to that owner's API keys
+    # (docs/gateway.md). None from a manager older than the gateway: then only superadmins' keys reach it.
+    owner_id: uuid.UUID | None = None
     routes: list[RouteTarget] = Field(default_factory=list)
     revoked_token_ids: list[str] = Field(default_factory=list)  # unexpired revoked token ids (jti)
     # Whether a request that finds no route should be held (a replica is starting, or the endpoint is at zero

@@ -87,7 +87,7 @@ def _free_port(host: str) -> int:
 
 async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090,
                        proxy_port_range: tuple[int, int] = (10300, 10399), ready: asyncio.Event | None = None,
-                       stop: asyncio.Event | None = None) -> None:
+                       stop: asyncio.Event | None = None, gateway_port: int | None = None) -> None:
     from agent.config import load_agent_config
     from agent.server import AGENT_KEY, build_agent_app
     from appproxy.config import ProxyConfig
@@ -119,14 +119,22 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
         "resources": {"reserved_mem": "0"},
     })
     pcfg = ProxyConfig.model_validate({"proxy": {"bind_host": host},
-                                       "secrets": {"jwt_secret": secret_values["jwt_secret"]}})
+                                       "secrets": {"jwt_secret": secret_values["jwt_secret"]},
+                                       # rate limits counted in this process: there is one proxy
+                                       "gateway": {"host": host, "port": gateway_port}})
     store = MemoryStore()
     from manager.server import build_manager_app, start_manager_site
 
     manager_app = build_manager_app(mcfg, store)
     agent_app = build_agent_app(acfg)
     agent_runner = web.AppRunner(agent_app, access_log=None)
-    proxy = AppProxy(pcfg, store)
+    async def record_gateway_usage(records: Any) -> None:  # the gateway's usage, straight into this manager's DB
+        from manager.usage import record_usage
+
+        async with manager_app[CTX].db() as db:
+            await record_usage(db, records)
+
+    proxy = AppProxy(pcfg, store, usage_sink=record_gateway_usage)
     manager_runner = await start_manager_site(manager_app, mcfg)  # loopback, plain HTTP (one machine)
     try:
         await agent_runner.setup()
@@ -134,11 +142,15 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
         await proxy.start()
         ctx = manager_app[CTX]
         access_key, secret_key = await ensure_admin(ctx.db, ctx.keypair_box)
+        gateway_url = proxy.gateway.url if proxy.gateway is not None else None
         _write_private(data_dir / CLUSTER_FILE, {
             "manager_url": manager_url, "access_key": access_key, "secret_key": secret_key,
-            "data_dir": str(data_dir), "pid": os.getpid(), "mode": "embedded"})
+            "data_dir": str(data_dir), "pid": os.getpid(), "mode": "embedded", "gateway_url": gateway_url})
+        gateway = (f"  gateway (OpenAI-compatible): {gateway_url}  (API keys: moorage key create NAME)\n"
+                   if gateway_url else "")
         print(f"Moorage is up (embedded mode). Manager: {manager_url}\n"
               f"  connection file: {data_dir / CLUSTER_FILE} (the moorage CLI reads it by default)\n"
+              f"{gateway}"
               f"  try: moorage folder create mymodel && moorage folder upload mymodel ./my-model-dir\n"
               f"       moorage service create mymodel 1 --name my-svc && moorage service info my-svc\n"
               f"  stop with Ctrl-C or `moorage down`", flush=True)

@@ -17,6 +17,7 @@ from common.signing import SignedClient, signed_request_middleware
 from common.store import KVStore
 from manager.api import (
     agents,
+    api_keys,
     autoscaling,
     conversations,
     folder_files,
@@ -31,8 +32,10 @@ from manager.api import (
     service_update,
     services,
     tokens,
+    usage,
 )
 from manager.api.auth import auth_middleware
+from manager.apikeys import resync_keys
 from manager.config import ManagerConfig
 from manager.context import CTX, ManagerContext
 from manager.control.agent_beats import AgentBeats
@@ -78,6 +81,10 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
         ctx.agent_beats.start()
         ctx.publish_soon = PublishSoon(ctx)
         ctx.publish_soon.start()
+        try:  # gateway API keys: the store gets exactly the active ones (manager.apikeys)
+            await resync_keys(ctx)
+        except Exception as exc:  # store down: the keys are published again on their next change or restart
+            log.warning("cannot publish the gateway API keys: %s", exc)
         # The control loops run only while this manager is the leader (alone on an in-memory store: always).
         duties_task = None
         if run_loops:
@@ -99,7 +106,7 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
     for table in (root.routes, openapi.routes, service_ops.routes, services.routes, tokens.routes,
                   routings.routes, folders.routes, gql.routes, internal.routes, agents.routes,
                   service_update.routes, autoscaling.routes, folder_files.routes, model_store.routes,
-                  conversations.routes):
+                  conversations.routes, api_keys.routes, usage.routes):
         app.add_routes(table)
     return app
 

@@ -23,12 +23,21 @@ Metrics, named as llama.cpp's own C++ server (``llama-server --metrics``) names 
   (tokens/s) since start, from the counters above.
 * ``llamacpp:request_duration_seconds`` (histogram; Moorage's addition, llama.cpp has none): engine requests
   from arrival to the end of the response body (a stream's last chunk), waiting included.
+
+It also adds what llama-cpp-python 0.3 lacks: ``stream_options.include_usage`` on streamed chat and text
+completions (the gateway asks for it to meter streams, docs/gateway.md). The middleware reads the request body
+and marks the request (a context variable); a streamed ``create_chat_completion``/``create_completion`` of a
+marked request then ends with OpenAI's usage chunk (``"choices": []``), its counts those of the request's
+``generate`` call: the prompt's tokens, and the tokens produced minus an end-of-generation one, as
+llama-cpp-python counts them for an answer that is not streamed.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import importlib
+import json
 import sys
 import threading
 import time
@@ -50,6 +59,13 @@ PARALLEL = 1  # requests llama-cpp-python serves at once: one lock around the mo
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, float("inf"))
 _PROMPT_PHASE = "_moorage_prompt_phase"  # set on a Llama while generate() evaluates the prompt
 _INSTRUMENTED = "_moorage_instrumented"
+_USAGE = "_moorage_usage"  # [prompt tokens, completion tokens] of the engine's latest generate() call
+_NESTED = "_moorage_streaming_usage"  # set on an engine while a stream with a usage chunk runs
+USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+MAX_INSPECTED_BODY = 64 * 1024 * 1024  # a larger body is passed on without looking for include_usage
+# Set for the duration of a request that asked for stream_options.include_usage (threads of the server's pool
+# inherit it: Starlette copies the context into them).
+INCLUDE_USAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("moorage_include_usage", default=False)
 
 
 class EngineMetrics(Collector):
@@ -125,9 +141,16 @@ class MetricsMiddleware:
         else:
             self.metrics.request_started()
             started = time.perf_counter()
+            token = None
             try:
+                if scope["path"] in USAGE_PATHS:
+                    receive, wants = await _inspect_body(receive)
+                    if wants:
+                        token = INCLUDE_USAGE.set(True)
                 await self.app(scope, receive, send)
             finally:
+                if token is not None:
+                    INCLUDE_USAGE.reset(token)
                 self.metrics.request_finished(time.perf_counter() - started)
 
     async def _serve_metrics(self, scope: Scope, send: Send) -> None:
@@ -138,11 +161,62 @@ class MetricsMiddleware:
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
+async def _inspect_body(receive: Receive) -> tuple[Receive, bool]:
+    """Read the request body (up to MAX_INSPECTED_BODY) to see whether it asks for a streamed usage chunk;
+    return a ``receive`` that replays what was read, then carries on."""
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False) or size > MAX_INSPECTED_BODY:
+            break
+    wants = False
+    if size <= MAX_INSPECTED_BODY and messages and not messages[-1].get("more_body", False):
+        try:
+            body = json.loads(b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request"))
+        except ValueError:
+            body = None
+        options = body.get("stream_options") if isinstance(body, dict) else None
+        wants = bool(isinstance(body, dict) and body.get("stream") is True and isinstance(options, dict)
+                     and options.get("include_usage") is True)
+    replay = iter(messages)
+
+    async def replayed() -> Message:
+        for message in replay:
+            return message
+        return await receive()
+
+    return replayed, wants
+
+
+def _with_usage(engine: Any, chunks: Iterable[dict[str, Any]]) -> Generator[dict[str, Any], None, None]:
+    """The stream's chunks, then OpenAI's usage chunk for the generate() call that produced them. While it runs,
+    the engine is marked, so that the completion a chat completion streams from adds no chunk of its own."""
+    last: dict[str, Any] | None = None
+    setattr(engine, _NESTED, True)
+    try:
+        for chunk in chunks:
+            last = chunk
+            yield chunk
+    finally:
+        setattr(engine, _NESTED, False)
+    prompt, completion = getattr(engine, _USAGE, None) or (0, 0)
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    base: dict[str, Any] = {k: last[k] for k in ("id", "object", "created", "model") if k in last} if last else {}
+    yield {**base, "choices": [], "usage": usage}
+
+
 def _counted(engine: Any, tokens: Generator[int, Any, None], metrics: EngineMetrics) -> Generator[int, Any, None]:
     """Pass ``engine.generate``'s tokens (and what is sent back) through, counting them. The first step
     evaluates the prompt (the wrapped ``eval`` counts its tokens) and samples the first token."""
     sent: Any = None
     prompt = True
+    usage = getattr(engine, _USAGE, None)
+    is_eog = getattr(engine, "_moorage_is_eog", None)
     try:
         while True:
             setattr(engine, _PROMPT_PHASE, prompt)
@@ -160,6 +234,8 @@ def _counted(engine: Any, tokens: Generator[int, Any, None], metrics: EngineMetr
                     metrics.add_predicted(seconds=elapsed)
             prompt = False
             metrics.add_predicted(tokens=1)
+            if usage is not None and not (is_eog is not None and is_eog(token)):
+                usage[1] += 1  # an end-of-generation token is not part of the completion (llama-cpp-python)
             sent = yield token
     finally:
         tokens.close()
@@ -173,6 +249,7 @@ def instrument_llama(llama_cls: Any, metrics: EngineMetrics) -> None:  # a class
         return
     original_generate = llama_cls.generate
     original_eval = llama_cls.eval
+    originals = {name: getattr(llama_cls, name, None) for name in ("create_chat_completion", "create_completion")}
 
     @functools.wraps(original_eval)
     def counted_eval(self: Any, tokens: Sequence[int]) -> Any:
@@ -182,10 +259,29 @@ def instrument_llama(llama_cls: Any, metrics: EngineMetrics) -> None:  # a class
 
     @functools.wraps(original_generate)
     def counted_generate(self: Any, *args: Any, **kwargs: Any) -> Generator[int, Any, None]:
+        prompt_tokens = args[0] if args else kwargs.get("tokens", ())
+        setattr(self, _USAGE, [len(prompt_tokens), 0])
         return _counted(self, original_generate(self, *args, **kwargs), metrics)
+
+    def usage_streaming(original: Any) -> Any:
+        @functools.wraps(original)
+        def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if not (kwargs.get("stream") and INCLUDE_USAGE.get()) or getattr(self, _NESTED, False):
+                return original(self, *args, **kwargs)
+            setattr(self, _NESTED, True)  # in case the original starts the inner stream at once
+            try:
+                result = original(self, *args, **kwargs)
+            finally:
+                setattr(self, _NESTED, False)
+            return _with_usage(self, result)
+
+        return create
 
     llama_cls.eval = counted_eval
     llama_cls.generate = counted_generate
+    for name, original in originals.items():
+        if original is not None:
+            setattr(llama_cls, name, usage_streaming(original))
     setattr(llama_cls, _INSTRUMENTED, True)
 
 
@@ -201,6 +297,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     disable_created_metrics()  # llama.cpp exposes no *_created samples either
     metrics = EngineMetrics()
     instrument_llama(llama_cpp.Llama, metrics)
+
+    def is_eog(self: Any, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._model.vocab, token))
+
+    llama_cpp.Llama._moorage_is_eog = is_eog  # an end-of-generation token is not counted as completion
 
     def create_app_with_metrics(*args: Any, **kwargs: Any) -> MetricsMiddleware:
         return MetricsMiddleware(create_app(*args, **kwargs), metrics)

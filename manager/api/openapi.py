@@ -9,8 +9,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from manager import __version__
+from manager.api import api_keys as k
 from manager.api import console_openapi
 from manager.api import schemas as s
+from manager.api import usage as u
 from manager.api.autoscaling import MAX_LIMIT, AutoscalingDecisionsResponse
 from manager.api.util import json_response
 
@@ -53,6 +55,15 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
     ("delete", "/folders/{name}", "Delete a folder and its files", None, None, 204),
     ("post", "/folders/{name}/files", "Upload files (multipart; each part's filename is the path in the folder)",
      None, None, 201),
+    ("post", "/api-keys", "Create a gateway API key (the key is in this answer only)", k.NewApiKeyRequest,
+     k.NewApiKeyResponse, 201),
+    ("get", "/api-keys", "List the caller's gateway API keys (admins: ?all=true)", None, k.ApiKeyList, 200),
+    ("patch", "/api-keys/{key_id}", "Change a key's name, models, limits, expiry, priority or metadata",
+     k.UpdateApiKeyRequest, k.ApiKeyInfo, 200),
+    ("delete", "/api-keys/{key_id}", "Revoke a key (every app proxy refuses it within a second)", None,
+     k.ApiKeyInfo, 200),
+    ("get", "/usage", "Gateway usage: requests and tokens grouped by day, model, key or user (admins: everyone's)",
+     None, u.UsageResponse, 200),
     *console_openapi.OPERATIONS,  # the folder explorer, Model Store and conversations (docs/console-api.md)
 ]
 
@@ -95,6 +106,18 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("get", "/events/background-task"): [
         {"name": "task_id", "in": "query", "required": True, "schema": UUID,
          "description": "the task_id returned by POST /services/_/try"},
+    ],
+    ("get", "/api-keys"): [
+        {"name": "all", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]},
+         "description": "true: the keys of every user the caller may act for (admins), not only their own"},
+    ],
+    ("get", "/usage"): [
+        {"name": "by", "in": "query", "required": False, "schema": {"type": "string", "default": "day"},
+         "description": "comma-separated groups: day, model, key, user"},
+        {"name": "since", "in": "query", "required": False, "schema": {"type": "string", "default": "7d"},
+         "description": "a duration back from now (7d, 12h) or an ISO 8601 time"},
+        {"name": "until", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "likewise; default: now"},
     ],
     ("get", "/services/{service_id}/autoscaling-decisions"): [
         {"name": "limit", "in": "query", "required": False,

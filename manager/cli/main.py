@@ -35,6 +35,8 @@ COMMAND_MODULES: list[str] = [
     "manager.cli.demo",
     "manager.cli.agents",
     "manager.cli.config_show",
+    "manager.cli.keys",
+    "manager.cli.usage",
 ]
 OPTIONAL_COMMAND_MODULES = frozenset({"manager.cli.up", "manager.cli.daemons"})
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from common.apikeys import PriorityClass
 from common.status import (
     AgentStatus,
     EndpointLifecycle,
@@ -274,6 +275,49 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(sa.String(64))
     data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(TS, default=_now, index=True)
+
+
+class ApiKey(Base):
+    """Gateway API keys (docs/gateway.md). Only the SHA-256 of the key is stored, never the key itself."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(64))
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    hint: Mapped[str] = mapped_column(sa.String(16))  # the key's first characters, for lists
+    allowed_models: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    rpm: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    max_parallel: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    budget: Mapped[float | None] = mapped_column(sa.Float, nullable=True)  # currency units per month
+    expires_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    priority: Mapped[PriorityClass] = mapped_column(_enum(PriorityClass, "api_key_priority"),
+                                                    default=PriorityClass.STANDARD)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    revoked_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+
+
+class UsageRecordRow(Base):
+    """One gateway request (docs/gateway.md), written in batches by the app proxies."""
+
+    __tablename__ = "usage_records"
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    request_id: Mapped[str] = mapped_column(sa.String(32), unique=True)  # a resent batch is not counted twice
+    at: Mapped[datetime] = mapped_column(TS, index=True)
+    key_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    model: Mapped[str] = mapped_column(sa.String(64))
+    endpoint_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    route_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(sa.Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(sa.Integer, default=0)
+    ttft_ms: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    duration_ms: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    status: Mapped[int] = mapped_column(sa.SmallInteger)
+    estimated: Mapped[bool] = mapped_column(sa.Boolean, default=False)
 
 
 class Conversation(Base):

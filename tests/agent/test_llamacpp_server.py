@@ -249,3 +249,73 @@ def test_launcher_serves_the_real_model_with_metrics(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_streamed_usage_chunk_when_the_request_asks_for_it() -> None:
+    """stream_options.include_usage (llama-cpp-python 0.3 ignores it): a marked streamed completion ends with
+    OpenAI's usage chunk, counted from the request's generate() call (an end-of-generation token excluded)."""
+    from agent.engines.llamacpp_server import INCLUDE_USAGE
+
+    class Engine(_tiny_engine()):  # type: ignore[misc]
+        def _moorage_is_eog(self, token: int) -> bool:
+            return token == 105
+
+        def create_completion(self, prompt: list[int], stream: bool = False) -> Any:
+            def chunks() -> Iterator[dict]:
+                for token in self.generate(prompt):
+                    if self._moorage_is_eog(token):
+                        return
+                    yield {"id": "c1", "object": "text_completion", "created": 1, "model": "m",
+                           "choices": [{"text": str(token)}]}
+
+            return chunks() if stream else list(chunks())
+
+    instrument_llama(Engine, EngineMetrics())
+    engine = Engine()
+    assert [c["choices"] for c in engine.create_completion([1, 2, 3], stream=True)] == [
+        [{"text": "103"}], [{"text": "104"}]]  # not asked: no usage chunk
+    token = INCLUDE_USAGE.set(True)
+    try:
+        chunks = list(Engine().create_completion([1, 2, 3], stream=True))
+        assert len(engine.create_completion([1, 2], stream=False)) == 3  # not streamed: unchanged
+    finally:
+        INCLUDE_USAGE.reset(token)
+    assert chunks[-1] == {"id": "c1", "object": "text_completion", "created": 1, "model": "m", "choices": [],
+                          "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+
+
+async def test_middleware_marks_requests_asking_for_usage() -> None:
+    from agent.engines.llamacpp_server import INCLUDE_USAGE
+
+    seen: list[tuple[bool, bytes]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen.append((INCLUDE_USAGE.get(), body))
+
+    middleware = MetricsMiddleware(app, EngineMetrics())
+    for payload, path in ((b'{"stream": true, "stream_options": {"include_usage": true}}', "/v1/chat/completions"),
+                          (b'{"stream": true}', "/v1/chat/completions"),
+                          (b'{"stream": true, "stream_options": {"include_usage": true}}', "/v1/embeddings"),
+                          (b"not json", "/v1/completions")):
+        parts = [payload[:5], payload[5:]]
+        messages = iter([{"type": "http.request", "body": parts[0], "more_body": True},
+                         {"type": "http.request", "body": parts[1], "more_body": False}])
+
+        async def receive(messages: Iterator[Any] = messages) -> Any:
+            return next(messages)
+
+        async def send(message: Any) -> None:
+            pass
+
+        await middleware({"type": "http", "method": "POST", "path": path}, receive, send)
+    assert seen == [(True, b'{"stream": true, "stream_options": {"include_usage": true}}'),
+                    (False, b'{"stream": true}'),
+                    (False, b'{"stream": true, "stream_options": {"include_usage": true}}'),
+                    (False, b"not json")]
+    assert not INCLUDE_USAGE.get()

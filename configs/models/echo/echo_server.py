@@ -9,7 +9,10 @@ Endpoints:
   GET  /health               200 {"status": "ok"} (503 once /control/health turned it unhealthy)
   GET  /v1/models            {"object": "list", "data": [{"id": "echo", ...}]}
   POST /v1/chat/completions  chat.completion; with "stream": true, SSE chat.completion.chunk events (one per
-                             word, ECHO_CHUNK_DELAY seconds apart, default 0.01) then "data: [DONE]"
+                             word, ECHO_CHUNK_DELAY seconds apart, default 0.01) then "data: [DONE]"; "usage" counts
+                             words (and a last usage chunk when stream_options.include_usage is set)
+  POST /v1/completions       text_completion echoing the prompt (not streamed), with usage
+  POST /v1/embeddings        one 4-number embedding per input (word count, length, ...), with usage
   GET  /                     info: replica id, pid, host, port, model, uptime, requests served
   GET  /metrics              Prometheus text: echo_requests_total{method,path,code}, echo_in_flight_requests, ...
   POST /control/health       {"healthy": false} makes /health answer 503 (true restores it)  [test hook]
@@ -41,8 +44,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 MODEL_ID = "echo"
 MAX_BODY_BYTES = 1024 * 1024
 DRAIN_LIMIT_BYTES = 16 * MAX_BODY_BYTES
-KNOWN_PATHS = ("/", "/health", "/v1/models", "/v1/chat/completions", "/metrics", "/control/health",
-               "/control/exit")
+KNOWN_PATHS = ("/", "/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+               "/metrics", "/control/health", "/control/exit")
 PID = os.getpid()
 INSTANCE_ID = uuid.uuid4().hex[:12]
 # pids repeat across sandboxes/containers (each replica of the local runtime is pid 2 in its own pid namespace),
@@ -254,7 +257,8 @@ class Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_POST(self) -> None:  # noqa: N802
-        self._dispatch({"/v1/chat/completions": self.post_chat, "/control/health": self.post_control_health,
+        self._dispatch({"/v1/chat/completions": self.post_chat, "/v1/completions": self.post_completion,
+                        "/v1/embeddings": self.post_embeddings, "/control/health": self.post_control_health,
                         "/control/exit": self.post_control_exit})
 
     def do_PUT(self) -> None:  # noqa: N802
@@ -360,6 +364,33 @@ class Handler(BaseHTTPRequestHandler):
                          "logprobs": None, "finish_reason": finish_reason}],
             "usage": usage,
         })
+
+    def post_completion(self) -> None:
+        body = self.read_json()
+        if not isinstance(body, dict) or not isinstance(body.get("prompt"), (str, list)):
+            raise RequestError(400, "'prompt' must be a string or a list", code="invalid_prompt")
+        prompt = body["prompt"] if isinstance(body["prompt"], str) else " ".join(map(str, body["prompt"]))
+        text = f"echo: {prompt}"
+        usage = {"prompt_tokens": count_tokens(prompt), "completion_tokens": count_tokens(text),
+                 "total_tokens": count_tokens(prompt) + count_tokens(text)}
+        self.send_json(200, {"id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion",
+                             "created": int(time.time()), "model": body.get("model") or MODEL_ID,
+                             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+                             "usage": usage})
+
+    def post_embeddings(self) -> None:
+        body = self.read_json()
+        inputs = body.get("input") if isinstance(body, dict) else None
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            raise RequestError(400, "'input' must be a string or a list of strings", code="invalid_input")
+        tokens = sum(count_tokens(i) for i in inputs)
+        self.send_json(200, {"object": "list", "model": body.get("model") or MODEL_ID,
+                             "data": [{"object": "embedding", "index": n,
+                                       "embedding": [float(count_tokens(i)), float(len(i)), 0.5, -0.5]}
+                                      for n, i in enumerate(inputs)],
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
