@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import defaultdict
 from typing import Any
 
 import sqlalchemy as sa
 from aiohttp import web
 
 from common.errors import InvalidAPIParameters, ObjectNotFound
-from common.status import EndpointLifecycle
+from common.status import EndpointLifecycle, RouteHealth, RouteLifecycle
 from manager.api.auth import caller_of
 from manager.api.schemas import (
     NewServiceRequest,
@@ -27,8 +28,9 @@ from manager.api.services import load_endpoint, new_endpoint, resolve_create_req
 from manager.api.util import json_response, parse_body, parse_uuid
 from manager.context import CTX
 from manager.control.publisher import publish_endpoints
-from manager.db.models import Endpoint, Route, route_active_clause
+from manager.db.models import Endpoint, Route, User, route_active_clause
 from manager.dryrun import run_dry_run
+from manager.endpoint_status import derive_endpoint_status
 from manager.endpoints import RUNTIME_VARIANT_LABELS
 from manager.ownership import can_act_for, endpoint_visibility
 
@@ -58,22 +60,37 @@ def _string_condition(column, flt: StringFilter):
 async def search_services(request: web.Request) -> web.Response:
     caller = caller_of(request)
     body = await parse_body(request, SearchServicesRequest)
-    conds = [Endpoint.lifecycle != EndpointLifecycle.DESTROYED, Endpoint.kind == "service"]
+    destroyed = body.lifecycle == "destroyed"
+    conds = [Endpoint.lifecycle == EndpointLifecycle.DESTROYED if destroyed
+             else Endpoint.lifecycle != EndpointLifecycle.DESTROYED, Endpoint.kind == "service"]
     conds.append(endpoint_visibility(caller))
     if body.filter and body.filter.name:
         conds.extend(_string_condition(Endpoint.name, body.filter.name))
     async with request.app[CTX].db() as db:
         total = (await db.execute(sa.select(sa.func.count()).select_from(Endpoint).where(*conds))).scalar_one()
-        endpoints = list((await db.execute(sa.select(Endpoint).where(*conds).order_by(Endpoint.created_at)
+        # newest first for destroyed services (the recent ones matter), creation order for live ones
+        order = Endpoint.created_at.desc() if destroyed else Endpoint.created_at
+        endpoints = list((await db.execute(sa.select(Endpoint).where(*conds).order_by(order, Endpoint.id)
                                            .offset(body.offset).limit(body.limit))).scalars())
+        page_ids = [e.id for e in endpoints]
         counts = dict((await db.execute(
             sa.select(Route.endpoint_id, sa.func.count()).where(
-                Route.endpoint_id.in_([e.id for e in endpoints]), route_active_clause())
+                Route.endpoint_id.in_(page_ids), route_active_clause())
                 .group_by(Route.endpoint_id))).all())
+        route_states: dict[uuid.UUID, list[tuple[RouteLifecycle, RouteHealth]]] = defaultdict(list)
+        for endpoint_id, lifecycle, health in (await db.execute(
+                sa.select(Route.endpoint_id, Route.lifecycle, Route.health).where(
+                    Route.endpoint_id.in_(page_ids), Route.lifecycle != RouteLifecycle.TERMINATED))).all():
+            route_states[endpoint_id].append((lifecycle, health))
+        owners = dict((await db.execute(sa.select(User.id, User.email).where(
+            User.id.in_({e.owner_id for e in endpoints})))).all())
     items = [SearchItem(id=e.id, name=e.name, replicas=e.replicas, desired_session_count=e.replicas,
                         active_route_count=counts.get(e.id, 0), service_endpoint=e.url,
                         resource_slots=e.resource_slots, resource_group=e.scaling_group,
-                        open_to_public=e.open_to_public) for e in endpoints]
+                        open_to_public=e.open_to_public,
+                        status=derive_endpoint_status(e.lifecycle, e.replicas, route_states.get(e.id, [])).value,
+                        owner=owners.get(e.owner_id),
+                        created_at=e.created_at.isoformat() if e.created_at else None) for e in endpoints]
     result = SearchServicesResponse(items=items, pagination=Pagination(total=total, offset=body.offset,
                                                                        limit=body.limit))
     return json_response(result.model_dump(mode="json"))

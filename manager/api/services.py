@@ -133,6 +133,9 @@ def _serve_info_fields(endpoint: Endpoint, rows: list) -> dict[str, Any]:
         "rollout": rollout_state(endpoint, [r for r, _, _ in own]),
         "cors_allowed_origins": list(endpoint.cors_allowed_origins or []),
         "network_outbound": endpoint.network_outbound,
+        "environ": dict(endpoint.environ or {}),
+        "scaling_group": endpoint.scaling_group,
+        "model_mount_destination": endpoint.model_mount_destination,
     }
 
 

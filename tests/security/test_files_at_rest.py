@@ -160,6 +160,7 @@ def test_manager_refuses_a_world_readable_secret_file(tmp_path: Path) -> None:
     env.update({"MOORAGE_MANAGER__DB__URL": f"sqlite+aiosqlite:///{tmp_path}/m.db",
                 "MOORAGE_MANAGER__MANAGER__AUTO_MIGRATE": "true",
                 "MOORAGE_MANAGER__MANAGER__LISTEN_PORT": str(free_port()),
+                "MOORAGE_MANAGER__CONSOLE__LISTEN_PORT": "0",  # any free port: managers share this host
                 "MOORAGE_MANAGER__MANAGER__STORAGE_ROOT": str(tmp_path / "storage"),
                 "MOORAGE_MANAGER__ETCD__PORT": str(free_port()),
                 "MOORAGE_MANAGER__SECRETS__CLUSTER_SECRET": "c" * 32,

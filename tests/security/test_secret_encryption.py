@@ -143,6 +143,7 @@ def test_cluster_manager_without_key_refuses_to_start(tmp_path: Path) -> None:
     env = _env(MOORAGE_MANAGER__DB__URL=f"sqlite+aiosqlite:///{tmp_path}/m.db",
                MOORAGE_MANAGER__MANAGER__AUTO_MIGRATE="true",
                MOORAGE_MANAGER__MANAGER__LISTEN_PORT=str(free_port()),
+               MOORAGE_MANAGER__CONSOLE__LISTEN_PORT="0",
                MOORAGE_MANAGER__MANAGER__STORAGE_ROOT=str(tmp_path / "storage"),
                MOORAGE_MANAGER__ETCD__PORT=str(free_port()),
                MOORAGE_MANAGER__SECRETS__CLUSTER_SECRET="c" * 32, MOORAGE_MANAGER__SECRETS__JWT_SECRET="j" * 32)
