@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -18,9 +19,13 @@ import sqlalchemy as sa
 from common.definitions import ModelDefinition
 from common.status import EndpointLifecycle, RouteLifecycle, route_ready
 from manager.bgtasks import BackgroundTask
-from manager.db.models import Endpoint, Event, Route
+from manager.db.models import Agent, Endpoint, Event, Route, Session
+
+log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.5
+LOG_TAIL_LINES = 200  # container log lines reported at the end of a dry run (the console's Validate modal)
+LOG_MAX_CHARS = 16 * 1024  # ... and at most this much of them, so one event stays small
 MIN_WAIT = 60.0  # seconds, even for a definition without health-check timing
 MAX_WAIT = 1800.0  # the runtime-variant default initial_delay; bounds a dry run
 
@@ -36,6 +41,32 @@ def dry_run_deadline(definition: dict) -> float:
 
 def _message(event: str, session_id: uuid.UUID | None = None, **extra: object) -> str:
     return json.dumps({"event": event, "session_id": str(session_id) if session_id else None, **extra})
+
+
+async def container_log(ctx, session_id: uuid.UUID | None) -> str:
+    """The replica's recent stdout and stderr from its agent (best effort: empty when it cannot be had)."""
+    if session_id is None:
+        return ""
+    async with ctx.db() as db:
+        row = (await db.execute(sa.select(Agent.rpc_url).join(Session, Session.agent_id == Agent.id)
+                                .where(Session.id == session_id))).first()
+    if row is None:
+        return ""
+    try:
+        logs = await ctx.agents.call("GET", row[0], f"/rpc/kernels/{session_id}/logs?tail={LOG_TAIL_LINES}",
+                                     timeout=ctx.config.reconcile.rpc_timeout)
+    except Exception as exc:  # the log is a courtesy: never fail the dry run over it
+        log.info("no container log for %s: %s", session_id, exc)
+        return ""
+    parts = [f"[{name}]\n{text}" for name in ("stdout", "stderr")
+             if isinstance(logs, dict) and (text := str(logs.get(name) or "")).strip()]
+    return "\n".join(parts)[-LOG_MAX_CHARS:]
+
+
+async def _report_log(ctx, task: BackgroundTask, session_id: uuid.UUID | None) -> None:
+    text = await container_log(ctx, session_id)
+    if text:
+        task.emit("bgtask_updated", _message("container_log", session_id, log=text), 3, 3)
 
 
 async def run_dry_run(ctx, task: BackgroundTask, new_endpoint: Callable[..., Endpoint],
@@ -62,6 +93,7 @@ async def run_dry_run(ctx, task: BackgroundTask, new_endpoint: Callable[..., End
                 announced_start = True
             if route is not None and route_ready(route.lifecycle, route.health):
                 task.emit("bgtask_updated", _message("session_healthy", route.session_id), 3, 3)
+                await _report_log(ctx, task, route.session_id)
                 task.emit("bgtask_done", "the model service started and passed its health check",
                           session_id=str(route.session_id))
                 return
@@ -69,6 +101,7 @@ async def run_dry_run(ctx, task: BackgroundTask, new_endpoint: Callable[..., End
                 err = route.error_data or {}
                 detail = err.get("message") or route.lifecycle.value
                 tail = (err.get("stderr_tail") or "").strip()
+                await _report_log(ctx, task, route.session_id)
                 task.emit("bgtask_failed", f"the model service failed to start: {detail}"
                           + (f"\n{tail[-2000:]}" if tail else ""), errors=[err])
                 return
