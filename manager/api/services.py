@@ -26,7 +26,7 @@ from manager.api.auth import caller_of
 from manager.api.schemas import CompactServeInfo, NewServiceRequest, ScaleRequest, ScaleResponse, ServeInfo
 from manager.api.util import json_response, parse_body, parse_uuid
 from manager.context import CTX
-from manager.db.models import Agent, Endpoint, Event, KeyPair, Route, Session, User
+from manager.db.models import Agent, Endpoint, Event, KeyPair, ModelFolder, Route, Session, User
 from manager.endpoint_status import derive_endpoint_status
 from manager.endpoints import ResolvedService, ensure_unique_name, find_folder, resolve_service
 from manager.ownership import Caller, can_act_for, can_see_endpoint, endpoint_visibility
@@ -296,11 +296,32 @@ async def list_errors(request: web.Request) -> web.Response:
     return json_response({"errors": errors, "retries": endpoint.retries})
 
 
+async def reread_definition(ctx, db, endpoint: Endpoint) -> bool:
+    """Read the folder's model definition again (the user may have fixed the file that made the replicas fail):
+    a changed definition is stored as a new revision; a still-invalid one is a 400 naming the problem."""
+    folder = await db.get(ModelFolder, endpoint.model_folder_id) if endpoint.model_folder_id else None
+    if folder is None:
+        return False
+    resolved = resolve_service(ctx.config, folder, endpoint.runtime_variant, endpoint.model_definition_path,
+                               endpoint.image, endpoint.architecture, endpoint.resource_slots, endpoint.resource_opts,
+                               endpoint.environ, mount=endpoint.model_mount_destination, service_name=endpoint.name)
+    if resolved.definition == endpoint.model_definition:
+        return False
+    endpoint.model_definition = resolved.definition
+    endpoint.revision += 1
+    db.add(Event(endpoint_id=endpoint.id, kind="endpoint_updated", data={
+        "revision": endpoint.revision, "changed": ["model_definition"], "by": "errors/clear"}))
+    return True
+
+
 @routes.post("/services/{service_id}/errors/clear")
 async def clear_errors(request: web.Request) -> web.Response:
+    """Forget failed starts and retry now, with the folder's model definition read again."""
     ctx = request.app[CTX]
     async with ctx.db() as db:
         endpoint = await load_endpoint(db, caller_of(request), request.match_info["service_id"])
+        if endpoint.lifecycle == EndpointLifecycle.CREATED:
+            await reread_definition(ctx, db, endpoint)
         await db.execute(sa.delete(Route).where(Route.endpoint_id == endpoint.id,
                                                 Route.lifecycle == RouteLifecycle.FAILED_TO_START))
         endpoint.retries = 0

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.console.conftest import Console, login_with_keys, shot
+from tests.console.conftest import ECHO, Console, login_with_keys, shot
 from tests.e2e.harness import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -171,7 +171,7 @@ def test_edit_sends_only_what_changed_and_rolls(console: Console, page: Any, sam
     assert info["revision"] == 2 and info["environ"] == {"GREETING": "bonjour"}
 
 
-def test_broken_definition_shows_the_route_error_as_text(console: Console, page: Any, tmp_path: Any) -> None:
+def test_broken_definition_error_as_text_then_fix_and_retry(console: Console, page: Any, tmp_path: Any) -> None:
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "model-definition.yaml").write_text(
@@ -190,8 +190,13 @@ def test_broken_definition_shows_the_route_error_as_text(console: Console, page:
     assert "<img src=x onerror=window.__xss=2>" in error.inner_text()
     assert page.evaluate("window.__xss") is None and page.locator("td.route-error img").count() == 0
     shot(page, "11-route-error")
+    # fix the file, then Clear error and Retry: the definition is read again and the replica comes up
+    console.cli("folder", "upload", "broken", str(ECHO))
     page.get_by_role("button", name="Clear error and Retry").click()
     page.get_by_text("Errors cleared; retrying.").wait_for()
+    page.locator(".info .badge").filter(has_text="HEALTHY").wait_for(timeout=HEALTHY_TIMEOUT)
+    page.locator("table.routes tbody tr").filter(has_text="running").filter(has_text="healthy").first.wait_for()
+    shot(page, "11b-route-fixed")
 
 
 def test_phone_width_layout(console: Console, browser: Any) -> None:

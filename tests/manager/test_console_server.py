@@ -214,3 +214,30 @@ async def test_search_filters_lifecycle_and_stays_fast_with_1000_services(consol
     assert active["pagination"]["total"] == 1000
     status, bad = await alice.request("POST", "/services/_/search", {"lifecycle": "gone"})
     assert status == 400 and "lifecycle" in bad["detail"]
+
+
+async def test_clear_errors_reads_the_fixed_definition_again(console: dict) -> None:
+    """Clear error and Retry after fixing the folder's model-definition.yaml runs the fixed file (a new
+    revision); a still-broken file is a 400 that says why, and an unchanged one changes nothing."""
+    alice: APIClient = console["alice"]
+    await _folder_with(alice, "fixme", {"model-definition.yaml": ECHO_DEF})
+    status, svc = await alice.request("POST", "/services", _create_body("fixme", name="fixme-svc", replicas=0))
+    assert status == 201, svc
+    sid = svc["endpoint_id"]
+    status, _ = await alice.request("POST", f"/services/{sid}/errors/clear")
+    assert status == 204
+    status, info = await alice.request("GET", f"/services/{sid}")
+    assert info["revision"] == 1  # nothing changed
+    form = aiohttp.FormData()
+    form.add_field("file", ECHO_DEF.replace("port: 8000", "port: 8001").encode(), filename="model-definition.yaml")
+    status, _ = await alice.request("POST", "/folders/fixme/files", data=form, content_type="multipart/form-data")
+    assert status == 201
+    status, _ = await alice.request("POST", f"/services/{sid}/errors/clear")
+    assert status == 204
+    status, info = await alice.request("GET", f"/services/{sid}")
+    assert info["revision"] == 2, info
+    form = aiohttp.FormData()
+    form.add_field("file", b"models: [", filename="model-definition.yaml")
+    status, _ = await alice.request("POST", "/folders/fixme/files", data=form, content_type="multipart/form-data")
+    status, problem = await alice.request("POST", f"/services/{sid}/errors/clear")
+    assert status == 400 and "definition" in problem["detail"].lower(), problem
