@@ -114,3 +114,15 @@ def test_users_see_only_their_own_services_and_hostile_text_stays_text(console: 
     page.get_by_role("alert").filter(has_text="not found").wait_for()
     wait_for(lambda: page.evaluate("window.__xss") is None, 1, "no script ran")
     bob.close()
+
+
+def test_first_load_is_small_and_same_origin(console: Console, page: Any) -> None:
+    """The login page with everything it loads: well under the 300 KB goal, and nothing from another origin."""
+    sizes: dict[str, int] = {}
+    page.on("response", lambda r: sizes.__setitem__(r.url, len(r.body())) if r.status < 300 else None)
+    page.goto(console.url + "/")
+    page.get_by_label("Access key").wait_for()
+    page.wait_for_load_state("networkidle")
+    assert any(u.endswith("/vendor/preact.module.js") for u in sizes), sizes
+    assert all(u.startswith(console.url + "/") for u in sizes), sizes
+    assert sum(sizes.values()) < 300_000, sizes
