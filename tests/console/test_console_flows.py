@@ -152,6 +152,27 @@ def test_autoscaling_rule_add_edit_delete(console: Console, page: Any, same_orig
     row.wait_for(state="detached")
 
 
+def test_keyboard_only(console: Console, page: Any) -> None:
+    """Modals open, trap focus, close with Escape and give focus back; links and buttons work with Enter."""
+    login_with_keys(page, console)
+    page.get_by_role("link", name="Start Service").focus()
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Start Service").wait_for()
+    page.goto(STATE["detail"])
+    button = page.get_by_role("button", name="Generate Token")
+    button.focus()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog", name="Generate Token")
+    dialog.wait_for()
+    assert page.evaluate("document.activeElement.id") == "token-expiry"  # focus moved into the dialog
+    for _ in range(6):  # Tab cycles inside the dialog
+        page.keyboard.press("Tab")
+        assert page.evaluate("!!document.activeElement.closest('[role=dialog]')")
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="detached")
+    assert page.evaluate("document.activeElement.textContent.trim()") == "Generate Token"
+
+
 def test_edit_sends_only_what_changed_and_rolls(console: Console, page: Any, same_origin_only: list[str]) -> None:
     login_with_keys(page, console)
     page.locator("tr[data-service='echo-form']").get_by_role("link", name="Edit echo-form").click()
