@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.e2e.harness import PYTHON, REPO, Daemons, free_port_block, moorage, wait_for
 from tests.services import free_port, wait_port
@@ -22,16 +23,28 @@ ARTIFACTS = REPO / "test-artifacts" / "console"
 ECHO = REPO / "configs" / "models" / "echo"
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Chromium for one test module. Module-scoped on purpose (not pytest-playwright's session-wide browser):
+    the sync API keeps its event loop marked as running while it is open, which would break every asyncio test
+    that runs after these in the same pytest session."""
     if not os.access(CHROMIUM, os.X_OK):
         raise AssertionError(f"{CHROMIUM} is missing: run .ci/install-system-deps (apt-get install chromium)")
-    return {**browser_type_launch_args, "executable_path": CHROMIUM}
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            yield launched
+        finally:
+            launched.close()
 
 
-@pytest.fixture(scope="session")
-def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]:
-    return {**browser_context_args, "viewport": {"width": 1280, "height": 800}}
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 @dataclass
