@@ -131,5 +131,22 @@ def same_origin_only(page: Any, console: Console) -> Iterator[list[str]]:
     assert not foreign, f"requests to other origins: {foreign}"
 
 
+UNNAMED_CONTROLS_JS = """() => {
+  const name = (el) => (el.getAttribute('aria-label') || '').trim()
+    || (el.labels && [...el.labels].map((l) => l.textContent).join(' ').trim())
+    || (el.getAttribute('aria-labelledby') || '').split(' ').map((id) => document.getElementById(id))
+         .filter(Boolean).map((n) => n.textContent).join(' ').trim()
+    || (el.tagName === 'INPUT' ? '' : el.textContent.trim()) || (el.getAttribute('title') || '').trim();
+  return [...document.querySelectorAll('a[href], button, input, select, textarea, [role=dialog]')]
+    .filter((el) => el.type !== 'hidden' && !name(el)).map((el) => el.outerHTML.slice(0, 120));
+}"""
+
+
+def assert_every_control_named(page: Any) -> None:
+    """Every link, button, field and dialog on the screen has an accessible name (label, aria-label or text)."""
+    unnamed = page.evaluate(UNNAMED_CONTROLS_JS)
+    assert not unnamed, unnamed
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"

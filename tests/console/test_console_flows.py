@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.console.conftest import ECHO, Console, login_with_keys, shot
+from tests.console.conftest import ECHO, Console, assert_every_control_named, login_with_keys, shot
 from tests.e2e.harness import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -50,6 +50,7 @@ def test_start_service_through_the_form(console: Console, page: Any, same_origin
     page.get_by_label("Variable value 1").fill("hello")
     assert page.get_by_label("Multi Node").is_disabled()
     shot(page, "03-start-service")
+    assert_every_control_named(page)
 
     # a lost connection: a banner, and nothing typed is lost
     page.context.set_offline(True)
@@ -65,12 +66,14 @@ def test_start_service_through_the_form(console: Console, page: Any, same_origin
     STATE["detail"] = page.url
     page.locator(".info .badge").filter(has_text="HEALTHY").wait_for(timeout=HEALTHY_TIMEOUT)
     shot(page, "04-service-detail")
+    assert_every_control_named(page)
     page.get_by_role("link", name="Model Serving").click()
     row = page.locator("tr[data-service='echo-form']")
     row.locator(".badge").filter(has_text="HEALTHY").wait_for()
     assert "1 / 1" in row.inner_text() and "Token" in row.inner_text()
     STATE["url"] = row.locator("td.endpoint code").inner_text()
     shot(page, "05-services")
+    assert_every_control_named(page)
 
     # the server applies the same name rule, and names the field
     page.get_by_role("link", name="Start Service").click()
@@ -92,6 +95,7 @@ def test_validate_streams_events_and_the_container_log(console: Console, page: A
     log = dialog.get_by_label("Container log").inner_text()
     assert "[stderr]" in log or "[stdout]" in log, log
     shot(page, "06-validate", full_page=False)
+    assert_every_control_named(page)
     dialog.get_by_role("button", name="Close").first.click()
 
 
@@ -133,6 +137,7 @@ def test_autoscaling_rule_add_edit_delete(console: Console, page: Any, same_orig
     dialog.get_by_label("Max Replicas").fill("3")
     dialog.get_by_label("CoolDown Seconds").fill("120")
     shot(page, "08-add-rule", full_page=False)
+    assert_every_control_named(page)
     dialog.get_by_role("button", name="Add", exact=True).click()
     row = page.locator("tr[data-rule='llamacpp:requests_processing']")
     row.wait_for()
