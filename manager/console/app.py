@@ -131,6 +131,11 @@ async def login_link(request: web.Request) -> web.Response:
     """A one-time login link: becomes a session cookie, then a redirect to a URL without the token."""
     token = request.query.get("token", "")
     ctx = request.app[CTX]
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("none", "same-origin"):
+        # a link followed from another site's page: it could log the visitor in as someone else (login CSRF).
+        # Typed, pasted or opened from a terminal, browsers send "none".
+        raise Forbidden("login links work only when opened directly (pasted, typed or from a terminal)")
     async with ctx.db() as db:
         access_key = await sessions.redeem_login_link(db, token)
         if access_key is None:

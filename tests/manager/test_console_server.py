@@ -131,6 +131,11 @@ async def test_login_link_is_single_use_even_when_raced(console: dict) -> None:
     results = await asyncio.gather(*(use() for _ in range(5)))
     assert sorted(r[1] for r in results).count("/#/services") == 1, results
     assert all(r[0] == 303 for r in results) and sum(r[2] for r in results) == 1
+    planted = await sessions.mint_login_link(ctx.db, alice.access_key, 60)
+    async with aiohttp.ClientSession() as browser, browser.get(
+            console["console_url"] + "/console/login-link?token=" + planted, allow_redirects=False,
+            headers={"Sec-Fetch-Site": "cross-site"}) as resp:
+        assert resp.status == 403 and SESSION_COOKIE not in resp.cookies  # followed from another site's page
     expired = await sessions.mint_login_link(ctx.db, alice.access_key, 60)
     async with ctx.db() as db:
         assert await sessions.redeem_login_link(db, expired, datetime.now(UTC) + timedelta(seconds=61)) is None
