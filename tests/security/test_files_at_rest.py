@@ -70,7 +70,8 @@ def test_moorage_up_detach_leaves_nothing_readable_by_others(parent_dir: Path) -
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
     env["MOORAGE_DATA_DIR"] = str(data_dir)
     port, proxy_base = free_port(), free_port_block(3)
-    up = _moorage(env, "up", "--detach", "--port", str(port), "--proxy-ports", f"{proxy_base}-{proxy_base + 2}",
+    up = _moorage(env, "up", "--detach", "--port", str(port),
+                  "--console-port", str(free_port()), "--proxy-ports", f"{proxy_base}-{proxy_base + 2}",
                   "--wait", "60")
     try:
         assert up.returncode == 0, up.stdout + up.stderr

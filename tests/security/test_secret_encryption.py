@@ -164,7 +164,8 @@ def data_dir() -> Iterator[Path]:
 def test_embedded_with_a_wrong_key_refuses_to_start(data_dir: Path) -> None:
     env = _env(MOORAGE_DATA_DIR=str(data_dir))
     port, proxy_base = free_port(), free_port_block(3)
-    args = ["up", "--port", str(port), "--proxy-ports", f"{proxy_base}-{proxy_base + 2}"]
+    args = ["up", "--port", str(port),
+            "--console-port", str(free_port()), "--proxy-ports", f"{proxy_base}-{proxy_base + 2}"]
     up = _moorage(env, *args, "--detach", "--wait", "60")
     assert up.returncode == 0, up.stdout + up.stderr
     down = _moorage(env, "down", "--wait", "30")
