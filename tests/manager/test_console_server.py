@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from common.status import EndpointLifecycle
+from manager.api.metrics import merge_reports
 from manager.console import sessions
 from manager.console.app import build_console_app
 from manager.console.security import CSRF_HEADER, SESSION_COOKIE, LoginThrottle, cookie_attributes, csrf_problem
@@ -246,3 +247,29 @@ async def test_clear_errors_reads_the_fixed_definition_again(console: dict) -> N
     status, _ = await alice.request("POST", "/folders/fixme/files", data=form, content_type="multipart/form-data")
     status, problem = await alice.request("POST", f"/services/{sid}/errors/clear")
     assert status == 400 and "definition" in problem["detail"].lower(), problem
+
+
+def test_merge_reports_adds_traffic_and_takes_replica_metrics_from_the_freshest() -> None:
+    reports = [
+        {"collected_at": 10.0, "replicas": 2, "proxy": {"rps": 1.5, "in_flight": 2},
+         "metrics": {"tokens": {"sum": 100.0, "per_route": {}}}},
+        {"collected_at": 12.0, "replicas": 2, "proxy": {"rps": 0.5, "in_flight": 1},
+         "metrics": {"tokens": {"sum": 130.0, "per_route": {}}, "bad": {"sum": "x"}}},
+    ]
+    merged = merge_reports("e", reports)
+    assert (merged.rps, merged.in_flight, merged.proxies, merged.collected_at) == (2.0, 3, 2, 12.0)
+    assert merged.metrics == {"tokens": 130.0} and merged.scraped_replicas == 2
+    empty = merge_reports("e", [])
+    assert (empty.rps, empty.proxies, empty.collected_at, empty.metrics) == (0.0, 0, None, {})
+
+
+async def test_service_metrics_route(console: dict) -> None:
+    alice: APIClient = console["alice"]
+    bob: APIClient = console["bob"]
+    await _folder_with(alice, "echo", {"model-definition.yaml": ECHO_DEF})
+    status, svc = await alice.request("POST", "/services", _create_body("echo", name="metric-svc", replicas=0))
+    assert status == 201, svc
+    status, body = await alice.request("GET", f"/services/{svc['endpoint_id']}/metrics")
+    assert status == 200 and body["proxies"] == 0 and body["rps"] == 0.0, body  # no app proxy in this harness
+    status, _ = await bob.request("GET", f"/services/{svc['endpoint_id']}/metrics")
+    assert status == 404
