@@ -118,8 +118,11 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
         "secrets": {"cluster_secret": secret_values["cluster_secret"]},
         "resources": {"reserved_mem": "0"},
     })
-    pcfg = ProxyConfig.model_validate({"proxy": {"bind_host": host},
-                                       "secrets": {"jwt_secret": secret_values["jwt_secret"]}})
+    # the admin listener (any free port, loopback) gives the manager each endpoint's traffic and replica metrics:
+    # the autoscaler's inputs and the console's charts
+    pcfg = ProxyConfig.model_validate({"proxy": {"bind_host": host, "admin_host": host, "admin_port": 0},
+                                       "secrets": {"jwt_secret": secret_values["jwt_secret"],
+                                                   "cluster_secret": secret_values["cluster_secret"]}})
     store = MemoryStore()
     from manager.server import build_manager_app, start_manager_site
 

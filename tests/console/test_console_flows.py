@@ -116,6 +116,18 @@ def test_tokens_generate_copy_revoke(console: Console, browser: Any) -> None:
     shot(page, "07-generate-token", full_page=False)
     dialog.get_by_role("button", name="Done").click()
     assert _chat(STATE["url"], token) == 200
+    # traffic shows up in the live metrics (the app proxies compute rps every few seconds)
+    requests_chart = page.locator("figure.chart").filter(has_text="Requests/s")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and requests_chart.locator("strong").inner_text() in ("0", "—"):
+        for _ in range(5):
+            assert _chat(STATE["url"], token) == 200
+        time.sleep(1)
+    assert requests_chart.locator("strong").inner_text() not in ("0", "—")
+    assert requests_chart.get_by_role("img").get_attribute("aria-label").startswith("Requests/s: now")
+    page.locator("figure.chart").filter(has_text="Tokens/s").wait_for()  # from the replica's token counter
+    page.get_by_role("heading", name="Metrics").scroll_into_view_if_needed()
+    shot(page, "07b-metrics", full_page=False)
     page.get_by_role("button", name="Revoke token").first.click()
     page.locator("table.tokens").get_by_text("revoked").wait_for()
     wait_for(lambda: _chat(STATE["url"], token) in (401, 403), 10, "the proxy refusing the revoked token")

@@ -3,6 +3,7 @@
 import { api } from "./api.js";
 import { html, useEffect, useState } from "./lib.js";
 import { CopyButton, ErrorBox, Field, Icon, Modal, StatusBadge, fmtDate } from "./ui.js";
+import { Metrics } from "./metrics.js";
 import { TerminateModal } from "./services.js";
 
 const POLL_MS = 2000;
@@ -287,6 +288,7 @@ export function ServiceDetail({ serviceId }) {
     <${ErrorBox} error=${error} />
     <${Rollout} info=${info} />
     <section aria-labelledby="info-title"><h2 id="info-title">Service info</h2><${Info} info=${info} /></section>
+    <${Metrics} info=${info} />
     <${Routes} info=${info} reload=${load} />
     <${Tokens} info=${info} />
     <${Rules} info=${info} />
