@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.5
 LOG_TAIL_LINES = 200  # container log lines reported at the end of a dry run (the console's Validate modal)
 LOG_MAX_CHARS = 16 * 1024  # ... and at most this much of them, so one event stays small
+# While the replica starts, its log is re-read this often and sent when it changed (each event replaces the last):
+# live enough to watch a model load, and within the task's event budget (bgtasks.MAX_EVENTS_PER_TASK) for a
+# dry run of up to ten minutes; the final log always rides on the terminal event.
+LOG_INTERVAL = 3.0
 MIN_WAIT = 60.0  # seconds, even for a definition without health-check timing
 MAX_WAIT = 1800.0  # the runtime-variant default initial_delay; bounds a dry run
 
@@ -63,10 +67,24 @@ async def container_log(ctx, session_id: uuid.UUID | None) -> str:
     return "\n".join(parts)[-LOG_MAX_CHARS:]
 
 
-async def _report_log(ctx, task: BackgroundTask, session_id: uuid.UUID | None) -> None:
-    text = await container_log(ctx, session_id)
-    if text:
-        task.emit("bgtask_updated", _message("container_log", session_id, log=text), 3, 3)
+class LogFollower:
+    """The replica's log as container_log events: re-read every LOG_INTERVAL, sent only when it changed."""
+
+    def __init__(self, ctx, task: BackgroundTask) -> None:
+        self.ctx, self.task = ctx, task
+        self.last = ""
+        self.read_at = float("-inf")
+
+    async def poll(self, session_id: uuid.UUID | None, force: bool = False) -> str:
+        if session_id is None or (not force and time.monotonic() - self.read_at < LOG_INTERVAL):
+            return self.last
+        self.read_at = time.monotonic()
+        text = await container_log(self.ctx, session_id)
+        if text and text != self.last:
+            self.last = text
+            if not force:
+                self.task.emit("bgtask_updated", _message("container_log", session_id, log=text), 2, 3)
+        return self.last
 
 
 async def run_dry_run(ctx, task: BackgroundTask, new_endpoint: Callable[..., Endpoint],
@@ -83,6 +101,7 @@ async def run_dry_run(ctx, task: BackgroundTask, new_endpoint: Callable[..., End
     task.emit("bgtask_updated", _message("session_enqueued"), 1, 3)
     deadline = time.monotonic() + dry_run_deadline(definition)
     announced_start = False
+    logs = LogFollower(ctx, task)
     try:
         while True:
             async with ctx.db() as db:
@@ -93,24 +112,26 @@ async def run_dry_run(ctx, task: BackgroundTask, new_endpoint: Callable[..., End
                 announced_start = True
             if route is not None and route_ready(route.lifecycle, route.health):
                 task.emit("bgtask_updated", _message("session_healthy", route.session_id), 3, 3)
-                await _report_log(ctx, task, route.session_id)
                 task.emit("bgtask_done", "the model service started and passed its health check",
-                          session_id=str(route.session_id))
+                          session_id=str(route.session_id), log=await logs.poll(route.session_id, force=True))
                 return
             if route is not None and route.lifecycle in (RouteLifecycle.FAILED_TO_START, RouteLifecycle.TERMINATED):
                 err = route.error_data or {}
                 detail = err.get("message") or route.lifecycle.value
                 tail = (err.get("stderr_tail") or "").strip()
-                await _report_log(ctx, task, route.session_id)
                 task.emit("bgtask_failed", f"the model service failed to start: {detail}"
-                          + (f"\n{tail[-2000:]}" if tail else ""), errors=[err])
+                          + (f"\n{tail[-2000:]}" if tail else ""), errors=[err],
+                          log=await logs.poll(route.session_id, force=True) or tail[-LOG_MAX_CHARS:])
                 return
             if route is not None and route.error_data and route.error_data.get("type") == "unschedulable":
                 task.emit("bgtask_failed", f"the replica cannot be placed: {route.error_data.get('message')}")
                 return
             if time.monotonic() > deadline:
-                task.emit("bgtask_failed", "timed out waiting for the replica to become healthy")
+                task.emit("bgtask_failed", "timed out waiting for the replica to become healthy",
+                          log=await logs.poll(route.session_id if route else None, force=True))
                 return
+            if route is not None and announced_start:
+                await logs.poll(route.session_id)
             await asyncio.sleep(POLL_INTERVAL)
     finally:
         async with ctx.db() as db:

@@ -91,7 +91,7 @@ def test_validate_streams_events_and_the_container_log(console: Console, page: A
     dialog = page.get_by_role("dialog", name="Validate")
     dialog.get_by_text("session_enqueued").wait_for()
     dialog.get_by_text("Finished: the service started and passed its health check").wait_for(timeout=HEALTHY_TIMEOUT)
-    assert "session_healthy" in dialog.inner_text()
+    assert "session_healthy" in dialog.inner_text() and "container_log" not in dialog.inner_text()
     log = dialog.get_by_label("Container log").inner_text()
     assert "[stderr]" in log or "[stdout]" in log, log
     shot(page, "06-validate", full_page=False)

@@ -145,16 +145,17 @@ function ValidateModal({ body, onClose }) {
         let data = {};
         try { data = JSON.parse(e.data); } catch (_) { data = {}; }
         let message = data.message || "";
+        let isLog = false;
         try {
           const inner = JSON.parse(message);
           if (inner && inner.event) message = inner.event + (inner.session_id ? ` (session ${inner.session_id})` : "");
-          if (inner && inner.log) setLog((old) => old + inner.log);
+          // each container_log event carries the log's latest tail: it replaces what is shown
+          if (inner && inner.event === "container_log") { isLog = true; if (inner.log) setLog(inner.log); }
         } catch (_) { /* a plain-text message */ }
-        if (data.log) setLog((old) => old + data.log);
-        add(kind, message);
+        if (data.log) setLog(data.log);
+        if (!isLog) add(kind, message);
         if (kind !== "bgtask_updated") {
           setFinished(kind);
-          if (kind === "bgtask_failed" && data.message) setLog((old) => old || data.message);
           source.close();
         }
       };
