@@ -10,7 +10,7 @@ LLAMA_VERSION ?= 0.3.36
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 WHEELHOUSE ?= $(HOME)/.cache/moorage/wheels/$(shell echo '$(LLAMA_VERSION) $(CMAKE_ARGS)' | sha256sum | cut -c1-16)
 
-.PHONY: venv system-deps up down demo test test-fast test-e2e lint clean
+.PHONY: venv system-deps up down demo test test-fast test-e2e lint clean console-vendor
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ test-e2e: venv system-deps
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+## refresh the console's vendored browser libraries (Preact, htm) from the npm registry; needs npm, only here
+console-vendor:
+	bash .ci/console-vendor
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -197,6 +197,25 @@ class LeaderSection(StrictSection):
         return self
 
 
+class ConsoleSection(StrictSection):
+    """The web console (manager/console/; docs/console.md): its own listener, serving the static pages at ``/``
+    and this manager's REST API under ``/api/`` with cookie sessions instead of keypair signatures."""
+
+    enabled: bool = True
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8091, ge=0, le=65535)
+    # A console session lives this long after login (server-side expiry; the cookie carries no lifetime of its
+    # own beyond it). A working day: long enough not to interrupt work, short enough that a forgotten browser
+    # session dies overnight.
+    session_ttl: float = Field(default=12 * 3600.0, ge=60, le=30 * 86400)
+    # One-time login links (printed by `moorage up`) are valid this long: enough to copy the URL into a browser,
+    # short enough that one found later in a terminal scrollback is useless.
+    login_link_ttl: float = Field(default=600.0, ge=10, le=86400)
+    # Failed key logins allowed per client address per minute before 429: a person mistyping never reaches it,
+    # guessing a 40-character secret key is hopeless anyway, and this stops the manager being used as an oracle.
+    login_failures_per_minute: int = Field(default=10, ge=1, le=10_000)
+
+
 class ManagerConfig(StrictSection):
     manager: ManagerSection = Field(default_factory=ManagerSection)
     db: DatabaseSection = Field(default_factory=DatabaseSection)
@@ -211,6 +230,7 @@ class ManagerConfig(StrictSection):
     autoscale: AutoscaleSection = Field(default_factory=AutoscaleSection)
     files: FilesSection = Field(default_factory=FilesSection)
     conversations: ConversationsSection = Field(default_factory=ConversationsSection)
+    console: ConsoleSection = Field(default_factory=ConsoleSection)
 
     @property
     def public_url(self) -> str:

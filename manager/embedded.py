@@ -87,7 +87,8 @@ def _free_port(host: str) -> int:
 
 async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090,
                        proxy_port_range: tuple[int, int] = (10300, 10399), ready: asyncio.Event | None = None,
-                       stop: asyncio.Event | None = None, gateway_port: int | None = None) -> None:
+                       stop: asyncio.Event | None = None, gateway_port: int | None = None,
+                       console_port: int = 8091) -> None:
     from agent.config import load_agent_config
     from agent.server import AGENT_KEY, build_agent_app
     from appproxy.config import ProxyConfig
@@ -109,6 +110,7 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
                     "keypair_encryption_key": secret_values["keypair_encryption_key"]},
         # one machine, one user: free a drained replica's memory quickly rather than wait out long streams
         "reconcile": {"interval": 1.0, "drain_grace": 3.0},
+        "console": {"listen_host": host, "listen_port": console_port},
     })
     agent_port = _free_port(host)
     acfg = load_agent_config(None, overrides={
@@ -118,9 +120,11 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
         "secrets": {"cluster_secret": secret_values["cluster_secret"]},
         "resources": {"reserved_mem": "0"},
     })
-    pcfg = ProxyConfig.model_validate({"proxy": {"bind_host": host},
-                                       "secrets": {"jwt_secret": secret_values["jwt_secret"]},
-                                       # rate limits counted in this process: there is one proxy
+    # the admin listener (any free port, loopback) gives the manager each endpoint's traffic and replica metrics:
+    # the autoscaler's inputs and the console's charts; the gateway counts rate limits in this process (one proxy)
+    pcfg = ProxyConfig.model_validate({"proxy": {"bind_host": host, "admin_host": host, "admin_port": 0},
+                                       "secrets": {"jwt_secret": secret_values["jwt_secret"],
+                                                   "cluster_secret": secret_values["cluster_secret"]},
                                        "gateway": {"host": host, "port": gateway_port}})
     store = MemoryStore()
     from manager.server import build_manager_app, start_manager_site
@@ -135,7 +139,10 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
             await record_usage(db, records)
 
     proxy = AppProxy(pcfg, store, usage_sink=record_gateway_usage)
+    from manager.console.app import console_url, login_link_url, start_console_site
+
     manager_runner = await start_manager_site(manager_app, mcfg)  # loopback, plain HTTP (one machine)
+    console_runner: web.AppRunner | None = None
     try:
         await agent_runner.setup()
         await web.TCPSite(agent_runner, host, agent_port).start()
@@ -143,12 +150,18 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
         ctx = manager_app[CTX]
         access_key, secret_key = await ensure_admin(ctx.db, ctx.keypair_box)
         gateway_url = proxy.gateway.url if proxy.gateway is not None else None
+        console_runner = await start_console_site(ctx)
+        login_url = await login_link_url(ctx, access_key)  # single use, valid for [console] login_link_ttl
         _write_private(data_dir / CLUSTER_FILE, {
             "manager_url": manager_url, "access_key": access_key, "secret_key": secret_key,
+            "console_url": console_url(mcfg), "console_login_url": login_url,
             "data_dir": str(data_dir), "pid": os.getpid(), "mode": "embedded", "gateway_url": gateway_url})
         gateway = (f"  gateway (OpenAI-compatible): {gateway_url}  (API keys: moorage key create NAME)\n"
                    if gateway_url else "")
         print(f"Moorage is up (embedded mode). Manager: {manager_url}\n"
+              f"  console: {login_url}\n"
+              f"           (a one-time login link, valid {mcfg.console.login_link_ttl / 60:g} minutes; later: "
+              f"log in at {console_url(mcfg)} with the keys in the connection file)\n"
               f"  connection file: {data_dir / CLUSTER_FILE} (the moorage CLI reads it by default)\n"
               f"{gateway}"
               f"  try: moorage folder create mymodel && moorage folder upload mymodel ./my-model-dir\n"
@@ -169,6 +182,8 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
         with contextlib.suppress(Exception):
             await proxy.stop()
         await agent_runner.cleanup()
+        if console_runner is not None:
+            await console_runner.cleanup()
         await manager_runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             (data_dir / CLUSTER_FILE).unlink()

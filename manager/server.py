@@ -24,6 +24,7 @@ from manager.api import (
     folders,
     gql,
     internal,
+    metrics,
     model_store,
     openapi,
     root,
@@ -48,6 +49,14 @@ from manager.secretbox import SecretBox, check_and_seal_keypairs
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BODY = 1024**4  # aiohttp's own cap; real limits are enforced per route (JSON 1 MiB, uploads config)
+
+
+# The public API's route tables in match order (service_ops first: its /services/_/... paths must win over
+# /services/{service_id}/...). The console serves the same tables under /api/ (manager/console/app.py).
+API_ROUTE_TABLES = (root.routes, openapi.routes, service_ops.routes, services.routes, tokens.routes,
+                    routings.routes, folders.routes, gql.routes, agents.routes, service_update.routes,
+                    autoscaling.routes, metrics.routes, folder_files.routes, model_store.routes,
+                    conversations.routes, api_keys.routes, usage.routes)
 
 
 def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = True) -> web.Application:
@@ -102,11 +111,7 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
             await engine.dispose()
 
     app.cleanup_ctx.append(context)
-    # service_ops first: its /services/_/... paths must win over /services/{service_id}/...
-    for table in (root.routes, openapi.routes, service_ops.routes, services.routes, tokens.routes,
-                  routings.routes, folders.routes, gql.routes, internal.routes, agents.routes,
-                  service_update.routes, autoscaling.routes, folder_files.routes, model_store.routes,
-                  conversations.routes, api_keys.routes, usage.routes):
+    for table in (*API_ROUTE_TABLES, internal.routes, usage.internal_routes):
         app.add_routes(table)
     return app
 

@@ -45,6 +45,8 @@ ALLOWED_EDGES: dict[tuple[str, str], str] = {}
 # Modules outside manager.api that may import manager.api.*, with the reason.
 ALLOWED_API_IMPORTERS: dict[str, str] = {
     "manager.server": "build_manager_app assembles the aiohttp application: the route modules and auth_middleware",
+    "manager.console.app": "assembles the console's application: the API's route tables under /api/, and sets the "
+                           "same Caller (manager.api.auth.CALLER) from a console session",
 }
 
 

@@ -14,6 +14,7 @@ from manager.api import console_openapi
 from manager.api import schemas as s
 from manager.api import usage as u
 from manager.api.autoscaling import MAX_LIMIT, AutoscalingDecisionsResponse
+from manager.api.metrics import ServiceMetrics
 from manager.api.util import json_response
 
 routes = web.RouteTableDef()
@@ -32,7 +33,10 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
      s.UpdateServiceRequest, s.ServeInfo, 200),
     ("delete", "/services/{service_id}", "Destroy the service", None, s.SuccessResponse, 200),
     ("get", "/services/{service_id}/errors", "Failed routes and the retry count", None, s.ErrorsResponse, 200),
-    ("post", "/services/{service_id}/errors/clear", "Clear errors and reset the back-off", None, None, 204),
+    ("post", "/services/{service_id}/errors/clear",
+     "Clear errors, reset the back-off and read the folder's model definition again", None, None, 204),
+    ("get", "/services/{service_id}/metrics", "Live traffic and replica metrics from the app proxies (extension)",
+     None, ServiceMetrics, 200),
     ("post", "/services/{service_id}/scale", "Set the desired replica count", s.ScaleRequest, s.ScaleResponse, 200),
     ("post", "/services/{service_id}/sync", "Republish the route table to the app proxies", None,
      s.SuccessResponse, 200),

@@ -175,6 +175,8 @@ class SearchFilter(_Req):
 
 class SearchServicesRequest(_Req):
     filter: SearchFilter | None = None
+    # extension (the console's list): "active" (default: every service not yet destroyed) or "destroyed"
+    lifecycle: str = Field(default="active", pattern=r"^(active|destroyed)$")
     offset: int = Field(default=0, ge=0, le=1_000_000, strict=True)
     limit: int = Field(default=20, ge=1, le=100, strict=True)
 
@@ -244,6 +246,10 @@ class ServeInfo(_Resp):
     rollout: dict[str, Any] | None = None  # {"revision", "current", "outdated", "serving"} while routes differ
     cors_allowed_origins: list[str] = Field(default_factory=list, description=CORS_DESCRIPTION)
     network_outbound: bool = Field(default=False, description=OUTBOUND_DESCRIPTION)
+    # extensions the console's Edit form pre-fills from
+    environ: dict[str, str] = Field(default_factory=dict)
+    scaling_group: str = "default"
+    model_mount_destination: str = "/models"
 
 
 class CompactServeInfo(_Resp):
@@ -267,6 +273,10 @@ class SearchItem(_Resp):
     resource_slots: dict[str, Any]
     resource_group: str
     open_to_public: bool
+    # extensions (the console's list)
+    status: str | None = None
+    owner: str | None = None  # the owner's e-mail
+    created_at: str | None = None
 
 
 class Pagination(_Resp):

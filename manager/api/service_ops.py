@@ -35,8 +35,9 @@ async def search_services(request: web.Request) -> web.Response:
     body = await parse_body(request, SearchServicesRequest)
     name = body.filter.name if body.filter else None
     page = await read.search_services(request.app[CTX].db, caller,
-                                      read.NameFilter(**name.model_dump()) if name else None, body.offset, body.limit)
-    items = [search_item(e, page.active_counts.get(e.id, 0)) for e in page.endpoints]
+                                      read.NameFilter(**name.model_dump()) if name else None, body.offset, body.limit,
+                                      destroyed=body.lifecycle == "destroyed")
+    items = [search_item(e, page) for e in page.endpoints]
     result = SearchServicesResponse(items=items, pagination=Pagination(total=page.total, offset=body.offset,
                                                                        limit=body.limit))
     return json_response(result.model_dump(mode="json"))

@@ -81,7 +81,8 @@ async def list_errors(request: web.Request) -> web.Response:
 
 @routes.post("/services/{service_id}/errors/clear")
 async def clear_errors(request: web.Request) -> web.Response:
+    """Forget failed starts and retry now, with the folder's model definition read again."""
     ctx = request.app[CTX]
-    endpoint_id = await write.clear_errors(ctx.db, caller_of(request), *service_ref(request))
+    endpoint_id = await write.clear_errors(ctx.db, ctx.config, caller_of(request), *service_ref(request))
     ctx.poke(endpoint_id)
     return web.Response(status=204)

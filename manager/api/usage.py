@@ -19,6 +19,8 @@ from manager.ownership import owner_visibility
 from manager.usage import GroupBy, record_usage, usage_summary
 
 routes = web.RouteTableDef()
+# Cluster-signed routes, registered on the manager's own app only (never under the console's /api/).
+internal_routes = web.RouteTableDef()
 
 MAX_RANGE = timedelta(days=366)  # one query sums at most a year of records
 
@@ -42,7 +44,7 @@ class UsageResponse(BaseModel):
     rows: list[UsageRow]
 
 
-@routes.post("/internal/usage")
+@internal_routes.post("/internal/usage")
 async def receive_usage(request: web.Request) -> web.Response:
     data = await read_signed_json(request)
     try:

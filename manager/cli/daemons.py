@@ -21,9 +21,14 @@ def _setup_logging(level: str) -> None:
 
 async def serve_until_signal(app, config) -> None:
     """Run the manager app until SIGTERM/SIGINT, then clean up (cleanup_ctx runs)."""
+    from manager.console.app import console_url, start_console_site
+    from manager.context import CTX
     from manager.server import start_manager_site
 
     runner = await start_manager_site(app, config)
+    console = await start_console_site(app[CTX]) if config.console.enabled else None
+    if console is not None:
+        logging.getLogger("moorage").info("web console on %s (log in with a keypair)", console_url(config))
     m = config.manager
     logging.getLogger("moorage").info("listening on %s://%s:%s (public URL %s)",
                                       "https" if m.tls_cert_file else "http", m.listen_host, m.listen_port,
@@ -36,6 +41,8 @@ async def serve_until_signal(app, config) -> None:
         with stop_on_signals() as stop:
             await stop.wait()
     finally:
+        if console is not None:
+            await console.cleanup()
         await runner.cleanup()
 
 

@@ -71,13 +71,16 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"Moorage is already running for {data_dir} (pid {running}); `moorage down` stops it")
             return 0
         raise CLIError(f"Moorage is already running for {data_dir} (pid {running}); `moorage down` stops it")
+    if args.console_port is None:
+        args.console_port = args.port + 1
     if args.gateway_port is None:
-        args.gateway_port = args.port + 1
+        args.gateway_port = args.port + 2
     if args.detach:
         log_path = data_dir / LOG_FILE
         cmd = [sys.executable, "-m", "manager.cli.main", "--data-dir", str(data_dir), "up", "--host", args.host,
                "--port", str(args.port), "--proxy-ports", f"{args.proxy_ports[0]}-{args.proxy_ports[1]}",
-               "--gateway-port", str(args.gateway_port), "--log-level", args.log_level]
+               "--gateway-port", str(args.gateway_port), "--console-port", str(args.console_port),
+               "--log-level", args.log_level]
         with open(log_path, "ab") as log_fh:
             proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
@@ -85,10 +88,17 @@ def run_up(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + 10
         while not (data_dir / "cluster.json").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
+        try:
+            login_url = json.loads((data_dir / "cluster.json").read_text()).get("console_login_url", "")
+        except (OSError, ValueError):
+            login_url = ""
         gateway = (f"  gateway (OpenAI-compatible; keys: moorage key create NAME): "
                    f"http://{args.host}:{args.gateway_port}/v1\n" if args.gateway_port else "")
         print(f"Moorage is up in the background (pid {proc.pid}); log: {log_path}\n"
               f"  manager: http://{args.host}:{args.port}   connection file: {data_dir / 'cluster.json'}\n"
+              f"  console: {login_url or f'http://{args.host}:{args.console_port}'}\n"
+              f"           (a one-time login link, valid a few minutes; later, log in with the keys in the "
+              f"connection file)\n"
               f"{gateway}"
               f"  stop it with: moorage down")
         return 0
@@ -96,7 +106,7 @@ def run_up(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run_embedded(data_dir, args.host, args.port, args.proxy_ports,
-                                 gateway_port=args.gateway_port or None))
+                                 gateway_port=args.gateway_port or None, console_port=args.console_port))
     except (OSError, ConfigError) as exc:
         raise CLIError(f"cannot start: {exc}") from None
     return 0
@@ -135,8 +145,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--port", type=int, default=8090, help="manager port (default 8090)")
     up.add_argument("--proxy-ports", type=_parse_range, default=(10300, 10399),
                     help="port range for endpoint URLs (default 10300-10399)")
+    up.add_argument("--console-port", type=int, default=None,
+                    help="web console port (default: the manager port + 1, so 8091)")
     up.add_argument("--gateway-port", type=int, default=None,
-                    help="port of the OpenAI-compatible gateway (default: --port + 1, so 8091; 0: no gateway)")
+                    help="port of the OpenAI-compatible gateway (default: the manager port + 2, so 8092; 0: none)")
     up.add_argument("--detach", action="store_true", help="run in the background and return once it answers")
     up.add_argument("--wait", type=float, default=120.0, help="seconds --detach waits for the manager")
     up.add_argument("--log-level", default="info")

@@ -264,6 +264,19 @@ class AutoScalingRule(Base):
     last_triggered_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
 
 
+class ConsoleSession(Base):
+    """A web-console login (manager/console/sessions.py): a session cookie, or a one-time login link not yet
+    used. Only the SHA-256 of the random secret is stored, so a read of this table logs nobody in; every manager
+    sharing the database can serve every session."""
+
+    __tablename__ = "console_sessions"
+    id_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # hex SHA-256 of the secret
+    kind: Mapped[str] = mapped_column(sa.String(16))  # session | login_link
+    access_key: Mapped[str] = mapped_column(sa.ForeignKey("keypairs.access_key", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    expires_at: Mapped[datetime] = mapped_column(TS, index=True)
+
+
 class Event(Base):
     """Append-only audit log: route errors, scheduling failures, autoscaling decisions."""
 

@@ -50,6 +50,9 @@ class SearchPage:
     endpoints: list[Endpoint]
     active_counts: dict[uuid.UUID, int]
     total: int
+    # each endpoint's live routes as (lifecycle, health), for its derived status; owners' e-mails by user id
+    route_states: dict[uuid.UUID, list[tuple[RouteLifecycle, RouteHealth]]] = dataclasses.field(default_factory=dict)
+    owner_emails: dict[uuid.UUID, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

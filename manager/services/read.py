@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 
 from common.errors import ObjectNotFound
-from common.status import EndpointLifecycle, RouteLifecycle
-from manager.db.models import Agent, Endpoint, Route, Session, route_active_clause
+from common.status import EndpointLifecycle, RouteHealth, RouteLifecycle
+from manager.db.models import Agent, Endpoint, Route, Session, User, route_active_clause
 from manager.ownership import Caller, can_see_endpoint, endpoint_visibility
 from manager.services.model import RouteAxes, RouteRow, SearchPage, ServiceSnapshot, ServiceSummary
 
@@ -125,20 +125,32 @@ def _string_conditions(column: InstrumentedAttribute[str], flt: NameFilter) -> l
     return conds
 
 
-async def search_services(sessions: Sessions, caller: Caller, name: NameFilter | None, offset: int, limit: int
-                          ) -> SearchPage:
-    conds = [Endpoint.lifecycle != EndpointLifecycle.DESTROYED, Endpoint.kind == "service",
+async def search_services(sessions: Sessions, caller: Caller, name: NameFilter | None, offset: int, limit: int,
+                          destroyed: bool = False) -> SearchPage:
+    """A page of the caller's services: live ones in creation order, or (``destroyed``) destroyed ones newest
+    first (the recent ones matter)."""
+    conds = [Endpoint.lifecycle == EndpointLifecycle.DESTROYED if destroyed
+             else Endpoint.lifecycle != EndpointLifecycle.DESTROYED, Endpoint.kind == "service",
              endpoint_visibility(caller)]
     if name is not None:
         conds.extend(_string_conditions(Endpoint.name, name))
+    order = Endpoint.created_at.desc() if destroyed else Endpoint.created_at
     async with sessions() as db:
         total = (await db.execute(sa.select(sa.func.count()).select_from(Endpoint).where(*conds))).scalar_one()
-        endpoints = list((await db.execute(sa.select(Endpoint).where(*conds).order_by(Endpoint.created_at)
+        endpoints = list((await db.execute(sa.select(Endpoint).where(*conds).order_by(order, Endpoint.id)
                                            .offset(offset).limit(limit))).scalars())
+        page_ids = [e.id for e in endpoints]
         rows = await db.execute(sa.select(Route.endpoint_id, sa.func.count()).where(
-            Route.endpoint_id.in_([e.id for e in endpoints]), route_active_clause()).group_by(Route.endpoint_id))
+            Route.endpoint_id.in_(page_ids), route_active_clause()).group_by(Route.endpoint_id))
         counts = {endpoint_id: count for endpoint_id, count in rows}
-    return SearchPage(endpoints, counts, total)
+        route_states: dict[uuid.UUID, list[tuple[RouteLifecycle, RouteHealth]]] = defaultdict(list)
+        for endpoint_id, lifecycle, health in (await db.execute(
+                sa.select(Route.endpoint_id, Route.lifecycle, Route.health).where(
+                    Route.endpoint_id.in_(page_ids), Route.lifecycle != RouteLifecycle.TERMINATED))).all():
+            route_states[endpoint_id].append((lifecycle, health))
+        owners = {user_id: email for user_id, email in (await db.execute(sa.select(User.id, User.email).where(
+            User.id.in_({e.owner_id for e in endpoints})))).all()}
+    return SearchPage(endpoints, counts, total, dict(route_states), owners)
 
 
 async def failed_routes(sessions: Sessions, caller: Caller, endpoint_id: uuid.UUID, shown: str | None = None

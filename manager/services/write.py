@@ -133,11 +133,32 @@ async def scale_service(sessions: Sessions, config: ManagerConfig, caller: Calle
         return endpoint.id, ScaleResult(current_route_count=current, target_count=to)
 
 
-async def clear_errors(sessions: Sessions, caller: Caller, endpoint_id: uuid.UUID, shown: str | None = None
-                       ) -> uuid.UUID:
-    """Forget the routes that failed to start and reset the back-off."""
+async def reread_definition(config: ManagerConfig, db: AsyncSession, endpoint: Endpoint) -> bool:
+    """Read the folder's model definition again (the user may have fixed the file that made the replicas fail):
+    a changed definition is stored as a new revision; a still-invalid one is a 400 naming the problem."""
+    folder = await db.get(ModelFolder, endpoint.model_folder_id) if endpoint.model_folder_id else None
+    if folder is None:
+        return False
+    resolved = resolve_service(config, folder, endpoint.runtime_variant, endpoint.model_definition_path,
+                               endpoint.image, endpoint.architecture, endpoint.resource_slots, endpoint.resource_opts,
+                               endpoint.environ, mount=endpoint.model_mount_destination, service_name=endpoint.name)
+    if resolved.definition == endpoint.model_definition:
+        return False
+    endpoint.model_definition = resolved.definition
+    endpoint.revision += 1
+    db.add(Event(endpoint_id=endpoint.id, kind="endpoint_updated", data={
+        "revision": endpoint.revision, "changed": ["model_definition"], "by": "errors/clear"}))
+    return True
+
+
+async def clear_errors(sessions: Sessions, config: ManagerConfig, caller: Caller, endpoint_id: uuid.UUID,
+                       shown: str | None = None) -> uuid.UUID:
+    """Forget the routes that failed to start and reset the back-off, with the folder's model definition read
+    again (docs/console.md: fix the file, then Clear error and Retry)."""
     async with sessions() as db:
         endpoint = await load_endpoint(db, caller, endpoint_id, shown)
+        if endpoint.lifecycle == EndpointLifecycle.CREATED:
+            await reread_definition(config, db, endpoint)
         await db.execute(sa.delete(Route).where(Route.endpoint_id == endpoint.id,
                                                 Route.lifecycle == RouteLifecycle.FAILED_TO_START))
         endpoint.retries = 0

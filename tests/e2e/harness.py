@@ -279,6 +279,7 @@ def cluster_processes(tmp_path: Path, pg_url: str, etcd: EtcdServer, manager_hos
         "MOORAGE_MANAGER__ETCD__NAMESPACE": namespace,
         "MOORAGE_MANAGER__MANAGER__LISTEN_HOST": manager_host,
         "MOORAGE_MANAGER__MANAGER__LISTEN_PORT": str(manager_port),
+        "MOORAGE_MANAGER__CONSOLE__LISTEN_PORT": "0",  # any free port: managers share this host
         "MOORAGE_MANAGER__MANAGER__STORAGE_ROOT": str(storage),
         "MOORAGE_MANAGER__APPPROXY__PORT_RANGE": f"[{proxy_base}, {proxy_base + 9}]",
         "MOORAGE_MANAGER__SECRETS__CLUSTER_SECRET_FILE": str(cluster_secret),

@@ -52,7 +52,8 @@ def test_streamed_chat_completion_with_openai_client(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
     env["MOORAGE_DATA_DIR"] = str(data_dir)
     daemons = Daemons(tmp_path)
-    daemons.start("up", [PYTHON, "-m", "manager.cli.main", "up", "--port", str(port), "--proxy-ports",
+    daemons.start("up", [PYTHON, "-m", "manager.cli.main", "up", "--port", str(port),
+                         "--console-port", str(free_port()), "--proxy-ports",
                          f"{proxy_base}-{proxy_base + 4}"], env)
     try:
         wait_port("127.0.0.1", port, 60)

@@ -70,7 +70,8 @@ def test_moorage_up_detach_leaves_nothing_readable_by_others(parent_dir: Path) -
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
     env["MOORAGE_DATA_DIR"] = str(data_dir)
     port, proxy_base = free_port(), free_port_block(3)
-    up = _moorage(env, "up", "--detach", "--port", str(port), "--proxy-ports", f"{proxy_base}-{proxy_base + 2}",
+    up = _moorage(env, "up", "--detach", "--port", str(port),
+                  "--console-port", str(free_port()), "--proxy-ports", f"{proxy_base}-{proxy_base + 2}",
                   "--wait", "60")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -160,6 +161,7 @@ def test_manager_refuses_a_world_readable_secret_file(tmp_path: Path) -> None:
     env.update({"MOORAGE_MANAGER__DB__URL": f"sqlite+aiosqlite:///{tmp_path}/m.db",
                 "MOORAGE_MANAGER__MANAGER__AUTO_MIGRATE": "true",
                 "MOORAGE_MANAGER__MANAGER__LISTEN_PORT": str(free_port()),
+                "MOORAGE_MANAGER__CONSOLE__LISTEN_PORT": "0",  # any free port: managers share this host
                 "MOORAGE_MANAGER__MANAGER__STORAGE_ROOT": str(tmp_path / "storage"),
                 "MOORAGE_MANAGER__ETCD__PORT": str(free_port()),
                 "MOORAGE_MANAGER__SECRETS__CLUSTER_SECRET": "c" * 32,

@@ -80,7 +80,8 @@ def test_hostile_replica_reads_and_reaches_nothing(tmp_path: Path, data_dir: Pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
     env["MOORAGE_DATA_DIR"] = str(data_dir)
     daemons = Daemons(tmp_path)
-    up = daemons.start("up", [PYTHON, "-m", "manager.cli.main", "up", "--port", str(port), "--proxy-ports",
+    up = daemons.start("up", [PYTHON, "-m", "manager.cli.main", "up", "--port", str(port),
+                              "--console-port", str(free_port()), "--proxy-ports",
                          f"{proxy_base}-{proxy_base + 3}"], env)
     try:
         wait_port("127.0.0.1", port, 60)

@@ -143,6 +143,7 @@ def test_cluster_manager_without_key_refuses_to_start(tmp_path: Path) -> None:
     env = _env(MOORAGE_MANAGER__DB__URL=f"sqlite+aiosqlite:///{tmp_path}/m.db",
                MOORAGE_MANAGER__MANAGER__AUTO_MIGRATE="true",
                MOORAGE_MANAGER__MANAGER__LISTEN_PORT=str(free_port()),
+               MOORAGE_MANAGER__CONSOLE__LISTEN_PORT="0",
                MOORAGE_MANAGER__MANAGER__STORAGE_ROOT=str(tmp_path / "storage"),
                MOORAGE_MANAGER__ETCD__PORT=str(free_port()),
                MOORAGE_MANAGER__SECRETS__CLUSTER_SECRET="c" * 32, MOORAGE_MANAGER__SECRETS__JWT_SECRET="j" * 32)
@@ -163,7 +164,8 @@ def data_dir() -> Iterator[Path]:
 def test_embedded_with_a_wrong_key_refuses_to_start(data_dir: Path) -> None:
     env = _env(MOORAGE_DATA_DIR=str(data_dir))
     port, proxy_base = free_port(), free_port_block(3)
-    args = ["up", "--port", str(port), "--proxy-ports", f"{proxy_base}-{proxy_base + 2}"]
+    args = ["up", "--port", str(port),
+            "--console-port", str(free_port()), "--proxy-ports", f"{proxy_base}-{proxy_base + 2}"]
     up = _moorage(env, *args, "--detach", "--wait", "60")
     assert up.returncode == 0, up.stdout + up.stderr
     down = _moorage(env, "down", "--wait", "30")

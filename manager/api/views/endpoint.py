@@ -23,7 +23,7 @@ from manager.api.schemas import CompactServeInfo, SearchItem, ServeInfo
 from manager.api.views.route import active_route, iso, route_error_node, route_info, route_node
 from manager.db.models import Endpoint, Route
 from manager.endpoint_status import derive_endpoint_status
-from manager.services.model import RouteAxes, RouteRow, ServiceSnapshot, ServiceSummary
+from manager.services.model import RouteAxes, RouteRow, SearchPage, ServiceSnapshot, ServiceSummary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +90,10 @@ def serve_info(snapshot: ServiceSnapshot) -> dict[str, Any]:
         "rollout": rollout_state(endpoint, [r.route for r in rows]),
         "cors_allowed_origins": list(endpoint.cors_allowed_origins or []),
         "network_outbound": endpoint.network_outbound,
+        # extensions the console's Edit form pre-fills from
+        "environ": dict(endpoint.environ or {}),
+        "scaling_group": endpoint.scaling_group,
+        "model_mount_destination": endpoint.model_mount_destination,
     }
     return ServeInfo.model_validate(fields).model_dump(mode="json")
 
@@ -104,12 +108,16 @@ def compact_serve_info(summary: ServiceSummary) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-def search_item(endpoint: Endpoint, active_route_count: int) -> SearchItem:
-    """REST: an item of ``POST /services/_/search``."""
+def search_item(endpoint: Endpoint, page: SearchPage) -> SearchItem:
+    """REST: an item of ``POST /services/_/search`` (with the console's extensions: status, owner, created_at)."""
+    status = derive_endpoint_status(endpoint.lifecycle, endpoint.replicas, page.route_states.get(endpoint.id, []))
     return SearchItem(id=endpoint.id, name=endpoint.name, replicas=endpoint.replicas,
-                      desired_session_count=endpoint.replicas, active_route_count=active_route_count,
+                      desired_session_count=endpoint.replicas,
+                      active_route_count=page.active_counts.get(endpoint.id, 0),
                       service_endpoint=endpoint.url, resource_slots=endpoint.resource_slots,
-                      resource_group=endpoint.scaling_group, open_to_public=endpoint.open_to_public)
+                      resource_group=endpoint.scaling_group, open_to_public=endpoint.open_to_public,
+                      status=status.value, owner=page.owner_emails.get(endpoint.owner_id),
+                      created_at=endpoint.created_at.isoformat() if endpoint.created_at else None)
 
 
 def _image_node(endpoint: Endpoint) -> dict[str, Any] | None:
