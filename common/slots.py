@@ -72,7 +72,9 @@ def parse_quantity(name: str, value: Any) -> Decimal:
             qty = Decimal(str(value).strip())
             if not qty.is_finite():
                 raise ValueError("must be finite")
-    except (ValueError, InvalidOperation) as exc:
+    except InvalidOperation:  # its text is decimal's internal "[<class 'decimal.ConversionSyntax'>]"
+        raise SlotError(name, "must be a number") from None
+    except ValueError as exc:
         raise SlotError(name, str(exc) if str(exc) else "must be a number") from None
     if qty < 0:
         raise SlotError(name, "must not be negative")

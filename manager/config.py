@@ -124,6 +124,38 @@ class LimitsSection(StrictSection):
     default_slots: dict[str, Any] = Field(default_factory=lambda: {"cpu": "1", "mem": "1g"})
 
 
+class FilesSection(StrictSection):
+    """The folder explorer's file API (manager/api/folder_files.py; docs/console-api.md)."""
+
+    # One chunk of a chunked upload (PUT /folders/{name}/uploads/{upload_id}): a request stays short enough to
+    # retry cheaply over a slow link, while 8 MiB keeps the per-request overhead negligible for model weights.
+    max_chunk_bytes: int = Field(default=8 * 1024**2, ge=1024)
+    # An unfinished upload's staged data is deleted after this long without a chunk (a resumed upload keeps
+    # refreshing it); a day lets a browser resume after a night's sleep.
+    upload_ttl: float = Field(default=86_400.0, gt=0)
+    # Open chunked uploads per folder: a directory upload opens one per file, a few at a time (the console sends
+    # files in turn), so 256 is far above a real client while bounding the staging area's file count.
+    max_open_uploads: int = Field(default=256, ge=1)
+    # Entries one directory listing reads (then sorts and pages): bounds memory and time on a huge directory; the
+    # answer says "truncated" when a directory holds more.
+    max_listed_entries: int = Field(default=100_000, ge=1)
+    # Files saved through PUT /folders/{name}/content (the definition editor): small text files.
+    max_content_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Model folders the Model Store reads per request (it opens two small files in each).
+    max_store_folders: int = Field(default=1000, ge=1)
+
+
+class ConversationsSection(StrictSection):
+    """Chat conversations kept per user (manager/conversations.py; docs/console-api.md)."""
+
+    max_per_user: int = Field(default=1000, ge=1)
+    max_messages: int = Field(default=1000, ge=1)
+    # one message's content: a long model answer is a few tens of KB
+    max_content_chars: int = Field(default=64 * 1024, ge=1)
+    # a whole conversation as stored (its messages, parameters and models as JSON): one row stays cheap to load
+    max_conversation_bytes: int = Field(default=4 * 1024**2, ge=1024)
+
+
 class AutoscaleSection(StrictSection):
     """Autoscaling rules and scale from zero (manager.control.autoscale; semantics in docs/operations.md)."""
 
@@ -200,6 +232,8 @@ class ManagerConfig(StrictSection):
     leader: LeaderSection = Field(default_factory=LeaderSection)
     autoscale: AutoscaleSection = Field(default_factory=AutoscaleSection)
     console: ConsoleSection = Field(default_factory=ConsoleSection)
+    files: FilesSection = Field(default_factory=FilesSection)
+    conversations: ConversationsSection = Field(default_factory=ConversationsSection)
 
     @property
     def public_url(self) -> str:

@@ -18,9 +18,12 @@ from common.store import KVStore
 from manager.api import (
     agents,
     autoscaling,
+    conversations,
+    folder_files,
     folders,
     gql,
     internal,
+    model_store,
     openapi,
     root,
     routings,
@@ -48,7 +51,7 @@ MAX_REQUEST_BODY = 1024**4  # aiohttp's own cap; real limits are enforced per ro
 # /services/{service_id}/...). The console serves the same tables under /api/ (manager/console/app.py).
 API_ROUTE_TABLES = (root.routes, openapi.routes, service_ops.routes, services.routes, tokens.routes,
                     routings.routes, folders.routes, gql.routes, agents.routes, service_update.routes,
-                    autoscaling.routes)
+                    autoscaling.routes, folder_files.routes, model_store.routes, conversations.routes)
 
 
 def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = True) -> web.Application:

@@ -24,8 +24,11 @@ from manager.context import CTX
 from manager.db.models import ModelFolder
 from manager.endpoints import find_folder
 from manager.folders import folder_relpath, list_files, resolve_inside, safe_relative_path
+from manager.ownership import owner_visibility
+from manager.uploads import staging_root
 
 routes = web.RouteTableDef()
+USAGE_MODES = ("model", "general", "data")  # as NewFolderRequest accepts them
 UPLOAD_CHUNK = 1024 * 1024
 
 
@@ -70,10 +73,19 @@ async def create_folder(request: web.Request) -> web.Response:
 
 @routes.get("/folders")
 async def list_folders(request: web.Request) -> web.Response:
+    """The caller's folders; ``?all=true``: every folder the caller may act for (admins: others' too, with
+    ``user`` naming the owner); ``?usage_mode=`` keeps one mode (model, general, data)."""
     caller = caller_of(request)
+    query = sa.select(ModelFolder).where(
+        owner_visibility(caller, ModelFolder.owner_id) if request.query.get("all") == "true"
+        else ModelFolder.owner_id == caller.user_id)
+    mode = request.query.get("usage_mode")
+    if mode is not None:
+        if mode not in USAGE_MODES:
+            raise InvalidAPIParameters(f"usage_mode: must be one of {', '.join(USAGE_MODES)}")
+        query = query.where(ModelFolder.usage_mode == mode)
     async with request.app[CTX].db() as db:
-        folders = (await db.execute(sa.select(ModelFolder).where(ModelFolder.owner_id == caller.user_id)
-                                    .order_by(ModelFolder.created_at))).scalars()
+        folders = (await db.execute(query.order_by(ModelFolder.created_at))).scalars()
         return json_response([_folder_json(f) for f in folders])
 
 
@@ -95,6 +107,7 @@ async def delete_folder(request: web.Request) -> web.Response:
         await db.delete(folder)
         await db.commit()
     shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(staging_root(Path(ctx.config.manager.storage_root), folder.id), ignore_errors=True)  # uploads
     return web.Response(status=204)
 
 

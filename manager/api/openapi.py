@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from manager import __version__
+from manager.api import console_openapi
 from manager.api import schemas as s
 from manager.api.autoscaling import MAX_LIMIT, AutoscalingDecisionsResponse
 from manager.api.util import json_response
@@ -52,6 +53,7 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
     ("delete", "/folders/{name}", "Delete a folder and its files", None, None, 204),
     ("post", "/folders/{name}/files", "Upload files (multipart; each part's filename is the path in the folder)",
      None, None, 201),
+    *console_openapi.OPERATIONS,  # the folder explorer, Model Store and conversations (docs/console-api.md)
 ]
 
 
@@ -59,7 +61,8 @@ UUID = {"type": "string", "format": "uuid"}
 # operations whose success body is a JSON array of the response model
 ARRAY_RESPONSES = {("get", "/services")}
 # operations that can answer 409 (a name taken, a file in the way, an address under contention)
-CONFLICTS = {("post", "/services"), ("post", "/folders"), ("post", "/folders/{name}/files")}
+CONFLICTS = {("post", "/services"), ("post", "/folders"), ("post", "/folders/{name}/files"),
+             *console_openapi.CONFLICTS}
 # error statuses as the handlers use them (RFC 7807 bodies, common/errors.py)
 ERROR_DESCRIPTIONS = {
     "400": "invalid parameters: the problem's detail and data.errors name each field and the reason",
@@ -83,6 +86,12 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"name": "all", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]},
          "description": "true: every service the caller may see (admins: their domain or all), not only their own"},
     ],
+    ("get", "/folders"): [
+        {"name": "all", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]},
+         "description": "true: every folder the caller may act for (admins), not only their own"},
+        {"name": "usage_mode", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": ["model", "general", "data"]}},
+    ],
     ("get", "/events/background-task"): [
         {"name": "task_id", "in": "query", "required": True, "schema": UUID,
          "description": "the task_id returned by POST /services/_/try"},
@@ -93,6 +102,7 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"name": "applied_only", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
          "description": "only decisions that changed the replica count"},
     ],
+    **console_openapi.QUERY_PARAMETERS,
 }
 
 
@@ -116,8 +126,12 @@ def _operation(method: str, path: str, summary: str, request_model: type[BaseMod
             "schema": {"$ref": f"#/components/schemas/{request_model.__name__}"}}}}
     elif upload:
         op["requestBody"] = UPLOAD_BODY
+    elif (method, path) in console_openapi.REQUEST_BODIES:
+        op["requestBody"] = console_openapi.REQUEST_BODIES[(method, path)]
     success: dict[str, Any] = {"description": "success"}
-    if response_model is not None:
+    if (method, path) in console_openapi.RESPONSE_CONTENT:
+        success["content"] = console_openapi.RESPONSE_CONTENT[(method, path)]
+    elif response_model is not None:
         ref = {"$ref": f"#/components/schemas/{response_model.__name__}"}
         schema = {"type": "array", "items": ref} if (method, path) in ARRAY_RESPONSES else ref
         success["content"] = {"application/json": {"schema": schema}}

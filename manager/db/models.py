@@ -287,3 +287,22 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(sa.String(64))
     data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(TS, default=_now, index=True)
+
+
+class Conversation(Base):
+    """A chat conversation of the console's chat page, kept per user (docs/console-api.md, "Conversations").
+    ``models`` name services or custom base URLs, never a token; ``version`` counts writes, so that two appends
+    at once cannot lose each other's messages (a write applies only to the version it read)."""
+
+    __tablename__ = "conversations"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(sa.String(256))
+    models: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    messages: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    message_count: Mapped[int] = mapped_column(sa.Integer, default=0)
+    version: Mapped[int] = mapped_column(sa.Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    __table_args__ = (sa.Index("ix_conversations_owner_id_updated_at", "owner_id", "updated_at"),)
