@@ -85,9 +85,9 @@ async def _read_body(request: web.Request) -> bytes:
 
 
 async def relay(request: web.Request, url: str, headers: dict[str, str], body: bytes) -> web.StreamResponse:
-    """POST ``body`` to ``url`` and stream the answer back chunk by chunk. If the browser disconnects, aiohttp
-    cancels this handler and leaving the ``async with`` closes the upstream connection (it is never returned to
-    a pool mid-answer), which is what the replica sees."""
+    """POST ``body`` to ``url`` and stream the answer back chunk by chunk. When the browser disconnects, the next
+    write fails (or the handler is cancelled) and the upstream connection is closed, never returned to a pool
+    mid-answer: that is what the app proxy, then the replica, sees."""
     timeout = aiohttp.ClientTimeout(total=TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT, sock_read=READ_GAP_TIMEOUT)
     send = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json", **headers}
     async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
@@ -107,9 +107,15 @@ async def relay(request: web.Request, url: str, headers: dict[str, str], body: b
             await response.prepare(request)
             try:
                 async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
+                    await response.write(chunk)  # the browser gone: ConnectionResetError
+            except ConnectionResetError:
+                upstream.close()  # the page stopped: close the upstream at once, the replica sees it
+                return response
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 upstream.close()  # the upstream broke mid-answer: end the page's stream where it is
+            except asyncio.CancelledError:
+                upstream.close()
+                raise
             await response.write_eof()
             return response
 

@@ -146,7 +146,7 @@ function ChatCard({ index, card, services, messages, live, md, onChange, onRemov
     <div class="chat-thread" aria-live="polite">
       ${thread.map((m, i) => html`<div key=${i} class=${"msg msg-" + m.role}>
         <div class="msg-role">${m.role === "user" ? "You" : "Assistant"}</div>
-        ${m.role === "assistant" ? html`<${Markdown} text=${m.content} md=${md} /><${Stats} stats=${m.stats} />`
+        ${m.role === "assistant" ? html`<${Markdown} text=${m.content} md=${md} /><${Stats} stats=${m.stats} stopped=${m.stopped} />`
           : html`<div class="md plain">${m.content}</div>`}</div>`)}
       ${live && (live.streaming || live.error) ? html`<div class="msg msg-assistant live">
         <div class="msg-role">Assistant</div>
@@ -235,7 +235,9 @@ export function ChatPage({ query }) {
   }, []);
 
   const serviceName = (id) => (services.find((s) => s.id === id) || {}).name;
-  const persist = async (all) => {
+  const persist = async (shown) => {
+    // what the API stores (a Stop is shown on this page only)
+    const all = shown.map(({ role, content, model_index, stats }) => ({ role, content, model_index, stats }));
     const models = cards.map((c) => (c.kind === "custom" ? { base_url: c.baseUrl.trim() || null, model: c.model || null }
       : { service_id: c.serviceId || null, model: c.model || null }));
     const num = (v) => (v === "" ? null : Number(v));
@@ -274,7 +276,7 @@ export function ChatPage({ query }) {
         const out = await streamAnswer(card, serviceName(card.serviceId), sent, params, controller.signal,
           (t) => setLive((l) => ({ ...l, [i]: { streaming: true, text: t } })));
         setLive((l) => ({ ...l, [i]: { streaming: false } }));
-        return { role: "assistant", content: out.content, model_index: i, stats: out.stats };
+        return { role: "assistant", content: out.content, model_index: i, stats: out.stats, stopped: out.stopped };
       } catch (err) {
         setLive((l) => ({ ...l, [i]: { streaming: false, error: err } }));
         return null;

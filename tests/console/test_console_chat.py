@@ -1,0 +1,181 @@
+"""The console's chat page (LLM Chat Test) in Chromium against a real `moorage up` (docs/console.md, "Chat page"):
+answers stream token by token through the console's relay and render as Markdown, with TTFT and tokens/s;
+conversations are saved per user, reloaded, continued, readable back through the API, renamed, exported and
+deleted; Stop closes the stream and the echo replica records the disconnect; model output carrying markup runs
+no script; a custom base URL the operator did not allow is refused; and one answer streams from the real
+SmolLM2 replica (the `moorage demo` service)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.console.conftest import Console, login_with_keys, shot
+from tests.e2e.harness import wait_for
+
+pytestmark = pytest.mark.e2e
+SERVICE = "echo-chat"
+CHUNK_DELAY = 0.25  # s between the echo replica's words: slow enough to press Stop mid-answer
+# the page records every text the answer being generated shows (to prove it arrived in pieces)
+OBSERVE = """() => { window.__seen = new Set();
+  new MutationObserver(() => { const el = document.querySelector('.live .md');
+    if (el && el.textContent) window.__seen.add(el.textContent); })
+  .observe(document.body, {subtree: true, childList: true, characterData: true}); }"""
+
+
+@pytest.fixture(scope="module")
+def echo_service(console: Console) -> dict[str, Any]:
+    console.cli("service", "create", "echo", "1", "--name", SERVICE, "-e", f"ECHO_CHUNK_DELAY={CHUNK_DELAY}",
+                "-r", "cpu=0.25", "-r", "mem=64m")
+    return wait_for(lambda: (i := console.cli_json("service", "info", SERVICE)) and i["status"] == "HEALTHY" and i,
+                    120, f"{SERVICE} HEALTHY", on_timeout=console.daemons.logs)
+
+
+def _cancelled(info: dict[str, Any]) -> int:
+    """The echo replica's count of streams its client left before the end (read on the replica's own port)."""
+    route = next(r for r in info["routes"] if r["port"])
+    with urllib.request.urlopen(f"http://{route['host'] or '127.0.0.1'}:{route['port']}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return int(float(re.search(r"^echo_stream_cancelled_total (\S+)$", text, re.M).group(1)))  # type: ignore[union-attr]
+
+
+def _open_chat(page: Any, console: Console, service_id: str) -> None:
+    login_with_keys(page, console)
+    page.goto(f"{console.url}/#/chat?service={service_id}")
+    page.get_by_role("heading", name="LLM Chat Test").wait_for()
+    _chosen(page, service_id)
+
+
+def _chosen(page: Any, service_id: str) -> None:
+    """Wait until the services are listed and the first card has ``service_id`` chosen."""
+    page.wait_for_function("(id) => document.querySelector('#chat-model-1').value === id", arg=service_id)
+
+
+def _send(page: Any, text: str) -> None:
+    page.get_by_label("Message").fill(text)
+    page.get_by_role("button", name="Send").click()
+
+
+def test_chat_streams_markdown_and_saves_the_conversation(console: Console, page: Any, echo_service: dict[str, Any],
+                                                          same_origin_only: list[str]) -> None:
+    login_with_keys(page, console)
+    # LLM Chat Test on the list opens the chat page with that service chosen
+    page.locator(f"tr[data-service='{SERVICE}']").get_by_role("link", name=f"LLM Chat Test with {SERVICE}").click()
+    page.get_by_role("heading", name="LLM Chat Test").wait_for()
+    _chosen(page, echo_service["endpoint_id"])
+    page.evaluate(OBSERVE)
+    _send(page, "hello **bold** and `code` and more words")
+    answer = page.locator(".msg-assistant").first
+    answer.locator(".chat-stats").filter(has_text="tokens/s").wait_for()
+    assert answer.locator("strong").inner_text() == "bold" and answer.locator("code").inner_text() == "code"
+    assert page.evaluate("window.__seen.size") >= 3  # shown word by word while it streamed
+    stats = answer.locator(".chat-stats").inner_text()
+    assert re.search(r"TTFT \d+ ms", stats) and re.search(r"[\d.]+ tokens/s", stats) and "8 tokens" in stats, stats
+
+    # saved on the server, listed, and continued after a reload
+    title = "hello **bold** and `code` and more words"
+    page.locator(f"li[data-conversation='{title}']").wait_for()
+    conv_id = page.url.split("conversation=")[1]
+    page.reload()
+    page.locator(".msg-assistant strong").filter(has_text="bold").wait_for()
+    _send(page, "second question")
+    page.locator(".msg-assistant").nth(1).locator(".chat-stats").wait_for()
+    shot(page, "13-chat")
+
+    def stored() -> dict[str, Any] | None:
+        resp = page.request.get(f"{console.url}/api/conversations/{conv_id}")
+        body = resp.json()
+        return body if resp.ok and body["message_count"] == 4 else None
+
+    conv = wait_for(stored, 10, "the conversation with 4 messages")
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert conv["messages"][3]["content"] == "echo: second question" and conv["messages"][3]["model_index"] == 0
+    assert conv["messages"][1]["stats"]["ttft_ms"] is not None
+    assert conv["models"] == [{"service_id": echo_service["endpoint_id"], "model": None, "base_url": None}]
+    exported = page.request.get(f"{console.url}/api/conversations/{conv_id}/export?format=markdown").text()
+    assert "echo: second question" in exported
+
+    item = page.locator("li[data-conversation]").first
+    item.get_by_role("button", name=f"Rename {title}").click()
+    page.get_by_role("dialog").get_by_label("Title").fill("Renamed chat")
+    page.get_by_role("dialog").get_by_role("button", name="Rename").click()
+    page.locator("li[data-conversation='Renamed chat']").wait_for()
+    page.locator("li[data-conversation='Renamed chat']").get_by_role("button", name="Delete Renamed chat").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    page.locator("li[data-conversation='Renamed chat']").wait_for(state="detached")
+    assert page.request.get(f"{console.url}/api/conversations/{conv_id}").status == 404
+
+
+def test_stop_cancels_generation_on_the_replica(console: Console, page: Any, echo_service: dict[str, Any]) -> None:
+    before = _cancelled(echo_service)
+    _open_chat(page, console, echo_service["endpoint_id"])
+    words = " ".join(f"w{i}" for i in range(80))  # 80 words at 0.25 s: 20 s if nobody stops it
+    _send(page, words)
+    page.locator(".live .md").filter(has_text="w2").wait_for()
+    started = time.monotonic()
+    page.get_by_role("button", name="Stop").click()
+    answer = page.locator(".msg-assistant").first
+    answer.locator(".badge").filter(has_text="Stopped").wait_for()
+    assert "w79" not in answer.inner_text()
+    # the replica saw the client go away, long before the answer would have ended
+    wait_for(lambda: _cancelled(echo_service) > before, 10, "the replica recording the disconnect",
+             on_timeout=console.daemons.logs)
+    assert time.monotonic() - started < 15
+
+
+def test_model_output_cannot_run_script(console: Console, page: Any, echo_service: dict[str, Any]) -> None:
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    _open_chat(page, console, echo_service["endpoint_id"])
+    payload = ('<img src=x onerror="window.__xss=1;alert(1)"> <script>window.__xss=2;alert(2)</script> '
+               '<a href="javascript:window.__xss=3">link</a> <svg onload="window.__xss=4"></svg> '
+               '<iframe src="javascript:alert(5)"></iframe> [md](javascript:alert(6))')
+    _send(page, payload)
+    answer = page.locator(".msg-assistant").first
+    answer.locator(".chat-stats").filter(has_text="tokens/s").wait_for()
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__xss") is None and not dialogs
+    md = answer.locator(".md")
+    assert md.locator("img, script, svg, iframe").count() == 0
+    hrefs = [a.get_attribute("href") or "" for a in md.locator("a").all()]
+    assert not [h for h in hrefs if h.lower().startswith("javascript")], hrefs
+    assert "link" in md.inner_text()
+    # the user's own message is shown as text, markup and all
+    assert "<script>" in page.locator(".msg-user").first.inner_text()
+
+
+def test_custom_base_url_not_allowed_is_refused(console: Console, page: Any) -> None:
+    login_with_keys(page, console)
+    page.goto(f"{console.url}/#/chat")
+    page.get_by_label("Model for chat 1").select_option("__custom")
+    page.get_by_label("Base URL").fill(console.manager_url + "/v1")  # the manager's own network: SSRF
+    page.get_by_label("API token").fill("sk-secret-never-stored")
+    _send(page, "hi")
+    page.locator(".chat-card .error-box").filter(has_text="does not relay to that address").wait_for()
+    assert "sk-secret" not in json.dumps(page.evaluate("Object.assign({}, localStorage)"))
+
+
+def test_chat_with_the_real_smollm2_replica(console: Console, page: Any) -> None:
+    console.cli("demo", "--name", "smol-chat", "--wait", "300", timeout=400)
+    service_id = console.cli_json("service", "info", "smol-chat")["endpoint_id"]
+    _open_chat(page, console, service_id)
+    page.get_by_text("Parameters").click()
+    page.get_by_label("Temperature").fill("0")
+    page.get_by_label("Max tokens").fill("24")
+    # a 135M model now and then answers a prompt with an immediate end of text: up to three prompts
+    for n, prompt in enumerate(("Count from one to ten in words.", "List three fruits.", "Write about the sea.")):
+        page.evaluate(OBSERVE)
+        _send(page, prompt)
+        answer = page.locator(".msg-assistant").nth(n)
+        answer.locator(".chat-stats").filter(has_text="tokens/s").wait_for(timeout=180_000)
+        if answer.locator(".md").inner_text().strip() and page.evaluate("window.__seen.size") >= 3:
+            break
+    else:
+        raise AssertionError("SmolLM2 streamed no answer in pieces")
+    assert re.search(r"TTFT \d+ ms", answer.locator(".chat-stats").inner_text())
+    shot(page, "14-chat-smollm2")
