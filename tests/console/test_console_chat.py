@@ -84,7 +84,7 @@ def test_chat_streams_markdown_and_saves_the_conversation(console: Console, page
     page.reload()
     page.locator(".msg-assistant strong").filter(has_text="bold").wait_for()
     _send(page, "second question")
-    page.locator(".msg-assistant").nth(1).locator(".chat-stats").wait_for()
+    page.locator(".msg-assistant").nth(1).locator(".chat-stats").filter(has_text="tokens/s").wait_for()
     shot(page, "13-chat")
 
     def stored() -> dict[str, Any] | None:
@@ -160,22 +160,28 @@ def test_custom_base_url_not_allowed_is_refused(console: Console, page: Any) -> 
     assert "sk-secret" not in json.dumps(page.evaluate("Object.assign({}, localStorage)"))
 
 
-def test_chat_with_the_real_smollm2_replica(console: Console, page: Any) -> None:
+def test_chat_with_the_real_smollm2_replica(console: Console, page: Any, echo_service: dict[str, Any]) -> None:
+    """SmolLM2 streams an answer; an echo card beside it gets the same input (the synchronised input)."""
     console.cli("demo", "--name", "smol-chat", "--wait", "300", timeout=400)
     service_id = console.cli_json("service", "info", "smol-chat")["endpoint_id"]
     _open_chat(page, console, service_id)
+    page.get_by_role("button", name="Add model").click()
+    page.get_by_label("Model for chat 2").select_option(echo_service["endpoint_id"])
     page.get_by_text("Parameters").click()
     page.get_by_label("Temperature").fill("0")
     page.get_by_label("Max tokens").fill("24")
+    smol, echo = page.locator("[data-card='1']"), page.locator("[data-card='2']")
     # a 135M model now and then answers a prompt with an immediate end of text: up to three prompts
     for n, prompt in enumerate(("Count from one to ten in words.", "List three fruits.", "Write about the sea.")):
-        page.evaluate(OBSERVE)
+        page.evaluate(OBSERVE)  # the first card's answer in progress
         _send(page, prompt)
-        answer = page.locator(".msg-assistant").nth(n)
+        answer = smol.locator(".msg-assistant").nth(n)
         answer.locator(".chat-stats").filter(has_text="tokens/s").wait_for(timeout=180_000)
+        echo.locator(".msg-assistant").nth(n).filter(has_text=f"echo: {prompt}").wait_for()
         if answer.locator(".md").inner_text().strip() and page.evaluate("window.__seen.size") >= 3:
             break
     else:
         raise AssertionError("SmolLM2 streamed no answer in pieces")
-    assert re.search(r"TTFT \d+ ms", answer.locator(".chat-stats").inner_text())
-    shot(page, "14-chat-smollm2")
+    assert re.search(r"TTFT \d+ ms · [\d.]+ tokens/s", answer.locator(".chat-stats").inner_text())
+    page.get_by_text("Parameters").click()
+    shot(page, "14-chat-compare")

@@ -104,11 +104,10 @@ async function streamAnswer(card, serviceName, messages, params, signal, onText)
 
 function Stats({ stats, stopped }) {
   if (!stats) return null;
-  return html`<p class="chat-stats">
-    ${stopped ? html`<span class="badge badge-warn">Stopped</span> ` : null}
-    <span>TTFT ${stats.ttft_ms == null ? "—" : `${stats.ttft_ms} ms`}</span> ·
-    <span>${stats.tokens_per_second == null ? "—" : stats.tokens_per_second} tokens/s</span> ·
-    <span>${stats.tokens ?? 0} tokens</span></p>`;
+  const ttft = stats.ttft_ms == null ? "—" : `${stats.ttft_ms} ms`;
+  const tps = stats.tokens_per_second == null ? "—" : stats.tokens_per_second;
+  return html`<p class="chat-stats">${stopped ? html`<span class="badge badge-warn">Stopped</span> ` : null}${
+    `TTFT ${ttft} · ${tps} tokens/s · ${stats.tokens ?? 0} tokens`}</p>`;
 }
 
 function Markdown({ text, md }) {
@@ -188,7 +187,7 @@ function Conversations({ items, current, onChanged }) {
     <div class="section-head"><h2>Conversations</h2><a class="button small" href="#/chat?new=1">New chat</a></div>
     <ul class="conv-list">${items.map((c) => html`<li key=${c.id} class=${c.id === current ? "current" : null} data-conversation=${c.title}>
       <a href=${"#/chat?conversation=" + c.id} aria-current=${c.id === current ? "page" : null}>${c.title}</a>
-      <span class="muted small-text">${c.message_count} messages · ${fmtDate(c.updated_at)}</span>
+      <span class="muted small-text">${c.message_count} message${c.message_count === 1 ? "" : "s"} · ${fmtDate(c.updated_at)}</span>
       <span class="conv-actions">
         <button type="button" class="link" aria-label=${"Rename " + c.title} onClick=${() => setModal({ kind: "rename", conv: c })}>Rename</button>
         <button type="button" class="link" aria-label=${"Delete " + c.title} onClick=${() => setModal({ kind: "delete", conv: c })}>Delete</button>
