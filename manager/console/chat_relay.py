@@ -93,7 +93,7 @@ async def relay(request: web.Request, url: str, headers: dict[str, str], body: b
     async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
         try:
             upstream = await session.post(url, data=body, headers=send, allow_redirects=False)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}"[:300]) from None
         async with upstream:
             response = web.StreamResponse(status=upstream.status)
@@ -111,7 +111,7 @@ async def relay(request: web.Request, url: str, headers: dict[str, str], body: b
             except ConnectionResetError:
                 upstream.close()  # the page stopped: close the upstream at once, the replica sees it
                 return response
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (aiohttp.ClientError, TimeoutError):
                 upstream.close()  # the upstream broke mid-answer: end the page's stream where it is
             except asyncio.CancelledError:
                 upstream.close()

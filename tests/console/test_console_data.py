@@ -51,6 +51,8 @@ def test_create_folder_and_upload_a_directory_with_nested_files(console: Console
     dialog.locator(".field-error").wait_for()  # the server's rule, shown under the field
     dialog.get_by_label("Folder name").fill(FOLDER)
     dialog.get_by_role("button", name="Create").click()
+    page.locator(f"tr[data-folder='{FOLDER}']").wait_for()
+    shot(page, "09-folders")
     page.locator(f"tr[data-folder='{FOLDER}']").get_by_role("link", name=FOLDER).click()
     page.get_by_role("heading", name=FOLDER).wait_for()
 
@@ -83,6 +85,7 @@ def test_create_folder_and_upload_a_directory_with_nested_files(console: Console
     page.get_by_label("Files to upload").set_input_files([str(ECHO / "echo_server.py")])
     page.get_by_role("status").filter(has_text="Upload finished: 1 of 1 files").wait_for()
     page.locator("tr[data-entry='echo_server.py']").wait_for()
+    shot(page, "10-folder-explorer")
 
     # download: the same bytes
     row = page.locator("tr[data-entry='echo_server.py']")
@@ -103,7 +106,6 @@ def test_create_folder_and_upload_a_directory_with_nested_files(console: Console
     page.get_by_role("dialog").get_by_role("button", name="Delete").click()
     page.locator("tr[data-entry='bundle']").wait_for(state="detached")
     assert not list(stored.rglob("c.bin"))
-    shot(page, "10-folder-explorer")
 
 
 def test_editor_shows_errors_by_line_then_saves_the_fixed_file(console: Console, page: Any,
