@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,6 +29,8 @@ from manager.api.auth import caller_of
 from manager.api.services import load_endpoint
 from manager.context import CTX
 
+T = TypeVar("T")
+
 # The relay's bounds (docs/console.md, "Chat page"): how long to wait for the upstream's answer to start (a large
 # prompt on a CPU replica takes a while), the longest gap between two chunks, and the longest whole answer. The
 # minted token outlives the whole answer by a minute so a long generation is never cut by its expiry.
@@ -34,8 +38,12 @@ CONNECT_TIMEOUT = 10.0
 READ_GAP_TIMEOUT = 300.0
 TOTAL_TIMEOUT = 1800.0
 TOKEN_LIFETIME = TOTAL_TIMEOUT + 60.0
+# How often a relay waiting on a silent upstream (a long prompt being read, before any token) checks whether the
+# browser is still there: a stopped page frees the replica within this long even when nothing is being written.
+DISCONNECT_POLL = 0.5
 MAX_TOKEN_CHARS = 4096  # a custom API's token (passed through, never stored or logged)
 RELAYED_HEADERS = ("Content-Type",)  # what of the upstream's answer the page sees
+CLIENT_CLOSED = 499  # the status logged when the browser left before the upstream answered (nginx's convention)
 
 
 class UpstreamUnavailable(ProblemError):
@@ -84,15 +92,34 @@ async def _read_body(request: web.Request) -> bytes:
     return body
 
 
+async def _unless_gone(request: web.Request, awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable``, but raise ConnectionResetError (cancelling it) as soon as the browser's connection is
+    gone: aiohttp does not cancel a handler on disconnect, and a silent upstream gives no write to fail."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL)
+            if done:
+                return task.result()
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError("the browser went away")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
 async def relay(request: web.Request, url: str, headers: dict[str, str], body: bytes) -> web.StreamResponse:
-    """POST ``body`` to ``url`` and stream the answer back chunk by chunk. When the browser disconnects, the next
-    write fails (or the handler is cancelled) and the upstream connection is closed, never returned to a pool
-    mid-answer: that is what the app proxy, then the replica, sees."""
+    """POST ``body`` to ``url`` and stream the answer back chunk by chunk. When the browser disconnects (a write
+    fails, or the wait for the upstream notices it), the upstream connection is closed at once, never returned to
+    a pool mid-answer: that is what the app proxy, then the replica, sees."""
     timeout = aiohttp.ClientTimeout(total=TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT, sock_read=READ_GAP_TIMEOUT)
     send = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json", **headers}
     async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
         try:
-            upstream = await session.post(url, data=body, headers=send, allow_redirects=False)
+            upstream = await _unless_gone(request, session.post(url, data=body, headers=send,
+                                                                allow_redirects=False))
+        except ConnectionResetError:
+            return web.Response(status=CLIENT_CLOSED)  # nobody reads it: the browser left before the answer began
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}"[:300]) from None
         async with upstream:
@@ -104,10 +131,10 @@ async def relay(request: web.Request, url: str, headers: dict[str, str], body: b
             response.headers["X-Accel-Buffering"] = "no"
             if "Content-Encoding" in upstream.headers:
                 response.headers["Content-Encoding"] = upstream.headers["Content-Encoding"]
-            await response.prepare(request)
             try:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)  # the browser gone: ConnectionResetError
+                await response.prepare(request)
+                while chunk := await _unless_gone(request, upstream.content.readany()):
+                    await response.write(chunk)
             except ConnectionResetError:
                 upstream.close()  # the page stopped: close the upstream at once, the replica sees it
                 return response

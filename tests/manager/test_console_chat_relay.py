@@ -59,8 +59,10 @@ async def upstream() -> AsyncIterator[dict]:
     async def chat(request: web.Request) -> web.StreamResponse:
         state["auth"] = request.headers.get("Authorization")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
         try:
+            if request.query.get("silent"):  # reading a long prompt: nothing sent for a while, not even headers
+                await asyncio.sleep(10)
+            await response.prepare(request)
             for i in range(50):
                 await response.write(f"data: {i}\n\n".encode())
                 await asyncio.sleep(0.2)
@@ -82,9 +84,12 @@ async def upstream() -> AsyncIterator[dict]:
     await runner.cleanup()
 
 
-async def test_relay_streams_and_closes_the_upstream_when_the_browser_goes(upstream: dict) -> None:
+@pytest.fixture
+async def relay_url(upstream: dict) -> AsyncIterator[str]:
+    """A server whose one route relays to the upstream (as the console's chat routes do)."""
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await relay(request, upstream["url"], {"Authorization": "Bearer t"}, await request.read())
+        url = upstream["url"] + ("?silent=1" if request.query.get("silent") else "")
+        return await relay(request, url, {"Authorization": "Bearer t"}, await request.read())
 
     app = web.Application()
     app.router.add_post("/relay", handler)
@@ -93,16 +98,27 @@ async def test_relay_streams_and_closes_the_upstream_when_the_browser_goes(upstr
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with aiohttp.ClientSession() as session:
-            resp = await session.post(f"http://127.0.0.1:{port}/relay", data=b"{}")
-            assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
-            first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)  # not buffered to the end
-            assert first == b"data: 0\n\n"
-            second = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
-            assert second == b"data: 1\n\n"
-            resp.close()  # the browser's Stop: the connection goes away mid-answer
-        await asyncio.wait_for(upstream["disconnected"].wait(), 5)
-        assert not upstream["finished"] and upstream["auth"] == "Bearer t"
-    finally:
-        await runner.cleanup()
+    yield f"http://127.0.0.1:{port}/relay"
+    await runner.cleanup()
+
+
+async def test_relay_streams_and_closes_the_upstream_when_the_browser_goes(upstream: dict, relay_url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(relay_url, data=b"{}")
+        assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
+        first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)  # not buffered to the end
+        assert first == b"data: 0\n\n"
+        second = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
+        assert second == b"data: 1\n\n"
+        resp.close()  # the browser's Stop: the connection goes away mid-answer
+    await asyncio.wait_for(upstream["disconnected"].wait(), 5)
+    assert not upstream["finished"] and upstream["auth"] == "Bearer t"
+
+
+async def test_relay_closes_a_silent_upstream_when_the_browser_goes(upstream: dict, relay_url: str) -> None:
+    """The browser leaves while the upstream has sent nothing yet: no write fails, the relay must notice."""
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(asyncio.TimeoutError):
+            await session.post(relay_url + "?silent=1", data=b"{}", timeout=aiohttp.ClientTimeout(total=1))
+    await asyncio.wait_for(upstream["disconnected"].wait(), 3)  # long before the upstream's 10 s
+    assert not upstream["finished"]
