@@ -85,7 +85,7 @@ def test_chat_streams_markdown_and_saves_the_conversation(console: Console, page
     page.locator(".msg-assistant strong").filter(has_text="bold").wait_for()
     _send(page, "second question")
     page.locator(".msg-assistant").nth(1).locator(".chat-stats").filter(has_text="tokens/s").wait_for()
-    shot(page, "13-chat")
+    shot(page, "24-chat")
 
     def stored() -> dict[str, Any] | None:
         resp = page.request.get(f"{console.url}/api/conversations/{conv_id}")
@@ -149,6 +149,19 @@ def test_model_output_cannot_run_script(console: Console, page: Any, echo_servic
     assert "<script>" in page.locator(".msg-user").first.inner_text()
 
 
+def test_phone_width_chat(console: Console, browser: Any, echo_service: dict[str, Any]) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    try:
+        _open_chat(page, console, echo_service["endpoint_id"])
+        _send(page, "a rather long message to see that it wraps on a narrow phone screen")
+        page.locator(".msg-assistant .chat-stats").filter(has_text="tokens/s").wait_for()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # no sideways scrolling
+        shot(page, "27-chat-phone")
+    finally:
+        context.close()
+
+
 def test_custom_base_url_not_allowed_is_refused(console: Console, page: Any) -> None:
     login_with_keys(page, console)
     page.goto(f"{console.url}/#/chat")
@@ -184,4 +197,4 @@ def test_chat_with_the_real_smollm2_replica(console: Console, page: Any, echo_se
         raise AssertionError("SmolLM2 streamed no answer in pieces")
     assert re.search(r"TTFT \d+ ms · [\d.]+ tokens/s", answer.locator(".chat-stats").inner_text())
     page.get_by_text("Parameters").click()
-    shot(page, "14-chat-compare")
+    shot(page, "25-chat-compare")

@@ -52,7 +52,7 @@ def test_create_folder_and_upload_a_directory_with_nested_files(console: Console
     dialog.get_by_label("Folder name").fill(FOLDER)
     dialog.get_by_role("button", name="Create").click()
     page.locator(f"tr[data-folder='{FOLDER}']").wait_for()
-    shot(page, "09-folders")
+    shot(page, "20-folders")
     page.locator(f"tr[data-folder='{FOLDER}']").get_by_role("link", name=FOLDER).click()
     page.get_by_role("heading", name=FOLDER).wait_for()
 
@@ -85,7 +85,7 @@ def test_create_folder_and_upload_a_directory_with_nested_files(console: Console
     page.get_by_label("Files to upload").set_input_files([str(ECHO / "echo_server.py")])
     page.get_by_role("status").filter(has_text="Upload finished: 1 of 1 files").wait_for()
     page.locator("tr[data-entry='echo_server.py']").wait_for()
-    shot(page, "10-folder-explorer")
+    shot(page, "21-folder-explorer")
 
     # download: the same bytes
     row = page.locator("tr[data-entry='echo_server.py']")
@@ -119,7 +119,7 @@ def test_editor_shows_errors_by_line_then_saves_the_fixed_file(console: Console,
     error.wait_for()
     assert "Line 6" in error.inner_text(), error.inner_text()
     assert page.locator(".gutter .err").inner_text().strip() == "6"
-    shot(page, "11-definition-editor")
+    shot(page, "22-definition-editor")
     # Save while broken: the server refuses it and says why, nothing is written
     page.get_by_role("button", name="Save").click()
     page.locator(".error-box").filter(has_text="model-definition").wait_for()
@@ -147,9 +147,27 @@ def test_model_store_run_this_model_lands_on_the_detail_page(console: Console, p
     card.wait_for()
     assert page.locator("article[data-folder='echo']").count() == 0  # no service-definition.toml: not in the store
     assert "Echo (control-plane test fixture)" in card.inner_text() and "0.5" in card.inner_text()
-    shot(page, "12-model-store")
+    shot(page, "23-model-store")
     card.get_by_role("button", name="Run this model").click()
     page.get_by_role("heading", name=FOLDER).wait_for()
     assert "#/services/" in page.url
     page.locator(".info .badge").filter(has_text="HEALTHY").wait_for(timeout=HEALTHY_TIMEOUT)
     assert console.cli_json("service", "info", FOLDER)["status"] == "HEALTHY"
+
+
+def test_phone_width_explorer_editor_and_store(console: Console, browser: Any) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    try:
+        _open_folder(page, console)
+        page.locator("tr[data-entry='echo_server.py']").wait_for()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # no sideways scrolling
+        shot(page, "26-folder-explorer-phone")
+        page.locator("tr[data-entry='model-definition.yaml']").get_by_role("link", name="Edit").click()
+        page.get_by_text("No errors: the model definition is valid.").wait_for()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+        page.get_by_role("link", name="Model Store").click()
+        page.locator(f"article[data-folder='{FOLDER}']").wait_for()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+    finally:
+        context.close()
