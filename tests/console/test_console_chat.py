@@ -57,7 +57,7 @@ def _chosen(page: Any, service_id: str) -> None:
 
 
 def _send(page: Any, text: str) -> None:
-    page.get_by_label("Message").fill(text)
+    page.get_by_role("textbox", name="Message", exact=True).fill(text)
     page.get_by_role("button", name="Send").click()
 
 
@@ -147,6 +147,25 @@ def test_model_output_cannot_run_script(console: Console, page: Any, echo_servic
     assert "link" in md.inner_text()
     # the user's own message is shown as text, markup and all
     assert "<script>" in page.locator(".msg-user").first.inner_text()
+
+
+def test_sse_parser_and_code_highlighter(console: Console, page: Any) -> None:
+    """The page's pure parts, run in the browser: SSE events split across reads, and highlighted code that stays
+    escaped text."""
+    login_with_keys(page, console)
+    out = page.evaluate("""async () => {
+      const chat = await import("/static/js/chat.js");
+      const md = await import("/static/js/markdown.js");
+      const a = chat.parseSse('data: {"x":1}\\r\\n\\ndata: [DO');
+      const b = chat.parseSse(a.rest + 'NE]\\n\\n');
+      return {events: [...a.events, ...b.events], rest: b.rest,
+              code: md.highlight('if x < 1: print("<b>") # <i>'),
+              html: md.renderMarkdown("```python\\nx = '<script>'\\n```")};
+    }""")
+    assert out["events"] == ['{"x":1}', "[DONE]"] and out["rest"] == ""
+    assert out["code"] == ('<span class="tok-keyword">if</span> x &lt; <span class="tok-number">1</span>: print('
+                           '<span class="tok-string">&quot;&lt;b&gt;&quot;</span>) <span class="tok-comment"># &lt;i&gt;</span>')
+    assert "<script>" not in out["html"] and "&lt;script&gt;" in out["html"] and "tok-string" in out["html"]
 
 
 def test_phone_width_chat(console: Console, browser: Any, echo_service: dict[str, Any]) -> None:

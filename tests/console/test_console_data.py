@@ -23,6 +23,7 @@ BROKEN_DEF = """models:
       start_command: python3 /models/echo_server.py --port {port}
       port: not-a-port
 """
+BIG = bytes(range(256)) * 4096 * 9  # 9 MiB: over files.max_chunk_bytes (8 MiB), so sent in two chunks
 SERVICE_DEF = """[resource_slots]
 cpu = "0.5"
 mem = "256m"
@@ -61,7 +62,7 @@ def test_create_folder_and_upload_a_directory_with_nested_files(console: Console
     (tree / "docs" / "deep" / "deeper").mkdir(parents=True)
     (tree / "docs" / "a.txt").write_text("alpha\n")
     (tree / "docs" / "deep" / "b.txt").write_text("bravo\n")
-    (tree / "docs" / "deep" / "deeper" / "c.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    (tree / "docs" / "deep" / "deeper" / "c.bin").write_bytes(BIG)  # two chunks of the upload API
     (tree / "top.txt").write_text("top\n")
     page.get_by_label("Folder to upload").set_input_files(str(tree))
     page.get_by_role("status").filter(has_text="Upload finished: 4 of 4 files").wait_for()
@@ -71,14 +72,14 @@ def test_create_folder_and_upload_a_directory_with_nested_files(console: Console
     page.locator("tr[data-entry='deep']").get_by_role("link").click()
     page.locator("tr[data-entry='b.txt']").wait_for()
     page.locator("tr[data-entry='deeper']").get_by_role("link").click()
-    assert "1.0 MB" in page.locator("tr[data-entry='c.bin']").inner_text()
+    assert "9.0 MB" in page.locator("tr[data-entry='c.bin']").inner_text()
     breadcrumbs = page.get_by_role("navigation", name="Breadcrumbs")
     assert breadcrumbs.inner_text().split() == ["Folders", "/", FOLDER, "/", "bundle", "/", "docs", "/", "deep",
                                                 "/", "deeper"]
     stored = console.data_dir / "storage"
     found = list(stored.rglob("c.bin"))
     assert len(found) == 1 and found[0].as_posix().endswith("/bundle/docs/deep/deeper/c.bin"), found
-    assert found[0].read_bytes() == bytes(range(256)) * 4096
+    assert found[0].read_bytes() == BIG
 
     # back to the root by the breadcrumb; single files (the model's server) in chunks
     breadcrumbs.get_by_role("link", name=FOLDER).click()
@@ -86,6 +87,17 @@ def test_create_folder_and_upload_a_directory_with_nested_files(console: Console
     page.get_by_role("status").filter(has_text="Upload finished: 1 of 1 files").wait_for()
     page.locator("tr[data-entry='echo_server.py']").wait_for()
     shot(page, "21-folder-explorer")
+
+    # drag-and-drop onto the table: dropped files go through the same uploads
+    page.evaluate("""() => {
+      const dt = new DataTransfer();
+      dt.items.add(new File(["dropped one\\n"], "drop-1.txt"));
+      dt.items.add(new File(["dropped two\\n"], "drop-2.txt"));
+      document.querySelector(".dropzone").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
+    }""")
+    page.get_by_role("status").filter(has_text="Upload finished: 2 of 2 files").wait_for()
+    page.locator("tr[data-entry='drop-2.txt']").wait_for()
+    assert sorted(p.read_text() for p in stored.rglob("drop-*.txt")) == ["dropped one\n", "dropped two\n"]
 
     # download: the same bytes
     row = page.locator("tr[data-entry='echo_server.py']")
