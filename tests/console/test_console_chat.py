@@ -164,7 +164,8 @@ def test_sse_parser_and_code_highlighter(console: Console, page: Any) -> None:
     }""")
     assert out["events"] == ['{"x":1}', "[DONE]"] and out["rest"] == ""
     assert out["code"] == ('<span class="tok-keyword">if</span> x &lt; <span class="tok-number">1</span>: print('
-                           '<span class="tok-string">&quot;&lt;b&gt;&quot;</span>) <span class="tok-comment"># &lt;i&gt;</span>')
+                           '<span class="tok-string">&quot;&lt;b&gt;&quot;</span>) '
+                           '<span class="tok-comment"># &lt;i&gt;</span>')
     assert "<script>" not in out["html"] and "&lt;script&gt;" in out["html"] and "tok-string" in out["html"]
 
 
