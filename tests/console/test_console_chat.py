@@ -99,6 +99,8 @@ def test_chat_streams_markdown_and_saves_the_conversation(console: Console, page
     assert conv["models"] == [{"service_id": echo_service["endpoint_id"], "model": None, "base_url": None}]
     exported = page.request.get(f"{console.url}/api/conversations/{conv_id}/export?format=markdown").text()
     assert "echo: second question" in exported
+    as_json = json.loads(page.request.get(f"{console.url}/api/conversations/{conv_id}/export?format=json").text())
+    assert [m["content"] for m in as_json["messages"]][2:] == ["second question", "echo: second question"]
 
     item = page.locator("li[data-conversation]").first
     item.get_by_role("button", name=f"Rename {title}").click()
@@ -178,6 +180,28 @@ def test_phone_width_chat(console: Console, browser: Any, echo_service: dict[str
         page.locator(".msg-assistant .chat-stats").filter(has_text="tokens/s").wait_for()
         assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # no sideways scrolling
         shot(page, "27-chat-phone")
+    finally:
+        context.close()
+
+
+def test_another_user_cannot_chat_with_the_service(console: Console, browser: Any,
+                                                   echo_service: dict[str, Any]) -> None:
+    access_key, secret_key = console.create_user("chat-other@example.com")
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        login_with_keys(page, console, access_key, secret_key)
+        status = page.evaluate("""async (id) => {
+          const session = await (await fetch("/console/session")).json();
+          const resp = await fetch(`/api/services/${id}/chat/completions`, {method: "POST",
+            headers: {"Content-Type": "application/json", "X-Moorage-CSRF": session.csrf_token},
+            body: JSON.stringify({messages: [{role: "user", content: "hi"}], stream: true})});
+          return resp.status;
+        }""", echo_service["endpoint_id"])
+        assert status == 404  # as for every object of another user's: not even its existence
+        page.goto(f"{console.url}/#/chat?service={echo_service['endpoint_id']}")
+        page.get_by_role("heading", name="LLM Chat Test").wait_for()
+        assert page.locator(f"#chat-model-1 option[value='{echo_service['endpoint_id']}']").count() == 0
     finally:
         context.close()
 
