@@ -214,6 +214,10 @@ class ConsoleSection(StrictSection):
     # Failed key logins allowed per client address per minute before 429: a person mistyping never reaches it,
     # guessing a 40-character secret key is hopeless anyway, and this stops the manager being used as an oracle.
     login_failures_per_minute: int = Field(default=10, ge=1, le=10_000)
+    # OpenAI-compatible APIs the chat page's custom model mode may reach through the console's relay (URL
+    # prefixes: scheme, host, port and path). Empty by default: the relay runs inside the manager's network, so
+    # letting any user name any URL would let them probe it (SSRF); an operator lists the APIs users may compare.
+    chat_allowed_base_urls: list[str] = Field(default_factory=list, max_length=100)
 
 
 class ManagerConfig(StrictSection):

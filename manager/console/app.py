@@ -21,6 +21,7 @@ from manager.api.auth import CALLER, UNKNOWN_KEY_SECRET
 from manager.api.util import json_response, parse_body
 from manager.config import ManagerConfig
 from manager.console import sessions
+from manager.console.chat_relay import add_chat_routes
 from manager.console.security import (
     SECURITY_HEADERS,
     SESSION_COOKIE,
@@ -187,6 +188,7 @@ def build_console_app(ctx: ManagerContext, route_tables: tuple[web.RouteTableDef
     api.on_response_prepare.append(_headers)
     for table in route_tables:
         api.add_routes(table)
+    add_chat_routes(api)
     app.add_subapp("/api", api)
     return app
 

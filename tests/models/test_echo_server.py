@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -218,6 +219,27 @@ def test_metrics_count_requests(echo):
     assert "# TYPE echo_requests_total counter" in text
     line = next(x for x in text.splitlines() if x.startswith('echo_requests_total{method="GET",path="/health"'))
     assert float(line.rsplit(" ", 1)[1]) >= 2
+
+
+def test_metrics_count_streams_the_client_left(echo):
+    """A client that goes away mid-stream (a chat page's Stop) is counted: the console's Stop test reads it."""
+    def cancelled() -> int:
+        text = request(echo.port, "GET", "/metrics")[2].decode()
+        return int(float(next(x for x in text.splitlines()
+                              if x.startswith("echo_stream_cancelled_total ")).split()[1]))
+
+    assert cancelled() == 0
+    words = " ".join(f"w{i}" for i in range(100))  # 100 words at 0.05 s: 5 s
+    body = json.dumps({"messages": [{"role": "user", "content": words}], "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", echo.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert b"200" in sock.recv(4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+    deadline = time.monotonic() + 3
+    while cancelled() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled() == 1
 
 
 def test_control_health_toggle(echo):

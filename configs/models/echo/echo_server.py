@@ -14,7 +14,8 @@ Endpoints:
   POST /v1/completions       text_completion echoing the prompt (not streamed), with usage
   POST /v1/embeddings        one 4-number embedding per input (word count, length, ...), with usage
   GET  /                     info: replica id, pid, host, port, model, uptime, requests served
-  GET  /metrics              Prometheus text: echo_requests_total{method,path,code}, echo_in_flight_requests, ...
+  GET  /metrics              Prometheus text: echo_requests_total{method,path,code}, echo_in_flight_requests,
+                             echo_stream_cancelled_total (streams the client left before the end), ...
   POST /control/health       {"healthy": false} makes /health answer 503 (true restores it)  [test hook]
   POST /control/exit         {"code": 3} makes the process exit with that code shortly after answering [test hook]
 
@@ -73,6 +74,7 @@ class State:
         self.in_flight = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.stream_cancels = 0  # streams the client disconnected from before the end (a chat's Stop)
         self.healthy = True
         self.port = 0
         self.host = ""
@@ -299,6 +301,7 @@ class Handler(BaseHTTPRequestHandler):
                 lines.append(f'echo_requests_total{{method="{method}",path="{path}",code="{code}"}} {value}')
             in_flight = STATE.in_flight - 1  # not counting this scrape
             prompt, completion = STATE.prompt_tokens, STATE.completion_tokens
+            cancels = STATE.stream_cancels
         lines += [
             "# HELP echo_in_flight_requests Requests being served (excluding this scrape).",
             "# TYPE echo_in_flight_requests gauge",
@@ -309,6 +312,9 @@ class Handler(BaseHTTPRequestHandler):
             "# HELP echo_completion_tokens_total Completion words produced.",
             "# TYPE echo_completion_tokens_total counter",
             f"echo_completion_tokens_total {completion}",
+            "# HELP echo_stream_cancelled_total Streams the client went away from before their end.",
+            "# TYPE echo_stream_cancelled_total counter",
+            f"echo_stream_cancelled_total {cancels}",
             "# HELP echo_start_time_seconds Unix time the process started.",
             "# TYPE echo_start_time_seconds gauge",
             f"echo_start_time_seconds {STARTED_AT:.3f}",
@@ -417,11 +423,16 @@ class Handler(BaseHTTPRequestHandler):
             self._write_chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
 
         delay = chunk_delay()
-        event({"role": "assistant", "content": ""}, None)
-        for piece in pieces:
-            if delay:
-                time.sleep(delay)
-            event({"content": piece}, None)
+        try:
+            event({"role": "assistant", "content": ""}, None)
+            for piece in pieces:
+                if delay:
+                    time.sleep(delay)
+                event({"content": piece}, None)
+        except (BrokenPipeError, ConnectionResetError):
+            with STATE.lock:
+                STATE.stream_cancels += 1
+            raise
         event({}, finish_reason)
         if usage is not None:
             event({}, None, {"usage": usage}, choices=False)

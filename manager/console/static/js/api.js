@@ -58,15 +58,19 @@ export class ApiError extends Error {
   }
 }
 
-export async function request(method, path, body) {
+// The CSRF header for requests made outside request() (the chat page's streaming fetch).
+export function csrfHeaders() { return { "X-Moorage-CSRF": csrfToken }; }
+
+// raw: send body (a Blob, ArrayBuffer or string) as it is, as application/octet-stream (uploads, file saves)
+export async function request(method, path, body, raw) {
   const url = path.startsWith("/console/") ? path : "/api" + path;
   const headers = { Accept: "application/json" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (body !== undefined) headers["Content-Type"] = raw ? "application/octet-stream" : "application/json";
   if (method !== "GET" && method !== "HEAD") headers["X-Moorage-CSRF"] = csrfToken;
   let resp;
   try {
     resp = await fetch(url, { method, headers, credentials: "same-origin",
-                              body: body === undefined ? undefined : JSON.stringify(body) });
+                              body: body === undefined ? undefined : raw ? body : JSON.stringify(body) });
   } catch (_) {
     setOnline(false);
     throw new ApiError(0, { detail: "The console server cannot be reached; retrying. Nothing you typed is lost." });
@@ -88,6 +92,8 @@ export const api = {
   post: (path, body) => request("POST", path, body === undefined ? {} : body),
   patch: (path, body) => request("PATCH", path, body),
   del: (path) => request("DELETE", path),
+  put: (path, body) => request("PUT", path, body),
+  putRaw: (path, data) => request("PUT", path, data, true),
   gql: async (query, variables) => {
     const out = await request("POST", "/admin/gql", { query, variables });
     if (out && out.errors && out.errors.length) {

@@ -5,6 +5,10 @@ import { Login } from "./login.js";
 import { ServiceList } from "./services.js";
 import { Launcher } from "./launcher.js";
 import { ServiceDetail } from "./detail.js";
+import { FolderExplorer, FolderList } from "./folders.js";
+import { DefinitionEditor } from "./editor.js";
+import { ModelStore } from "./store.js";
+import { ChatPage } from "./chat.js";
 
 function parseHash() {
   const raw = location.hash.replace(/^#/, "") || "/services";
@@ -21,19 +25,16 @@ function Banner() {
     Connection to the console server lost — retrying… Nothing you typed is lost.</div>`;
 }
 
-function Placeholder({ title, text }) {
-  return html`<section class="page"><h1>${title}</h1><p class="muted">${text}</p></section>`;
-}
-
 function Page({ route, user }) {
   const [a, b, c] = route.parts;
   if (a === "services" && b === "new") return html`<${Launcher} user=${user} />`;
   if (a === "services" && b && c === "edit") return html`<${Launcher} user=${user} serviceId=${b} />`;
   if (a === "services" && b) return html`<${ServiceDetail} user=${user} serviceId=${b} />`;
-  if (a === "chat") return html`<${Placeholder} title="LLM Chat Test"
-    text="The chat page comes in a later step of the console; the service is ${route.query.get("service") || "not chosen"}." />`;
-  if (a === "folders") return html`<${Placeholder} title="Data / model folders"
-    text="The folder explorer comes in a later step; use the moorage CLI (moorage folder …) meanwhile." />`;
+  if (a === "chat") return html`<${ChatPage} query=${route.query} />`;
+  if (a === "folders" && b && c === "edit") return html`<${DefinitionEditor} folderId=${b} path=${route.query.get("path") || ""} />`;
+  if (a === "folders" && b) return html`<${FolderExplorer} folderId=${b} path=${route.query.get("path") || ""} />`;
+  if (a === "folders") return html`<${FolderList} />`;
+  if (a === "store") return html`<${ModelStore} />`;
   return html`<${ServiceList} user=${user} />`;
 }
 
@@ -64,6 +65,7 @@ function App() {
       <nav aria-label="Main">
         ${nav("/services", "Model Serving", "services")}
         ${nav("/folders", "Data", "folders")}
+        ${nav("/store", "Model Store", "store")}
         ${nav("/chat", "LLM Chat Test", "chat")}
       </nav>
       <div class="who">
