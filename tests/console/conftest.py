@@ -57,6 +57,7 @@ class Console:
     env: dict[str, str]  # for the moorage CLI (as the admin)
     data_dir: Path
     daemons: Daemons
+    gateway_url: str | None = None  # the OpenAI-compatible gateway `moorage up` serves (docs/gateway.md)
 
     def cli(self, *args: str, **kw: Any) -> Any:
         return moorage(self.env, *args, **kw)
@@ -87,7 +88,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     env["MOORAGE_DATA_DIR"] = str(data_dir)
     daemons = Daemons(tmp)
     daemons.start("up", [PYTHON, "-m", "manager.cli.main", "up", "--port", str(port), "--console-port",
-                         str(console_port), "--proxy-ports", f"{proxy_base}-{proxy_base + 7}"], env)
+                         str(console_port), "--gateway-port", str(free_port()),
+                         "--proxy-ports", f"{proxy_base}-{proxy_base + 7}"], env)
     try:
         wait_port("127.0.0.1", console_port, 60)
         info = wait_for(lambda: json.loads((data_dir / "cluster.json").read_text())
@@ -95,7 +97,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
                         on_timeout=daemons.logs)
         c = Console(url=f"http://127.0.0.1:{console_port}", manager_url=info["manager_url"],
                     access_key=info["access_key"], secret_key=info["secret_key"],
-                    login_url=info["console_login_url"], env=env, data_dir=data_dir, daemons=daemons)
+                    login_url=info["console_login_url"], env=env, data_dir=data_dir, daemons=daemons,
+                    gateway_url=info.get("gateway_url"))
         c.cli("folder", "create", "echo")
         c.cli("folder", "upload", "echo", str(ECHO))
         yield c

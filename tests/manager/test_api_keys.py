@@ -201,3 +201,22 @@ async def test_store_down_is_a_503_and_a_retried_revoke_reaches_the_store(manage
     store.delete = real_delete  # type: ignore[method-assign]
     status, _ = await alice.request("DELETE", f"/api-keys/{created['id']}")
     assert status == 200 and await store.get(where) is None
+
+
+async def test_list_shows_when_each_key_was_last_used(manager: dict) -> None:
+    from common.usage import UsageRecord
+    from manager.usage import record_usage
+
+    alice: APIClient = manager["alice"]
+    _, used = await alice.request("POST", "/api-keys", {"name": "used"})
+    _, idle = await alice.request("POST", "/api-keys", {"name": "idle"})
+    fields = {"user_id": manager["alice_id"], "model": "echo", "prompt_tokens": 1, "completion_tokens": 2,
+              "duration_ms": 1.0, "status": 200}
+    async with manager["app"][CTX].db() as db:
+        await record_usage(db, [UsageRecord(request_id="a" * 32, at=1_700_000_000.0, key_id=used["id"], **fields),
+                                UsageRecord(request_id="b" * 32, at=1_700_000_100.0, key_id=used["id"], **fields)])
+    status, listed = await alice.request("GET", "/api-keys")
+    assert status == 200
+    by_name = {k["name"]: k for k in listed["api_keys"]}
+    assert by_name["used"]["last_used_at"].startswith("2023-11-14T22:15:00")
+    assert by_name["idle"]["last_used_at"] is None

@@ -9,6 +9,8 @@ import { FolderExplorer, FolderList } from "./folders.js";
 import { DefinitionEditor } from "./editor.js";
 import { ModelStore } from "./store.js";
 import { ChatPage } from "./chat.js";
+import { ApiKeysPage } from "./apikeys.js";
+import { UsagePage } from "./usage.js";
 
 function parseHash() {
   const raw = location.hash.replace(/^#/, "") || "/services";
@@ -35,6 +37,8 @@ function Page({ route, user }) {
   if (a === "folders" && b) return html`<${FolderExplorer} folderId=${b} path=${route.query.get("path") || ""} />`;
   if (a === "folders") return html`<${FolderList} />`;
   if (a === "store") return html`<${ModelStore} />`;
+  if (a === "api-keys") return html`<${ApiKeysPage} user=${user} />`;
+  if (a === "usage") return html`<${UsagePage} user=${user} />`;
   return html`<${ServiceList} user=${user} />`;
 }
 
@@ -67,6 +71,8 @@ function App() {
         ${nav("/folders", "Data", "folders")}
         ${nav("/store", "Model Store", "store")}
         ${nav("/chat", "LLM Chat Test", "chat")}
+        ${nav("/api-keys", "API Keys", "api-keys")}
+        ${nav("/usage", "Usage", "usage")}
       </nav>
       <div class="who">
         <span class="muted" title=${user.access_key}>${user.email} (${user.role})</span>

@@ -1,0 +1,177 @@
+"""The console's API Keys and Usage pages in Chromium against a real `moorage up` (docs/console.md, "API Keys",
+"Usage"): a key created in the page (shown once, copied) works against the gateway for the model it allows and
+no other, its limits are edited, it is refused after Revoke; the Usage page charts and tabulates that traffic by
+day, model and key, and downloads it as CSV; both pages at phone width."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.console.conftest import Console, assert_every_control_named, login_with_keys, shot, unique
+from tests.e2e.harness import wait_for
+
+pytestmark = pytest.mark.e2e
+SERVICE = "echo-keys"
+STATE: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module")
+def echo_service(console: Console) -> dict[str, Any]:
+    console.cli("service", "create", "echo", "1", "--name", SERVICE, "-r", "cpu=0.25", "-r", "mem=64m")
+    return wait_for(lambda: (i := console.cli_json("service", "info", SERVICE)) and i["status"] == "HEALTHY" and i,
+                    120, f"{SERVICE} HEALTHY", on_timeout=console.daemons.logs)
+
+
+def _gateway(console: Console, key: str, model: str) -> int:
+    assert console.gateway_url
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hello gateway"}]}).encode()
+    req = urllib.request.Request(console.gateway_url + "/chat/completions", data=body, method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_api_key_created_in_the_page_works_then_is_refused_after_revoke(console: Console, browser: Any,
+                                                                        echo_service: dict[str, Any]) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800},
+                                  permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    login_with_keys(page, console)
+    page.get_by_role("link", name="API Keys").click()
+    page.get_by_role("heading", name="API Keys").wait_for()
+    page.get_by_role("button", name="Create API key").click()
+    dialog = page.get_by_role("dialog", name="Create API key")
+    dialog.get_by_role("button", name="Create").click()
+    dialog.locator("#key-name-error").filter(has_text="required").wait_for()
+    name = unique("team")
+    dialog.get_by_label("Name").fill(name)
+    dialog.get_by_label(SERVICE).check()  # the models are the user's services
+    dialog.get_by_label("Requests per minute").fill("0")
+    dialog.get_by_label("Priority").select_option("high")
+    dialog.get_by_label("Metadata").fill("team=ml")
+    dialog.get_by_role("button", name="Create").click()
+    dialog.locator("#key-rpm-error").wait_for()  # the server's rule (1..), shown under the field
+    dialog.get_by_label("Requests per minute").fill("100")
+    assert_every_control_named(page)
+    dialog.get_by_role("button", name="Create").click()
+    key = dialog.locator("#new-api-key").inner_text()
+    assert key.startswith("sk-")
+    dialog.get_by_text("It is shown this once").wait_for()
+    dialog.get_by_role("button", name="Copy the API key").click()
+    assert page.evaluate("navigator.clipboard.readText()") == key
+    shot(page, "30-api-key-created", full_page=False)
+    dialog.get_by_role("button", name="Done").click()
+
+    row = page.locator(f"tr[data-key='{name}']")
+    row.wait_for()
+    text = row.inner_text()
+    assert key[:7] in text and SERVICE in text and "100 req/min" in text and "high" in text and key not in text
+    assert key not in page.content()  # shown once: gone from the page after Done
+
+    assert _gateway(console, key, SERVICE) == 200
+    assert _gateway(console, key, "echo-chat-not-allowed") == 404
+    for _ in range(3):
+        assert _gateway(console, key, SERVICE) == 200
+
+    row.get_by_role("button", name=f"Edit limits of {name}").click()
+    dialog = page.get_by_role("dialog", name=f"Edit limits of {name}")
+    assert dialog.get_by_label("Requests per minute").input_value() == "100"
+    dialog.get_by_label("Tokens per minute").fill("50000")
+    dialog.get_by_role("button", name="Save").click()
+    dialog.wait_for(state="detached")
+    row.filter(has_text="50000 tok/min").wait_for()
+
+    # the usage is recorded; the list shows when the key was last used
+    def used() -> bool:
+        page.reload()
+        page.locator(f"tr[data-key='{name}']").wait_for()
+        return "never" not in page.locator(f"tr[data-key='{name}'] td[data-label='Last used']").inner_text()
+    wait_for(used, 20, "the key's last use shown")
+    shot(page, "31-api-keys")
+    assert_every_control_named(page)
+
+    row = page.locator(f"tr[data-key='{name}']")
+    row.get_by_role("button", name=f"Revoke {name}").click()
+    dialog = page.get_by_role("dialog", name="Revoke API key")
+    dialog.get_by_text(name).wait_for()
+    dialog.get_by_role("button", name="Revoke").click()
+    dialog.wait_for(state="detached")
+    row.wait_for(state="detached")  # revoked keys are hidden unless asked for
+    page.get_by_label("Show revoked keys").check()
+    page.locator(f"tr[data-key='{name}']").filter(has_text="revoked").wait_for()
+    wait_for(lambda: _gateway(console, key, SERVICE) == 401, 5, "the gateway refusing the revoked key")
+    STATE["key_name"] = name
+    context.close()
+
+
+def test_usage_page_charts_table_and_csv(console: Console, page: Any) -> None:
+    name = STATE["key_name"]
+    login_with_keys(page, console)
+    page.get_by_role("link", name="Usage").click()
+    page.get_by_role("heading", name="Usage").wait_for()
+    assert page.get_by_label("Time range").input_value() == "7d"
+    tokens = page.locator("figure.chart").filter(has_text="Tokens per model").get_by_role("img")
+    wait_for(lambda: f"{SERVICE}: " in (tokens.get_attribute("aria-label") or ""), 10, "the per-model chart")
+    page.locator("figure.chart").filter(has_text="Requests per day").wait_for()
+    table = page.locator("table.usage")
+    model_row = table.locator("tr").filter(has_text=SERVICE)
+    cells = model_row.locator("td").all_inner_texts()
+    assert cells[1] == SERVICE and int(cells[2]) == 4, cells  # day, model, requests (4 went through; the 404 reached no replica)
+    page.get_by_label("API key").check()
+    table.locator("tr").filter(has_text=name).wait_for()  # the key's name, not its id
+    shot(page, "32-usage")
+    assert_every_control_named(page)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download CSV").click()
+    rows = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
+    ours = [r for r in rows if r["key_name"] == name]
+    assert ours and ours[0]["model"] == SERVICE and int(ours[0]["requests"]) == 4, rows
+    assert set(rows[0]) >= {"day", "model", "key", "key_name", "requests", "prompt_tokens", "total_tokens"}
+    page.get_by_label("Time range").select_option("1d")
+    table.locator("tr").filter(has_text=name).wait_for()
+
+
+def test_phone_width_api_keys_and_usage(console: Console, browser: Any) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    login_with_keys(page, console)
+    for link, heading, name in (("API Keys", "API Keys", "33-api-keys-phone"), ("Usage", "Usage", "34-usage-phone")):
+        page.get_by_role("link", name=link).click()
+        page.get_by_role("heading", name=heading).wait_for()
+        page.locator("table tbody tr").first.wait_for()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{link}: the page scrolls sideways ({width} px)"
+        shot(page, name)
+    context.close()
+
+
+def test_usage_and_key_form_pure_parts(console: Console, page: Any) -> None:
+    """The pages' pure parts, run in the browser: CSV quoting (and no spreadsheet formula from a name), cost
+    columns kept when the API adds them, empty days filled, and an edit that sends only what changed."""
+    login_with_keys(page, console)
+    out = page.evaluate("""async () => {
+      const u = await import("/static/js/usage.js");
+      const k = await import("/static/js/apikeys.js");
+      const rows = [{model: 'a,"b"', requests: 1, total_tokens: 2, cost: 0.5}, {model: "=1+2", requests: 3}];
+      const key = {name: "k", allowed_models: ["m"], priority: "standard", rpm: 10, tpm: null, max_parallel: null,
+                   budget: null, expires_at: null, metadata: {}};
+      return {cols: u.usageColumns(["model"], rows), csv: u.toCsv(["model", "requests"], rows),
+              days: u.fillDays([{name: "2026-01-02", requests: 5, total_tokens: 1}], 3, Date.parse("2026-01-03T12:00:00Z")),
+              edit: k.keyBody({name: "k", models: ["m"], priority: "high", rpm: "", tpm: "5", max_parallel: "",
+                               budget: "", expires: "", metadata: ""}, key)};
+    }""")
+    assert out["cols"] == ["model", "requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors", "cost"]
+    assert out["csv"] == 'model,requests\r\n"a,""b""",1\r\n\'=1+2,3\r\n'
+    assert [d["name"] for d in out["days"]] == ["2026-01-01", "2026-01-02", "2026-01-03"]
+    assert out["days"][1]["requests"] == 5 and out["days"][0]["requests"] == 0
+    assert out["edit"] == {"priority": "high", "rpm": None, "tpm": 5}
