@@ -126,7 +126,8 @@ def test_usage_page_charts_table_and_csv(console: Console, page: Any) -> None:
     table = page.locator("table.usage")
     model_row = table.locator("tr").filter(has_text=SERVICE)
     cells = model_row.locator("td").all_inner_texts()
-    assert cells[1] == SERVICE and int(cells[2]) == 4, cells  # day, model, requests (4 went through; the 404 reached no replica)
+    # day, model, requests: 4 went through; the 404 reached no replica and is not recorded
+    assert cells[1] == SERVICE and int(cells[2]) == 4, cells
     page.get_by_label("API key").check()
     table.locator("tr").filter(has_text=name).wait_for()  # the key's name, not its id
     shot(page, "32-usage")
@@ -166,7 +167,8 @@ def test_usage_and_key_form_pure_parts(console: Console, page: Any) -> None:
       const key = {name: "k", allowed_models: ["m"], priority: "standard", rpm: 10, tpm: null, max_parallel: null,
                    budget: null, expires_at: null, metadata: {}};
       return {cols: u.usageColumns(["model"], rows), csv: u.toCsv(["model", "requests"], rows),
-              days: u.fillDays([{name: "2026-01-02", requests: 5, total_tokens: 1}], 3, Date.parse("2026-01-03T12:00:00Z")),
+              days: u.fillDays([{name: "2026-01-02", requests: 5, total_tokens: 1}], 3,
+                               Date.parse("2026-01-03T12:00:00Z")),
               edit: k.keyBody({name: "k", models: ["m"], priority: "high", rpm: "", tpm: "5", max_parallel: "",
                                budget: "", expires: "", metadata: ""}, key)};
     }""")
