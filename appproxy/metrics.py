@@ -53,6 +53,8 @@ class ProxyMetrics:
         self.gateway_rate_limited: Counter[str] = Counter()
         self.gateway_ratelimit_errors: Counter[str] = Counter()  # "" → count (a labelless counter)
         self.gateway_usage_dropped: Counter[str] = Counter()  # "" → usage records dropped (manager unreachable)
+        # (endpoint, kind) → tokens of the answers metered by the gateway; kind: prompt | completion
+        self.tokens: Counter[tuple[str, str]] = Counter()
 
     # -- hot path --------------------------------------------------------------------------------------------
     def request_started(self, endpoint: str) -> None:
@@ -82,6 +84,13 @@ class ProxyMetrics:
         else:
             self.route_in_flight[key] -= 1
 
+    def tokens_counted(self, endpoint: str, prompt: int, completion: int) -> None:
+        """Tokens of one metered answer (the gateway's usage record: the replica's numbers or its estimate)."""
+        if prompt:
+            self.tokens[(endpoint, "prompt")] += prompt
+        if completion:
+            self.tokens[(endpoint, "completion")] += completion
+
     # -- housekeeping ----------------------------------------------------------------------------------------
     def requests_by_endpoint(self) -> Counter[str]:
         """Responses sent so far per endpoint (the rate of this is the JSON API's ``rps``)."""
@@ -90,11 +99,25 @@ class ProxyMetrics:
             total[endpoint] += n
         return total
 
+    def endpoint_latency(self, endpoint: str) -> dict[str, Any]:
+        """The endpoint's request durations over all its routes: ``bounds`` (seconds, the ``BUCKETS``), ``counts``
+        per bucket (not cumulative; the last is above the highest bound) and ``sum`` (seconds)."""
+        counts = [0] * (len(BUCKETS) + 1)
+        total = 0.0
+        for key, buckets in list(self.durations.items()):
+            if key[0] == endpoint:
+                counts = [a + b for a, b in zip(counts, buckets, strict=True)]
+                total += self.duration_sum.get(key, 0.0)
+        return {"bounds": list(BUCKETS), "counts": counts, "sum": round(total, 6)}
+
+    def endpoint_tokens(self, endpoint: str) -> dict[str, int]:
+        return {kind: self.tokens.get((endpoint, kind), 0) for kind in ("prompt", "completion")}
+
     def forget(self, endpoints: Collection[str]) -> None:
         """Drop the series of endpoints not in ``endpoints`` (gone endpoints; nothing of theirs in flight)."""
         keep = set(endpoints) | set(self.in_flight)
         for name in ("requests", "upstream_failures", "rejections", "retries", "ejections", "client_disconnects",
-                     "route_in_flight", "durations", "duration_sum"):
+                     "route_in_flight", "durations", "duration_sum", "tokens"):
             series: dict[Any, Any] = getattr(self, name)
             for key in [k for k in series if (k[0] if isinstance(k, tuple) else k) not in keep]:
                 del series[key]
@@ -138,6 +161,8 @@ class ProxyCollector:
                 cumulative.append((bound, acc))
             hist.add_metric(list(key), cumulative, m.duration_sum.get(key, 0.0))
         yield hist
+        yield family(CounterMetricFamily, "tokens", "Tokens of the answers the gateway metered, by kind (prompt, "
+                     "completion).", ["endpoint", "kind"], m.tokens)
         yield family(GaugeMetricFamily, "in_flight_requests", "Requests being handled now.", ["endpoint"],
                      m.in_flight)
         yield family(GaugeMetricFamily, "held_requests", "Requests waiting for the endpoint to get a route "

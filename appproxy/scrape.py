@@ -189,5 +189,7 @@ class ReplicaScraper:
             "collected_at": sample.collected_at if sample is not None else None,
             "replicas": len(sample.per_route) if sample is not None else 0,
             "metrics": metrics,
-            "proxy": {"rps": round(self.rps.get(str(endpoint_id), 0.0), 3), "in_flight": in_flight},
+            "proxy": {"rps": round(self.rps.get(str(endpoint_id), 0.0), 3), "in_flight": in_flight,
+                      "latency": self._metrics.endpoint_latency(str(endpoint_id)),
+                      "tokens": self._metrics.endpoint_tokens(str(endpoint_id))},
         }

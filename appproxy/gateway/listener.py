@@ -292,9 +292,12 @@ class Gateway:
             if decision is not None and limits.tpm is not None and prompt + completion != reserve:
                 await self.limiter.correct(key_id, request_id, prompt + completion)
             ended = asyncio.get_running_loop().time()
+            endpoint_id = self._endpoint_of(members, route)
+            if endpoint_id is not None:
+                self.metrics.tokens_counted(str(endpoint_id), prompt, completion)
             self.meter.add(UsageRecord(
                 request_id=request_id, at=at, key_id=record.key_id, user_id=record.owner_id, model=parsed.model,
-                endpoint_id=self._endpoint_of(members, route), route_id=uuid.UUID(route) if route else None,
+                endpoint_id=endpoint_id, route_id=uuid.UUID(route) if route else None,
                 prompt_tokens=prompt, completion_tokens=completion, estimated=estimated, status=status,
                 ttft_ms=(tap.first_byte_at - started) * 1000 if tap.first_byte_at is not None else None,
                 duration_ms=(ended - started) * 1000))

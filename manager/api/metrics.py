@@ -18,6 +18,12 @@ from manager.control.autoscale import Autoscaling
 routes = web.RouteTableDef()
 
 
+class LatencyHistogram(BaseModel):
+    bounds: list[float]
+    counts: list[int]
+    sum: float
+
+
 class ServiceMetrics(BaseModel):
     endpoint_id: str
     proxies: int  # app proxies that reported the service
@@ -26,6 +32,47 @@ class ServiceMetrics(BaseModel):
     in_flight: int  # requests in flight, all proxies together
     scraped_replicas: int  # replicas whose /metrics the freshest report covers
     metrics: dict[str, float]  # replica metrics summed over replicas (e.g. llamacpp:tokens_predicted_total)
+    # request durations since each proxy started, all proxies together: bucket upper bounds (s), counts per bucket
+    # (not cumulative; one more than bounds, the last above the highest bound), sum (s); None: no proxy reported
+    latency: LatencyHistogram | None = None
+    tokens: dict[str, int] = {}  # prompt / completion tokens the gateway metered, all proxies together
+
+
+MAX_BUCKETS = 64  # a proxy's report is trusted but bounded: appproxy.metrics.BUCKETS has 17
+
+
+def merge_latency(reports: list[dict[str, Any]]) -> LatencyHistogram | None:
+    """Add up the proxies' histograms that share the first one's bounds (a proxy of another version with other
+    bounds is left out rather than mixed in)."""
+    merged: LatencyHistogram | None = None
+    for report in reports:
+        hist = (report.get("proxy") or {}).get("latency")
+        if not isinstance(hist, dict):
+            continue
+        try:
+            one = LatencyHistogram.model_validate(hist)
+        except ValueError:
+            continue
+        if len(one.counts) != len(one.bounds) + 1 or len(one.bounds) > MAX_BUCKETS:
+            continue
+        if merged is None:
+            merged = one
+        elif merged.bounds == one.bounds:
+            merged = LatencyHistogram(bounds=merged.bounds, sum=merged.sum + one.sum,
+                                      counts=[a + b for a, b in zip(merged.counts, one.counts, strict=True)])
+    return merged
+
+
+def merge_tokens(reports: list[dict[str, Any]]) -> dict[str, int]:
+    out = {"prompt": 0, "completion": 0}
+    for report in reports:
+        tokens = (report.get("proxy") or {}).get("tokens")
+        if isinstance(tokens, dict):
+            for kind in out:
+                value = tokens.get(kind)
+                if isinstance(value, int) and value >= 0:
+                    out[kind] += value
+    return out
 
 
 def merge_reports(endpoint_id: str, reports: list[dict[str, Any]]) -> ServiceMetrics:
@@ -42,7 +89,8 @@ def merge_reports(endpoint_id: str, reports: list[dict[str, Any]]) -> ServiceMet
         collected_at=freshest.get("collected_at") if freshest is not None else None,
         rps=round(sum(float((r.get("proxy") or {}).get("rps") or 0) for r in reports), 3),
         in_flight=sum(int((r.get("proxy") or {}).get("in_flight") or 0) for r in reports),
-        scraped_replicas=int(freshest.get("replicas") or 0) if freshest is not None else 0, metrics=metrics)
+        scraped_replicas=int(freshest.get("replicas") or 0) if freshest is not None else 0, metrics=metrics,
+        latency=merge_latency(reports), tokens=merge_tokens(reports))
 
 
 @routes.get("/services/{service_id}/metrics")

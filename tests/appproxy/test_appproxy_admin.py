@@ -104,6 +104,10 @@ async def test_metrics_exposition_and_replica_aggregation(make_proxy, serve, ups
     assert doc["metrics"]["vllm:num_requests_waiting"]["sum"] == 6.0
     assert doc["proxy"]["in_flight"] == 0
     assert "vllm:e2e_request_latency_seconds_bucket" not in doc["metrics"]
+    latency = doc["proxy"]["latency"]  # the endpoint's durations over its routes (the console's percentiles)
+    assert len(latency["counts"]) == len(latency["bounds"]) + 1 and sum(latency["counts"]) == 5
+    assert latency["bounds"][0] == 0.001 and 0 < latency["sum"] < 5
+    assert doc["proxy"]["tokens"] == {"prompt": 0, "completion": 0}  # only the gateway meters tokens
 
     missing = f"/endpoints/{uuid.uuid4()}/metrics"
     async with await signed_get(http, admin, missing) as resp:

@@ -95,7 +95,7 @@ async def gw(make_proxy: Callable[..., Awaitable[AppProxy]], store: MemoryStore,
         await publish(store, t)
     await eventually(lambda: len(proxy.routes.tables) == len(tables), what="tables served")
     state: dict[str, Any] = {"proxy": proxy, "url": proxy.gateway.url, "echoes": (echo_a, echo_b, other),
-                             "store": store, "http": http, "clients": []}
+                             "store": store, "http": http, "clients": [], "tables": tables}
     yield state
     for oa in state["clients"]:
         await oa.close()
@@ -152,6 +152,15 @@ async def test_openai_client_non_streaming_and_streaming(gw: dict[str, Any]) -> 
     assert completion.choices[0].text == "echo: say this"
     embedding = await oa.embeddings.create(model="echo", input=["a b c", "d"])
     assert [e.embedding[0] for e in embedding.data] == [3.0, 1.0]
+    # the metered tokens are counted per endpoint too (the console's tokens/s: docs/console.md, "Metrics")
+    echo_endpoints = {str(t.endpoint_id) for t in gw["tables"] if t.name == "echo"}
+
+    def counted() -> bool:
+        tokens = gw["proxy"].metrics.tokens
+        return (sum(n for (_, kind), n in tokens.items() if kind == "completion") >= 3
+                and sum(n for (_, kind), n in tokens.items() if kind == "prompt") >= 2
+                and {e for e, _ in tokens} <= echo_endpoints)
+    await eventually(counted, timeout=5, what="the gateway's token counters")
 
 
 async def test_streaming_is_relayed_as_it_is_produced(gw: dict[str, Any]) -> None:

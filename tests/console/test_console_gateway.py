@@ -177,3 +177,40 @@ def test_usage_and_key_form_pure_parts(console: Console, page: Any) -> None:
     assert [d["name"] for d in out["days"]] == ["2026-01-01", "2026-01-02", "2026-01-03"]
     assert out["days"][1]["requests"] == 5 and out["days"][0]["requests"] == 0
     assert out["edit"] == {"priority": "high", "rpm": None, "tpm": 5}
+
+
+def test_detail_page_charts_latency_percentiles(console: Console, page: Any, echo_service: dict[str, Any]) -> None:
+    """The app proxy's per-endpoint latency histogram reaches the detail page as p50 / p95 / p99 charts."""
+    token = console.cli("service", "token", SERVICE, "--duration", "1h").stdout.strip()
+    url = echo_service["service_endpoint"]
+    login_with_keys(page, console)
+    page.goto(f"{console.url}/#/services/{echo_service['endpoint_id']}")
+    p50 = page.locator("figure.chart").filter(has_text="Latency p50").locator("strong")
+    assert p50.inner_text() == "—"  # no request ended yet in the window
+
+    def charted() -> bool:
+        for _ in range(3):
+            body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+            req = urllib.request.Request(url + "/v1/chat/completions", data=body, method="POST", headers={
+                "Content-Type": "application/json", "Authorization": f"BackendAI {token}"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 200
+        return p50.inner_text() != "—"
+    wait_for(charted, 30, "the p50 latency charted")
+    value = float(p50.inner_text().split()[0])
+    assert 0 < value < 10_000 and p50.inner_text().endswith("ms")
+    for q in ("p95", "p99"):
+        chart = page.locator("figure.chart").filter(has_text=f"Latency {q}")
+        wait_for(lambda c=chart: c.locator("strong").inner_text() != "—", 10, f"the {q} latency charted")
+        assert chart.get_by_role("img").get_attribute("aria-label").startswith(f"Latency {q}: now")
+    page.get_by_role("heading", name="Metrics").scroll_into_view_if_needed()
+    shot(page, "35-latency-metrics", full_page=False)
+    out = page.evaluate("""async () => {
+      const m = await import("/static/js/metrics.js");
+      return [m.quantile([0.1, 1], [0, 10, 0], 0.5), m.quantile([0.1, 1], [0, 0, 4], 0.99),
+              m.quantile([0.1, 1], [0, 0, 0], 0.5),
+              m.latencyDelta({latency: {bounds: [1], counts: [2, 1]}}, {latency: {bounds: [1], counts: [5, 1]}}),
+              m.latencyDelta({latency: {bounds: [1], counts: [9, 1]}}, {latency: {bounds: [1], counts: [5, 1]}})];
+    }""")
+    assert abs(out[0] - 0.55) < 1e-9 and out[1] == 1 and out[2] is None
+    assert out[3] == {"bounds": [1], "counts": [3, 0]} and out[4] is None  # a restarted proxy: no window

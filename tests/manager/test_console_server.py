@@ -284,3 +284,21 @@ def test_console_api_serves_no_cluster_internal_route() -> None:
 
     paths = [route.path for table in API_ROUTE_TABLES for route in table if isinstance(route, RouteDef)]
     assert paths and not [p for p in paths if p.startswith("/internal")]
+
+
+def test_merge_reports_adds_latency_histograms_and_tokens() -> None:
+    hist = {"bounds": [0.1, 1.0], "counts": [3, 1, 0], "sum": 1.2}
+    reports = [
+        {"collected_at": 1.0, "proxy": {"rps": 0, "in_flight": 0, "latency": hist,
+                                        "tokens": {"prompt": 5, "completion": 7}}},
+        {"collected_at": 2.0, "proxy": {"rps": 0, "in_flight": 0, "latency": {**hist, "counts": [1, 1, 2]},
+                                        "tokens": {"prompt": 1, "completion": "x"}}},
+        {"proxy": {"latency": {"bounds": [0.5], "counts": [9, 9], "sum": 1.0}}},  # other bounds: left out
+        {"proxy": {"latency": {"bounds": [0.5], "counts": [9], "sum": 1.0}}},  # malformed: left out
+    ]
+    merged = merge_reports("e", reports)
+    assert merged.latency is not None
+    assert merged.latency.counts == [4, 2, 2] and merged.latency.bounds == [0.1, 1.0]
+    assert abs(merged.latency.sum - 2.4) < 1e-9
+    assert merged.tokens == {"prompt": 6, "completion": 7}
+    assert merge_reports("e", []).latency is None

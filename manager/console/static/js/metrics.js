@@ -18,6 +18,35 @@ export function rate(prev, cur, name) {
   return (b - a) / dt;
 }
 
+const LATENCY_WINDOW = 30;  // samples (60 s at 2 s): the percentiles are of the requests that ended in that window
+
+// Prometheus' histogram_quantile over per-bucket counts (not cumulative; the last one is above the highest
+// bound): linear inside the bucket that holds the q-th request; the highest bound when it lies above it.
+export function quantile(bounds, counts, q) {
+  const total = counts.reduce((a, b) => a + b, 0);
+  if (!total) return null;
+  const rank = q * total;
+  let seen = 0;
+  for (let i = 0; i < counts.length; i++) {
+    if (seen + counts[i] >= rank && counts[i] > 0) {
+      if (i >= bounds.length) return bounds[bounds.length - 1];
+      const lo = i === 0 ? 0 : bounds[i - 1];
+      return lo + (bounds[i] - lo) * ((rank - seen) / counts[i]);
+    }
+    seen += counts[i];
+  }
+  return bounds[bounds.length - 1];
+}
+
+// The histogram of the requests between two samples (null when either has none or the proxies restarted).
+export function latencyDelta(before, now) {
+  const a = before && before.latency, b = now && now.latency;
+  if (!b) return null;
+  if (!a || a.bounds.join() !== b.bounds.join()) return null;
+  const counts = b.counts.map((n, i) => n - a.counts[i]);
+  return counts.some((n) => n < 0) ? null : { bounds: b.bounds, counts };
+}
+
 function Chart({ title, unit, points }) {
   const values = points.map((p) => p.v).filter((v) => v != null);
   const last = values.length ? values[values.length - 1] : null;
@@ -30,7 +59,7 @@ function Chart({ title, unit, points }) {
   const fmt = (v) => (v == null ? "—" : v >= 100 ? v.toFixed(0) : v.toFixed(2).replace(/\.?0+$/, ""));
   const minutes = Math.max(1, Math.round((t1 - t0) / 60000));
   return html`<figure class="chart">
-    <figcaption><span>${title}</span><strong>${fmt(last)}${unit ? " " + unit : ""}</strong></figcaption>
+    <figcaption><span>${title}</span><strong>${fmt(last)}${unit && last != null ? " " + unit : ""}</strong></figcaption>
     <svg viewBox=${`0 0 ${w} ${h}`} preserveAspectRatio="none" role="img"
          aria-label=${`${title}: now ${fmt(last)}, highest ${fmt(values.length ? Math.max(...values) : null)} over the last ${minutes} min`}>
       <line x1="0" y1=${h - 2} x2=${w} y2=${h - 2} class="axis" />
@@ -60,7 +89,20 @@ export function Metrics({ info }) {
     return () => { stopped = true; clearInterval(timer); };
   }, [info.endpoint_id]);
   const counter = TOKEN_COUNTERS.find((name) => samples.some((s) => name in s.m.metrics));
+  // without a replica token counter: the tokens the gateway metered for this service
+  const metered = !counter && samples.some((s) => s.m.tokens && s.m.tokens.completion > 0);
   const series = (f) => samples.map((s, i) => ({ t: s.t, v: f(s, i) }));
+  const pct = (q) => series((s, i) => {
+    const h = latencyDelta(samples[Math.max(0, i - LATENCY_WINDOW)].m, s.m);
+    const v = h && quantile(h.bounds, h.counts, q);
+    return v == null ? null : v * 1000;
+  });
+  const meteredRate = (s, i) => {
+    const p = samples[i - 1];
+    if (!p || !p.m.tokens || !s.m.tokens || s.t <= p.t) return null;
+    const d = s.m.tokens.completion - p.m.tokens.completion;
+    return d < 0 ? null : d / ((s.t - p.t) / 1000);
+  };
   return html`<section aria-labelledby="metrics-title">
     <div class="section-head"><h2 id="metrics-title">Metrics</h2>
       <span class="muted">live, sampled every 2 s while this page is open</span></div>
@@ -69,8 +111,14 @@ export function Metrics({ info }) {
       <${Chart} title="Requests/s" points=${series((s) => s.m.rps)} />
       <${Chart} title="In flight" points=${series((s) => s.m.in_flight)} />
       <${Chart} title="Replicas serving" points=${series((s) => s.serving)} />
-      ${counter ? html`<${Chart} title="Tokens/s" points=${series((s, i) => rate(samples[i - 1] && samples[i - 1].m, s.m, counter))} />` : null}
+      <${Chart} title="Latency p50" unit="ms" points=${pct(0.5)} />
+      <${Chart} title="Latency p95" unit="ms" points=${pct(0.95)} />
+      <${Chart} title="Latency p99" unit="ms" points=${pct(0.99)} />
+      ${counter ? html`<${Chart} title="Tokens/s" points=${series((s, i) => rate(samples[i - 1] && samples[i - 1].m, s.m, counter))} />`
+        : metered ? html`<${Chart} title="Tokens/s" points=${series(meteredRate)} />` : null}
     </div>
-    <p class="hint">Latency percentiles are not collected by the app proxies yet.</p>
+    <p class="hint">Latency: time from a request's arrival at the app proxy to the end of its answer (a streamed
+      answer's last byte), over the requests that ended in the last minute; the app proxies' histogram buckets
+      bound its precision.</p>
   </section>`;
 }
