@@ -204,6 +204,9 @@ class ConsoleSection(StrictSection):
     enabled: bool = True
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8091, ge=0, le=65535)
+    # The console's URL as browsers reach it (login links printed by `moorage console login-link`); default
+    # http(s)://listen_host:listen_port, which is wrong behind a proxy or when listening on 0.0.0.0.
+    public_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s?#]+$")
     # A console session lives this long after login (server-side expiry; the cookie carries no lifetime of its
     # own beyond it). A working day: long enough not to interrupt work, short enough that a forgotten browser
     # session dies overnight.

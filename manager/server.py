@@ -24,6 +24,7 @@ from manager.api import (
     folders,
     gql,
     internal,
+    login_links,
     metrics,
     model_store,
     openapi,
@@ -111,7 +112,8 @@ def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = T
             await engine.dispose()
 
     app.cleanup_ctx.append(context)
-    for table in (*API_ROUTE_TABLES, internal.routes, usage.internal_routes):
+    # keypair-signed only: not under the console's /api/ (manager.api.login_links)
+    for table in (*API_ROUTE_TABLES, internal.routes, usage.internal_routes, login_links.routes):
         app.add_routes(table)
     return app
 

@@ -21,7 +21,7 @@ from manager.api.auth import caller_of
 from manager.api.schemas import NewFolderRequest
 from manager.api.util import json_response, parse_body
 from manager.context import CTX
-from manager.db.models import ModelFolder
+from manager.db.models import ModelFolder, User
 from manager.endpoints import find_folder
 from manager.folders import folder_relpath, list_files, resolve_inside, safe_relative_path
 from manager.ownership import owner_visibility
@@ -41,12 +41,16 @@ async def _multipart_errors() -> AsyncIterator[None]:
         raise InvalidAPIParameters(f"body: malformed multipart request ({str(exc)[:200]})") from None
 
 
-def _folder_json(folder: ModelFolder) -> dict[str, object]:
-    return {
+def _folder_json(folder: ModelFolder, owner_email: str | None = None) -> dict[str, object]:
+    """Backend.AI's vfolder fields, plus (our extension) ``owner_email`` where the caller's listing knows it."""
+    out: dict[str, object] = {
         "id": str(folder.id), "name": folder.name, "usage_mode": folder.usage_mode, "host": "local",
         "ownership_type": "user", "permission": "rw", "user": str(folder.owner_id), "status": "ready",
         "created_at": folder.created_at.isoformat() if folder.created_at else None,
     }
+    if owner_email is not None:
+        out["owner_email"] = owner_email
+    return out
 
 
 def _root(request: web.Request, folder: ModelFolder) -> Path:
@@ -76,7 +80,7 @@ async def list_folders(request: web.Request) -> web.Response:
     """The caller's folders; ``?all=true``: every folder the caller may act for (admins: others' too, with
     ``user`` naming the owner); ``?usage_mode=`` keeps one mode (model, general, data)."""
     caller = caller_of(request)
-    query = sa.select(ModelFolder).where(
+    query = sa.select(ModelFolder, User.email).join(User, User.id == ModelFolder.owner_id).where(
         owner_visibility(caller, ModelFolder.owner_id) if request.query.get("all") == "true"
         else ModelFolder.owner_id == caller.user_id)
     mode = request.query.get("usage_mode")
@@ -85,15 +89,16 @@ async def list_folders(request: web.Request) -> web.Response:
             raise InvalidAPIParameters(f"usage_mode: must be one of {', '.join(USAGE_MODES)}")
         query = query.where(ModelFolder.usage_mode == mode)
     async with request.app[CTX].db() as db:
-        folders = (await db.execute(query.order_by(ModelFolder.created_at))).scalars()
-        return json_response([_folder_json(f) for f in folders])
+        rows = (await db.execute(query.order_by(ModelFolder.created_at))).all()
+        return json_response([_folder_json(folder, email) for folder, email in rows])
 
 
 @routes.get("/folders/{name}")
 async def folder_info(request: web.Request) -> web.Response:
     async with request.app[CTX].db() as db:
         folder = await find_folder(db, caller_of(request), request.match_info["name"])
-    info = _folder_json(folder)
+        owner = await db.get(User, folder.owner_id)
+    info = _folder_json(folder, owner.email if owner is not None else None)
     info["files"] = list_files(_root(request, folder))
     return json_response(info)
 

@@ -11,6 +11,7 @@ from pydantic.json_schema import models_json_schema
 from manager import __version__
 from manager.api import api_keys as k
 from manager.api import console_openapi
+from manager.api import login_links as ll
 from manager.api import schemas as s
 from manager.api import usage as u
 from manager.api.autoscaling import MAX_LIMIT, AutoscalingDecisionsResponse
@@ -68,6 +69,8 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
      k.ApiKeyInfo, 200),
     ("get", "/usage", "Gateway usage: requests and tokens grouped by day, model, key or user (admins: everyone's)",
      None, u.UsageResponse, 200),
+    ("post", "/login-links", "A one-time console login URL for the caller's keypair (keypair-signed only; "
+     "what `moorage console login-link` prints)", None, ll.LoginLink, 201),
     *console_openapi.OPERATIONS,  # the folder explorer, Model Store and conversations (docs/console-api.md)
 ]
 

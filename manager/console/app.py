@@ -195,6 +195,8 @@ def build_console_app(ctx: ManagerContext, route_tables: tuple[web.RouteTableDef
 
 def console_url(config: ManagerConfig) -> str:
     c = config.console
+    if c.public_url:
+        return c.public_url.rstrip("/")
     scheme = "https" if config.manager.tls_cert_file else "http"
     return f"{scheme}://{c.listen_host}:{c.listen_port}"
 

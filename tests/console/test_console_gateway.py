@@ -1,7 +1,8 @@
 """The console's API Keys and Usage pages in Chromium against a real `moorage up` (docs/console.md, "API Keys",
 "Usage"): a key created in the page (shown once, copied) works against the gateway for the model it allows and
 no other, its limits are edited, it is refused after Revoke; the Usage page charts and tabulates that traffic by
-day, model and key, and downloads it as CSV; both pages at phone width."""
+day, model and key, and downloads it as CSV; both pages at phone width. Also the detail page's latency
+percentiles, an admin's folder list with owners, and `moorage console login-link`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.console.conftest import Console, assert_every_control_named, login_with_keys, shot, unique
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import moorage, wait_for
 
 pytestmark = pytest.mark.e2e
 SERVICE = "echo-keys"
@@ -214,3 +215,35 @@ def test_detail_page_charts_latency_percentiles(console: Console, page: Any, ech
     }""")
     assert abs(out[0] - 0.55) < 1e-9 and out[1] == 1 and out[2] is None
     assert out[3] == {"bounds": [1], "counts": [3, 0]} and out[4] is None  # a restarted proxy: no window
+
+
+def test_admin_sees_folder_owners_and_cli_login_link(console: Console, browser: Any) -> None:
+    """An admin's folder list names each folder's owner by e-mail; `moorage console login-link` prints a fresh
+    single-use URL that logs a browser in as the connection file's user."""
+    email = f"{unique('owner')}@example.com"
+    ak, sk = console.create_user(email)
+    folder = unique("theirs")
+    moorage(console.user_env(ak, sk), "folder", "create", folder)
+    out = console.cli("console", "login-link")
+    url = out.stdout.strip()
+    assert url.startswith(console.url + "/console/login-link?token=") and "\n" not in url
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_role("heading", name="Model Serving").wait_for()
+    assert "token=" not in page.url  # no secret left in the URL
+    page.get_by_role("link", name="Data").click()
+    page.get_by_role("heading", name="Data / model folders").wait_for()
+    assert page.locator(f"tr[data-folder='{folder}']").count() == 0  # the admin's own by default
+    page.get_by_label("Every user's folders").check()
+    row = page.locator(f"tr[data-folder='{folder}']")
+    row.wait_for()
+    assert row.locator("td[data-label='Owner']").inner_text() == email
+    shot(page, "36-folders-owners")
+    assert_every_control_named(page)
+    context.close()
+    again = browser.new_context()  # the link is single use
+    used = again.new_page()
+    used.goto(url)
+    used.get_by_text("This login link was already used or has expired").wait_for()
+    again.close()

@@ -464,6 +464,9 @@ async def test_admins_see_others_folders_store_and_conversations(mgr: Manager) -
     assert status == 201
     status, body = await admin.request("GET", "/folders?all=true")
     assert [(f["name"], f["user"]) for f in body] == [("shared-model", conv["owner"])]
+    assert body[0]["owner_email"] == "alice@example.com"  # the console's Owner column
+    status, info = await admin.request("GET", f"/folders/{body[0]['id']}")
+    assert status == 200 and info["owner_email"] == "alice@example.com"
     status, body = await admin.request("GET", "/folders")
     assert body == []  # without all=true: the admin's own
     status, store = await admin.request("GET", "/model-store")

@@ -302,3 +302,38 @@ def test_merge_reports_adds_latency_histograms_and_tokens() -> None:
     assert abs(merged.latency.sum - 2.4) < 1e-9
     assert merged.tokens == {"prompt": 6, "completion": 7}
     assert merge_reports("e", []).latency is None
+
+
+async def test_login_link_route_and_cli(console: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    """``POST /login-links`` mints a one-time console URL for the caller's own keypair (keypair-signed only: not
+    under the console's /api/); ``moorage console login-link`` prints just that URL."""
+    from urllib.parse import urlsplit
+
+    from manager.cli.main import main
+
+    alice: APIClient = console["alice"]
+    status, link = await alice.request("POST", "/login-links", {})
+    assert status == 201 and 0 < link["expires_in"] <= 86400, link
+    parts = urlsplit(link["url"])
+    assert parts.path == "/console/login-link" and parts.query.startswith("token=")
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+        target = console["console_url"] + parts.path + "?" + parts.query
+        async with browser.get(target, allow_redirects=False) as resp:
+            assert resp.status == 303 and resp.headers["Location"] == "/#/services"
+        async with browser.get(console["console_url"] + "/console/session") as resp:
+            assert (await resp.json())["email"] == "alice@example.com"
+        async with browser.get(target, allow_redirects=False) as resp:  # single use
+            assert resp.headers["Location"] != "/#/services"
+        # the console's /api/ does not serve it (a session must not mint links)
+        session = await (await browser.get(console["console_url"] + "/console/session")).json()
+        async with browser.post(console["console_url"] + "/api/login-links", json={},
+                                headers={CSRF_HEADER: session["csrf_token"],
+                                         "Origin": console["console_url"]}) as resp:
+            assert resp.status in (404, 405), await resp.text()
+
+    conn = ["--endpoint", console["url"], "--access-key", alice.access_key, "--secret-key", alice.secret_key]
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, main, [*conn, "console", "login-link"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "/console/login-link?token=" in out and parts.query not in out

@@ -90,30 +90,39 @@ function NewFolderModal({ onClose, onDone, mode }) {
     </form><//>`;
 }
 
-export function FolderList() {
+export function FolderList({ user }) {
+  const admin = user && user.role !== "user";
   const [mode, setMode] = useState("model");
+  const [everyone, setEveryone] = useState(false);
   const [folders, setFolders] = useState(null);
   const [error, setError] = useState(null);
   const [creating, setCreating] = useState(false);
   const load = async () => {
-    try { setFolders(await api.get(`/folders?usage_mode=${mode}`)); setError(null); } catch (err) { setError(err); }
+    try { setFolders(await api.get(`/folders?usage_mode=${mode}${everyone ? "&all=true" : ""}`)); setError(null); }
+    catch (err) { setError(err); }
   };
-  useEffect(() => { load(); }, [mode]);
+  useEffect(() => { load(); }, [mode, everyone]);
+  const cols = everyone ? 4 : 3;
   return html`<section class="page">
     <div class="page-head"><h1>Data / model folders</h1>
       <button type="button" class="primary" onClick=${() => setCreating(true)}>Create folder</button></div>
     <div class="toolbar"><div role="radiogroup" aria-label="Usage mode" class="segmented">
       ${MODES.map(([value, label]) => html`<label><input type="radio" name="usage" value=${value}
-        checked=${mode === value} onChange=${() => setMode(value)} />${label}</label>`)}</div></div>
+        checked=${mode === value} onChange=${() => setMode(value)} />${label}</label>`)}</div>
+      ${admin ? html`<label class="check"><input type="checkbox" checked=${everyone}
+        onChange=${(e) => setEveryone(e.target.checked)} /> Every user's folders</label>` : null}</div>
     <${ErrorBox} error=${error} />
     <div class="table-wrap"><table class="folders">
       <caption class="sr-only">Folders</caption>
-      <thead><tr><th scope="col">Name</th><th scope="col">Usage mode</th><th scope="col">Created at</th></tr></thead>
+      <thead><tr><th scope="col">Name</th><th scope="col">Usage mode</th>
+        ${everyone ? html`<th scope="col">Owner</th>` : null}<th scope="col">Created at</th></tr></thead>
       <tbody>
         ${(folders || []).map((f) => html`<tr key=${f.id} data-folder=${f.name}>
           <td data-label="Name"><a href=${`#/folders/${f.id}`}>${f.name}</a></td>
-          <td data-label="Usage mode">${f.usage_mode}</td><td data-label="Created at">${fmtDate(f.created_at)}</td></tr>`)}
-        ${folders && !folders.length ? html`<tr><td colspan="3" class="muted">No ${mode} folders.</td></tr>` : null}
+          <td data-label="Usage mode">${f.usage_mode}</td>
+          ${everyone ? html`<td data-label="Owner">${f.owner_email || f.user}</td>` : null}
+          <td data-label="Created at">${fmtDate(f.created_at)}</td></tr>`)}
+        ${folders && !folders.length ? html`<tr><td colspan=${cols} class="muted">No ${mode} folders.</td></tr>` : null}
       </tbody></table></div>
     ${creating ? html`<${NewFolderModal} mode=${mode} onClose=${() => setCreating(false)}
         onDone=${() => { setCreating(false); load(); }} />` : null}

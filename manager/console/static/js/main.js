@@ -35,7 +35,7 @@ function Page({ route, user }) {
   if (a === "chat") return html`<${ChatPage} query=${route.query} />`;
   if (a === "folders" && b && c === "edit") return html`<${DefinitionEditor} folderId=${b} path=${route.query.get("path") || ""} />`;
   if (a === "folders" && b) return html`<${FolderExplorer} folderId=${b} path=${route.query.get("path") || ""} />`;
-  if (a === "folders") return html`<${FolderList} />`;
+  if (a === "folders") return html`<${FolderList} user=${user} />`;
   if (a === "store") return html`<${ModelStore} />`;
   if (a === "api-keys") return html`<${ApiKeysPage} user=${user} />`;
   if (a === "usage") return html`<${UsagePage} user=${user} />`;
