@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 
@@ -78,6 +78,9 @@ class ValidateDefinitionResponse(_Resp):
     kind: Literal["model", "service"]
     valid: bool
     errors: list[DefinitionErrorItem]
+    definition: dict[str, Any] | None = Field(
+        None, description="a valid service-definition.toml as parsed: its root tables and its variant tables (the "
+                          "launcher pre-fills its form from them)")
 
 
 class OpenUploadRequest(_Strict):

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from aiohttp import web
 
+from common.definitions import parse_service_definition
 from common.errors import InvalidAPIParameters, ModelDefinitionInvalid, PayloadTooLarge
 from manager import folder_tree, uploads
 from manager.api.auth import caller_of
@@ -28,7 +29,7 @@ from manager.api.console_schemas import (
 from manager.api.util import VERIFIED_BODY, json_response, parse_body, parse_uuid, read_limited
 from manager.context import CTX
 from manager.db.models import ModelFolder
-from manager.definition_check import check_definition, kind_of
+from manager.definition_check import DefinitionKind, check_definition, kind_of
 from manager.endpoints import find_folder
 from manager.folders import safe_relative_path
 
@@ -187,7 +188,9 @@ async def validate_definition(request: web.Request) -> web.Response:
         raise InvalidAPIParameters("path: must name model-definition.yaml, model-definition.yml or "
                                    "service-definition.toml")
     problems = check_definition(kind, body.content)
-    return json_response(ValidateDefinitionResponse(kind=kind.value, valid=not problems,
+    definition = (parse_service_definition(body.content).model_dump(mode="json")
+                  if kind is DefinitionKind.SERVICE and not problems else None)
+    return json_response(ValidateDefinitionResponse(kind=kind.value, valid=not problems, definition=definition,
                                                     errors=[p.to_json() for p in problems]).model_dump(mode="json"))
 
 

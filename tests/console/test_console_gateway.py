@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.console.conftest import Console, assert_every_control_named, login_with_keys, shot, unique
+from tests.console.conftest import ECHO, Console, assert_every_control_named, login_with_keys, shot, unique
 from tests.e2e.harness import moorage, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -247,3 +247,52 @@ def test_admin_sees_folder_owners_and_cli_login_link(console: Console, browser: 
     used.goto(url)
     used.get_by_text("This login link was already used or has expired").wait_for()
     again.close()
+
+
+SERVICE_DEF = """[environment]
+image = "registry.example.com/echo:1"
+
+[resource_slots]
+cpu = 0.5
+mem = "128m"
+
+[environ]
+GREETING = "from-file"
+
+[custom.environ]
+VARIANT_ONLY = "yes"
+"""
+
+
+def test_launcher_prefills_from_service_definition(console: Console, page: Any, tmp_path: Any) -> None:
+    """The chosen folder's service-definition.toml (read through the folder file API) fills the form, each value
+    marked as coming from the file; what the user typed is kept when another folder is chosen."""
+    import shutil
+
+    folder = tmp_path / "echo-def"
+    shutil.copytree(ECHO, folder)
+    (folder / "service-definition.toml").write_text(SERVICE_DEF)
+    console.cli("folder", "create", "echo-def")
+    console.cli("folder", "upload", "echo-def", str(folder))
+    login_with_keys(page, console)
+    page.get_by_role("link", name="Start Service").click()
+    page.get_by_label("Model Storage To Mount").select_option("echo-def")
+    page.get_by_role("status").filter(has_text="Pre-filled from echo-def/service-definition.toml").wait_for()
+    assert page.get_by_label("Environment / Version").input_value() == "registry.example.com/echo:1"
+    assert page.locator("#image-hint").inner_text() == "From service-definition.toml"
+    assert page.get_by_label("Resource Presets").input_value() == "custom"
+    assert page.locator("#preset-hint").inner_text() == "From service-definition.toml"
+    assert page.get_by_label("CPU").input_value() == "0.5" and page.get_by_label("Memory").input_value() == "128m"
+    env = {page.get_by_label(f"Variable name {i}").input_value(): page.get_by_label(f"Variable value {i}").input_value()
+           for i in (1, 2)}
+    assert env == {"GREETING": "from-file", "VARIANT_ONLY": "yes"}  # root < the runtime variant's table
+    assert page.locator(".env-row .from-file").count() == 2
+    shot(page, "37-launcher-prefilled")
+    assert_every_control_named(page)
+
+    page.get_by_label("Environment / Version").fill("mine:2")  # typed by the user: kept
+    page.get_by_label("Model Storage To Mount").select_option("echo")  # a folder without the file
+    page.get_by_label("Variable name 1").wait_for(state="detached")  # the file's variables leave with it
+    assert page.get_by_label("Environment / Version").input_value() == "mine:2"
+    assert page.get_by_label("Resource Presets").input_value() == "cpu-small"  # back to the default
+    assert page.get_by_role("status").filter(has_text="Pre-filled").count() == 0

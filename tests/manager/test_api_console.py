@@ -259,7 +259,15 @@ async def test_definition_checks_and_editor_saves(mgr: Manager) -> None:
                                "line": 5}]
     status, body = await alice.request("POST", "/folders/defs/definitions/validate",
                                        {"path": "model-definition.yaml", "content": ECHO_DEF})
-    assert status == 200 and body == {"kind": "model", "valid": True, "errors": []}
+    assert status == 200 and body == {"kind": "model", "valid": True, "errors": [], "definition": None}
+    good_toml = ('[environment]\nimage = "img:1"\n[resource_slots]\ncpu = 2\nmem = "4g"\n[environ]\nA = "1"\n'
+                 '[vllm.environ]\nB = "2"\n')
+    status, body = await alice.request("POST", "/folders/defs/definitions/validate",
+                                       {"path": "service-definition.toml", "content": good_toml})
+    assert status == 200 and body["valid"], body  # the launcher pre-fills its form from the parsed definition
+    assert body["definition"]["environment"]["image"] == "img:1" and body["definition"]["environ"] == {"A": "1"}
+    assert body["definition"]["resource_slots"] == {"cpu": 2, "mem": "4g"}
+    assert body["definition"]["vllm"] == {"environ": {"B": "2"}}
     bad_toml = '[environment]\nimage = "x"\n\n[vllm]\nbogus = 1\n'
     status, body = await alice.request("POST", "/folders/defs/definitions/validate",
                                        {"path": "sub/service-definition.toml", "content": bad_toml})

@@ -59,6 +59,65 @@ export function createBody(form) {
   return body;
 }
 
+// -- pre-fill from the model folder's service-definition.toml (docs/console.md, "Start Service") -----------------
+const SERVICE_DEFINITION = "service-definition.toml";
+const SLOT_FIELDS = { cpu: "cpu", mem: "mem", "cuda.device": "gpu", "cuda.shares": "fgpu" };
+
+// The file's values for a runtime variant: the root tables < the variant's table, as the server resolves them.
+export function resolveDefinition(def, variant) {
+  const out = { image: (def.environment && def.environment.image) || "", slots: { ...(def.resource_slots || {}) },
+                environ: { ...(def.environ || {}) } };
+  const section = def[variant];
+  if (section && typeof section === "object" && !Array.isArray(section)) {
+    if (section.environment && section.environment.image) out.image = section.environment.image;
+    Object.assign(out.slots, section.resource_slots || {});
+    Object.assign(out.environ, section.environ || {});
+  }
+  return out;
+}
+
+// Apply the file's values to the fields the user has not touched; `fromFile` names the fields it set (shown as
+// such). Fields a previous folder's file set are first put back to their defaults.
+export function prefill(form, resolved, touched, previous) {
+  const blank = blankForm();
+  const next = { ...form, env: form.env.filter((row) => !row.file) };
+  for (const key of previous) {
+    if (touched.has(key)) continue;
+    if (key === "image") next.image = blank.image;
+    if (key === "preset") for (const k of ["preset", "cpu", "mem", "gpu", "fgpu"]) next[k] = blank[k];
+  }
+  const fromFile = new Set();
+  if (!resolved) return { form: next, fromFile };
+  if (resolved.image && !touched.has("image")) { next.image = resolved.image; fromFile.add("image"); }
+  const slots = Object.entries(resolved.slots).filter(([k]) => k in SLOT_FIELDS);
+  if (slots.length && !touched.has("preset")) {
+    Object.assign(next, { preset: "custom", cpu: "", mem: "", gpu: "", fgpu: "" });
+    for (const [k, v] of slots) next[SLOT_FIELDS[k]] = String(v);
+    fromFile.add("preset");
+  }
+  const typed = new Set(next.env.map((row) => row.key.trim()));
+  for (const [key, value] of Object.entries(resolved.environ)) {
+    if (!typed.has(key)) next.env.push({ key, value: String(value), file: true });
+  }
+  if (next.env.some((row) => row.file)) fromFile.add("env");
+  return { form: next, fromFile };
+}
+
+// The folder's service-definition.toml through the folder file API: {definition} (parsed by the server's own
+// schema), {errors} when it is invalid, or {} when the folder has none.
+async function loadServiceDefinition(folder) {
+  const base = `/folders/${encodeURIComponent(folder)}`;
+  let text;
+  try {
+    text = await api.get(`${base}/download?path=${SERVICE_DEFINITION}`);
+  } catch (err) {
+    if (err.status === 404) return {};
+    throw err;
+  }
+  const out = await api.post(`${base}/definitions/validate`, { path: SERVICE_DEFINITION, content: String(text) });
+  return out.valid ? { definition: out.definition || {} } : { errors: out.errors };
+}
+
 function sameJson(a, b) { return JSON.stringify(a) === JSON.stringify(b); }
 
 // Edit: only what changed (PATCH /services/{id} keeps every field left out).
@@ -195,6 +254,10 @@ export function Launcher({ serviceId }) {
   const [busy, setBusy] = useState(false);
   const [validating, setValidating] = useState(null);
   const [loaded, setLoaded] = useState(!editing);
+  const touched = useRef(new Set());  // fields the user changed: the file never overwrites them
+  const [fromFile, setFromFile] = useState(new Set());
+  const fromFileRef = useRef(new Set());
+  const [fileNote, setFileNote] = useState(null);  // {folder, definition?, errors?}
 
   useEffect(() => {
     (async () => {
@@ -216,13 +279,33 @@ export function Launcher({ serviceId }) {
     })();
   }, [serviceId]);
 
+  useEffect(() => {  // pre-fill from the chosen folder's service-definition.toml (new services only)
+    if (editing || !form.model) return;
+    let current = true;
+    loadServiceDefinition(form.model).then((file) => {
+      if (!current) return;
+      setFileNote({ folder: form.model, ...file });
+      const resolved = file.definition ? resolveDefinition(file.definition, form.runtime_variant) : null;
+      const previous = fromFileRef.current;
+      setForm((old) => {
+        const out = prefill(old, resolved, touched.current, previous);
+        fromFileRef.current = out.fromFile;
+        return out.form;
+      });
+      setFromFile(resolved ? prefill(form, resolved, touched.current, previous).fromFile : new Set());
+    }).catch(() => { if (current) setFileNote(null); });
+    return () => { current = false; };
+  }, [form.model, form.runtime_variant]);
+
   const set = (key) => (e) => {
     const value = e.target.type === "checkbox" ? e.target.checked : e.target.value;
+    if (!["model", "runtime_variant"].includes(key)) touched.current.add(["cpu", "mem", "gpu", "fgpu"].includes(key) ? "preset" : key);
     setForm((old) => ({ ...old, [key]: value }));
     if (key === "name") setErrors((old) => ({ ...old, name: value && nameProblem(value) }));
   };
   const setEnv = (i, key, value) => setForm((old) => ({
-    ...old, env: old.env.map((row, j) => (i === j ? { ...row, [key]: value } : row)) }));
+    ...old, env: old.env.map((row, j) => (i === j ? { ...row, [key]: value, file: false } : row)) }));
+  const fileHint = (key, other) => (fromFile.has(key) ? `From ${SERVICE_DEFINITION}` : other);
   const toggleMount = (name) => setForm((old) => ({ ...old, extra_mounts: old.extra_mounts.includes(name)
     ? old.extra_mounts.filter((n) => n !== name) : [...old.extra_mounts, name] }));
 
@@ -270,6 +353,11 @@ export function Launcher({ serviceId }) {
   return html`<section class="page">
     <h1>${editing ? `Edit ${form.name}` : "Start Service"}</h1>
     <form class="card launcher" onSubmit=${submit} novalidate>
+      ${fileNote && fileNote.folder === form.model && (fileNote.definition || fileNote.errors) ? html`
+        <p class=${fileNote.errors ? "error-box" : "hint file-note"} role="status">${fileNote.errors
+          ? `${form.model}/${SERVICE_DEFINITION} has errors (${fileNote.errors.map((e) => `${e.field}: ${e.reason}`).join("; ")}): the server will refuse the service until it is fixed.`
+          : fromFile.size ? `Pre-filled from ${form.model}/${SERVICE_DEFINITION}: ${[...fromFile].map((k) => ({ image: "image", preset: "resources", env: "variables" })[k]).join(", ")} (marked below; what you change wins).`
+          : `${form.model}/${SERVICE_DEFINITION} sets nothing this form shows.`}</p>` : null}
       <${Field} id="name" label="Service name" error=${errors.name} hint=${editing ? "The name cannot change." : NAME_RULE}>
         <input id="name" value=${form.name} onInput=${set("name")} disabled=${editing} required
                aria-invalid=${errors.name ? "true" : "false"} aria-describedby=${described("name") || "name-hint"} />
@@ -310,7 +398,8 @@ export function Launcher({ serviceId }) {
         <${Field} id="replicas" label="Number of replicas" error=${errors.replicas}>
           <input id="replicas" type="number" min="0" step="1" value=${form.replicas} onInput=${set("replicas")} />
         <//>
-        <${Field} id="image" label="Environment / Version" error=${errors.image} hint="Image; empty: the runtime's default">
+        <${Field} id="image" label="Environment / Version" error=${errors.image}
+                  hint=${fileHint("image", "Image; empty: the runtime's default")}>
           <input id="image" value=${form.image} onInput=${set("image")} placeholder="default" />
         <//>
       </div>
@@ -320,7 +409,7 @@ export function Launcher({ serviceId }) {
             <option value="default">default</option>
           </select>
         <//>
-        <${Field} id="preset" label="Resource Presets" error=${errors.resources}>
+        <${Field} id="preset" label="Resource Presets" error=${errors.resources} hint=${fileHint("preset", null)}>
           <select id="preset" value=${form.preset} onChange=${set("preset")}>
             ${PRESETS.map((p) => html`<option value=${p.id}>${p.label}</option>`)}
           </select>
@@ -347,6 +436,7 @@ export function Launcher({ serviceId }) {
                  onInput=${(e) => setEnv(i, "key", e.target.value)} />
           <input aria-label=${"Variable value " + (i + 1)} placeholder="value" value=${row.value}
                  onInput=${(e) => setEnv(i, "value", e.target.value)} />
+          ${row.file ? html`<span class="from-file" title=${"From " + SERVICE_DEFINITION}>file</span>` : null}
           <button type="button" class="icon" aria-label=${"Remove variable " + (i + 1)}
                   onClick=${() => setForm((old) => ({ ...old, env: old.env.filter((_, j) => j !== i) }))}><${Icon} name="close" /></button>
         </div>`)}
