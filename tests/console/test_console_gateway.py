@@ -144,6 +144,7 @@ def test_usage_page_charts_table_and_csv(console: Console, page: Any) -> None:
 
 
 def test_phone_width_api_keys_and_usage(console: Console, browser: Any) -> None:
+    console.cli("key", "create", unique("phone"), "--models", SERVICE, "--rpm", "10", "--expires", "30d")
     context = browser.new_context(viewport={"width": 390, "height": 844})
     page = context.new_page()
     login_with_keys(page, console)
