@@ -32,7 +32,7 @@ from manager.api.auth import caller_of
 from manager.api.util import json_response, parse_body, parse_uuid
 from manager.apikeys import aware, publish_key
 from manager.context import CTX
-from manager.db.models import ApiKey, UsageRecordRow
+from manager.db.models import ApiKey, UsageRecordRow, User
 from manager.durations import parse_duration
 from manager.ownership import can_act_for, owner_visibility
 
@@ -104,6 +104,7 @@ class ApiKeyInfo(BaseModel):
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None = Field(None, description="the latest request recorded for the key (lists only)")
+    owner_email: str | None = Field(None, description="the owner's e-mail (lists only)")
 
 
 class NewApiKeyResponse(ApiKeyInfo):
@@ -126,12 +127,13 @@ async def _publish(ctx: Any, db: Any, row: ApiKey, what: str) -> None:
                                  headers={"Retry-After": "2"}) from None
 
 
-def _info(key: ApiKey, last_used: datetime | None = None) -> dict[str, Any]:
+def _info(key: ApiKey, last_used: datetime | None = None, owner_email: str | None = None) -> dict[str, Any]:
     return ApiKeyInfo(id=key.id, name=key.name, owner_id=key.owner_id, hint=key.hint,
                       allowed_models=list(key.allowed_models or []), rpm=key.rpm, tpm=key.tpm,
                       max_parallel=key.max_parallel, budget=key.budget, expires_at=aware(key.expires_at),
                       priority=key.priority, metadata=dict(key.meta or {}), created_at=aware(key.created_at),
-                      revoked_at=aware(key.revoked_at), last_used_at=aware(last_used)).model_dump(mode="json")
+                      revoked_at=aware(key.revoked_at), last_used_at=aware(last_used),
+                      owner_email=owner_email).model_dump(mode="json")
 
 
 def _expiry(body: _Body, now: datetime) -> tuple[bool, datetime | None]:
@@ -195,10 +197,10 @@ async def list_api_keys(request: web.Request) -> web.Response:
     everyone = request.query.get("all", "false").lower() == "true"
     condition = owner_visibility(caller, ApiKey.owner_id) if everyone else ApiKey.owner_id == caller.user_id
     async with request.app[CTX].db() as db:
-        keys = list((await db.execute(sa.select(ApiKey).where(condition)
-                                      .order_by(ApiKey.created_at.desc()).limit(MAX_KEYS_LISTED))).scalars())
-        last_used = await _last_used(db, [k.id for k in keys])
-        return json_response({"api_keys": [_info(k, last_used.get(k.id)) for k in keys]})
+        rows = (await db.execute(sa.select(ApiKey, User.email).join(User, User.id == ApiKey.owner_id)
+                                 .where(condition).order_by(ApiKey.created_at.desc()).limit(MAX_KEYS_LISTED))).all()
+        last_used = await _last_used(db, [k.id for k, _ in rows])
+        return json_response({"api_keys": [_info(k, last_used.get(k.id), email) for k, email in rows]})
 
 
 async def _last_used(db: Any, key_ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime]:

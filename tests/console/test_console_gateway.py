@@ -131,6 +131,8 @@ def test_usage_page_charts_table_and_csv(console: Console, page: Any) -> None:
     assert cells[1] == SERVICE and int(cells[2]) == 4, cells
     page.get_by_label("API key").check()
     table.locator("tr").filter(has_text=name).wait_for()  # the key's name, not its id
+    page.get_by_label("User", exact=True).check()  # admins: by user, shown by e-mail
+    table.locator("tr").filter(has_text="admin@moorage.local").wait_for()
     shot(page, "32-usage")
     assert_every_control_named(page)
     with page.expect_download() as download:
@@ -138,7 +140,8 @@ def test_usage_page_charts_table_and_csv(console: Console, page: Any) -> None:
     rows = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
     ours = [r for r in rows if r["key_name"] == name]
     assert ours and ours[0]["model"] == SERVICE and int(ours[0]["requests"]) == 4, rows
-    assert set(rows[0]) >= {"day", "model", "key", "key_name", "requests", "prompt_tokens", "total_tokens"}
+    assert set(rows[0]) >= {"day", "model", "key", "key_name", "user", "user_email", "requests", "prompt_tokens",
+                            "total_tokens"}
     page.get_by_label("Time range").select_option("1d")
     table.locator("tr").filter(has_text=name).wait_for()
 

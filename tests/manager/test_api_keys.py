@@ -220,3 +220,4 @@ async def test_list_shows_when_each_key_was_last_used(manager: dict) -> None:
     by_name = {k["name"]: k for k in listed["api_keys"]}
     assert by_name["used"]["last_used_at"].startswith("2023-11-14T22:15:00")
     assert by_name["idle"]["last_used_at"] is None
+    assert by_name["used"]["owner_email"] == "alice@example.com"

@@ -1,7 +1,7 @@
 // API Keys: the gateway's tenant keys (docs/gateway.md, docs/console.md "API Keys"): list, Create API key (the key
 // shown once), Edit limits, Revoke. Everything goes through the manager's /api-keys routes.
 import { api } from "./api.js";
-import { html, useEffect, useState } from "./lib.js";
+import { html, useEffect, useRef, useState } from "./lib.js";
 import { CopyButton, ErrorBox, Field, Modal, fmtDate } from "./ui.js";
 
 const PRIORITIES = ["low", "standard", "high"];
@@ -185,11 +185,14 @@ export function ApiKeysPage({ user }) {
   const [error, setError] = useState(null);
   const [modal, setModal] = useState(null);  // {kind: "create" | "edit" | "revoke", key}
   const admin = user && user.role !== "user";
+  const asked = useRef("");  // the latest query: an older answer arriving late is dropped
   const load = async () => {
+    const query = "/api-keys" + (everyone ? "?all=true" : "");
+    asked.current = query;
     try {
-      setKeys((await api.get("/api-keys" + (everyone ? "?all=true" : ""))).api_keys);
-      setError(null);
-    } catch (err) { setError(err); }
+      const out = await api.get(query);
+      if (asked.current === query) { setKeys(out.api_keys); setError(null); }
+    } catch (err) { if (asked.current === query) setError(err); }
   };
   useEffect(() => { load(); }, [everyone]);
   useEffect(() => { modelNames().then(setModels).catch(setError); }, []);
@@ -224,7 +227,7 @@ export function ApiKeysPage({ user }) {
         <td data-label="Created">${fmtDate(k.created_at)}</td>
         <td data-label="Last used">${k.last_used_at ? fmtDate(k.last_used_at) : "never"}</td>
         <td data-label="State">${keyState(k)}</td>
-        ${everyone ? html`<td data-label="Owner"><code title=${k.owner_id}>${k.owner_id.slice(0, 8)}</code></td>` : null}
+        ${everyone ? html`<td data-label="Owner" title=${k.owner_id}>${k.owner_email || k.owner_id}</td>` : null}
         <td class="actions">${k.revoked_at ? null : html`
           <button type="button" class="small" aria-label=${"Edit limits of " + k.name}
                   onClick=${() => setModal({ kind: "edit", key: k })}>Edit limits</button>

@@ -97,9 +97,14 @@ export function FolderList({ user }) {
   const [folders, setFolders] = useState(null);
   const [error, setError] = useState(null);
   const [creating, setCreating] = useState(false);
+  const asked = useRef("");  // the latest query: an older answer arriving late is dropped
   const load = async () => {
-    try { setFolders(await api.get(`/folders?usage_mode=${mode}${everyone ? "&all=true" : ""}`)); setError(null); }
-    catch (err) { setError(err); }
+    const query = `/folders?usage_mode=${mode}${everyone ? "&all=true" : ""}`;
+    asked.current = query;
+    try {
+      const out = await api.get(query);
+      if (asked.current === query) { setFolders(out); setError(null); }
+    } catch (err) { if (asked.current === query) setError(err); }
   };
   useEffect(() => { load(); }, [mode, everyone]);
   const cols = everyone ? 4 : 3;

@@ -90,10 +90,14 @@ export function UsagePage({ user }) {
   const [chartRows, setChartRows] = useState(null);
   const [table, setTable] = useState(null);
   const [keyNames, setKeyNames] = useState({});
+  const [userNames, setUserNames] = useState({});  // every usage record has a key, so its owner is listed
   const [error, setError] = useState(null);
   useEffect(() => {
     api.get("/api-keys" + (admin ? "?all=true" : ""))
-      .then((out) => setKeyNames(Object.fromEntries(out.api_keys.map((k) => [k.id, k.name])))).catch(() => {});
+      .then((out) => {
+        setKeyNames(Object.fromEntries(out.api_keys.map((k) => [k.id, k.name])));
+        setUserNames(Object.fromEntries(out.api_keys.filter((k) => k.owner_email).map((k) => [k.owner_id, k.owner_email])));
+      }).catch(() => {});
   }, []);
   useEffect(() => {
     let current = true;
@@ -106,10 +110,11 @@ export function UsagePage({ user }) {
 
   const groups = admin ? GROUPS : GROUPS.filter((g) => g !== "user");
   const toggle = (g) => setBy(by.includes(g) ? by.filter((x) => x !== g) : GROUPS.filter((x) => x === g || by.includes(x)));
-  const rows = table ? table.rows.map((r) => (r.key ? { ...r, key_name: keyNames[r.key] || "" } : r)) : [];
-  const columns = table ? usageColumns(table.by, rows).filter((c) => c !== "key_name") : [];
-  const csvColumns = by.includes("key") ? [...columns.slice(0, columns.indexOf("key") + 1), "key_name",
-                                            ...columns.slice(columns.indexOf("key") + 1)] : columns;
+  const named = (r) => ({ ...r, ...(r.key ? { key_name: keyNames[r.key] || "" } : {}),
+                          ...(r.user ? { user_email: userNames[r.user] || "" } : {}) });
+  const rows = table ? table.rows.map(named) : [];
+  const columns = table ? usageColumns(table.by, rows).filter((c) => c !== "key_name" && c !== "user_email") : [];
+  const csvColumns = columns.flatMap((c) => (c === "key" ? ["key", "key_name"] : c === "user" ? ["user", "user_email"] : [c]));
   const extra = chartRows ? usageColumns([], chartRows).filter((c) => !METRICS.includes(c)) : [];
   const byDay = chartRows ? fillDays(sumBy(chartRows, "day", extra), parseInt(range, 10), Date.now()) : [];
   const byModel = chartRows ? sumBy(chartRows, "model", extra).sort((a, b) => b.total_tokens - a.total_tokens) : [];
@@ -123,7 +128,8 @@ export function UsagePage({ user }) {
     a.remove();
     setTimeout(() => URL.revokeObjectURL(a.href), 1000);
   };
-  const cell = (r, c) => (c === "key" && r.key ? html`${r.key_name || html`<code>${r.key.slice(0, 8)}</code>`}` : fmt(r[c]));
+  const cell = (r, c) => (c === "key" && r.key ? html`${r.key_name || html`<code>${r.key.slice(0, 8)}</code>`}`
+    : c === "user" && r.user ? html`${r.user_email || html`<code>${r.user.slice(0, 8)}</code>`}` : fmt(r[c]));
   return html`<section class="page">
     <div class="page-head"><h1>Usage</h1>
       <button type="button" disabled=${!table} onClick=${download}>Download CSV</button></div>
