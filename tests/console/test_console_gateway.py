@@ -300,3 +300,27 @@ def test_launcher_prefills_from_service_definition(console: Console, page: Any, 
     assert page.get_by_label("Environment / Version").input_value() == "mine:2"
     assert page.get_by_label("Resource Presets").input_value() == "cpu-small"  # back to the default
     assert page.get_by_role("status").filter(has_text="Pre-filled").count() == 0
+
+
+def test_api_keys_by_keyboard(console: Console, page: Any) -> None:
+    """Create API key by keyboard alone: the dialog takes focus, Enter submits, Escape closes and gives focus
+    back to the button that opened it."""
+    login_with_keys(page, console)
+    page.get_by_role("link", name="API Keys").click()
+    page.get_by_role("heading", name="API Keys").wait_for()
+    page.get_by_role("button", name="Create API key").focus()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog", name="Create API key")
+    dialog.wait_for()
+    assert page.evaluate("document.activeElement.id") == "key-name"
+    name = unique("kbd")
+    page.keyboard.type(name)
+    page.keyboard.press("Tab")  # on to the model checkboxes: focus stays inside the dialog
+    assert page.evaluate("!!document.activeElement.closest('[role=dialog]')")
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Enter")
+    dialog.locator("#new-api-key").wait_for()
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="detached")
+    assert page.evaluate("document.activeElement.textContent") == "Create API key"
+    page.locator(f"tr[data-key='{name}']").wait_for()
