@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -143,6 +144,16 @@ def test_usage_page_charts_table_and_csv(console: Console, page: Any) -> None:
     assert set(rows[0]) >= {"day", "model", "key", "key_name", "user", "user_email", "requests", "prompt_tokens",
                             "total_tokens"}
     page.get_by_label("Time range").select_option("1d")
+    table.locator("tr").filter(has_text=name).wait_for()
+    page.get_by_label("Time range").select_option("custom")  # whole UTC days, From..To
+    page.get_by_label("From", exact=True).fill("2020-01-01")
+    page.get_by_label("To", exact=True).fill("2020-01-31")
+    table.get_by_text("No usage in this range.").wait_for()
+    assert page.locator("figure.chart").filter(has_text="Tokens per day").locator(".bar").count() == 31
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    page.get_by_label("To", exact=True).fill(today)
+    page.get_by_role("alert").filter(has_text="at most a year apart").wait_for()  # over a year: said, not sent
+    page.get_by_label("From", exact=True).fill(today)
     table.locator("tr").filter(has_text=name).wait_for()
 
 

@@ -6,7 +6,18 @@ import { html, useEffect, useState } from "./lib.js";
 import { ErrorBox } from "./ui.js";
 
 const RANGES = [["1d", "Last 24 hours"], ["7d", "Last 7 days"], ["30d", "Last 30 days"], ["90d", "Last 90 days"],
-                ["365d", "Last 365 days"]];
+                ["365d", "Last 365 days"], ["custom", "Custom dates"]];
+const today = () => new Date().toISOString().slice(0, 10);
+
+// The query's since/until for a range: a duration, or whole UTC days From..To (To included); null when invalid.
+export function rangeQuery(range, from, to) {
+  if (range !== "custom") return { query: `since=${range}`, days: parseInt(range, 10), end: Date.now() };
+  const a = Date.parse(from + "T00:00:00Z"), b = Date.parse(to + "T00:00:00Z");
+  if (isNaN(a) || isNaN(b) || b < a || b - a > 365 * 86400e3) return null;
+  const until = new Date(b + 86400e3).toISOString();
+  return { query: `since=${encodeURIComponent(new Date(a).toISOString())}&until=${encodeURIComponent(until)}`,
+           days: Math.round((b - a) / 86400e3) + 1, end: b };
+}
 const GROUPS = ["day", "model", "key", "user"];
 const METRICS = ["requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors"];
 const LABELS = { day: "Day", model: "Model", key: "API key", user: "User", requests: "Requests",
@@ -86,6 +97,9 @@ function Bars({ title, items, field }) {
 export function UsagePage({ user }) {
   const admin = user && user.role !== "user";
   const [range, setRange] = useState("7d");
+  const [from, setFrom] = useState(() => new Date(Date.now() - 6 * 86400e3).toISOString().slice(0, 10));
+  const [to, setTo] = useState(today);
+  const span = rangeQuery(range, from, to);
   const [by, setBy] = useState(["day", "model"]);
   const [chartRows, setChartRows] = useState(null);
   const [table, setTable] = useState(null);
@@ -100,13 +114,14 @@ export function UsagePage({ user }) {
       }).catch(() => {});
   }, []);
   useEffect(() => {
+    if (!span) { setError(new Error("Custom dates: From must be a day on or before To, at most a year apart")); return undefined; }
     let current = true;
-    const q = (groups) => api.get(`/usage?by=${groups.join(",")}&since=${encodeURIComponent(range)}`);
+    const q = (groups) => api.get(`/usage?by=${groups.join(",")}&${span.query}`);
     Promise.all([q(["day", "model"]), by.length ? q(by) : q([])])
       .then(([charts, grouped]) => { if (current) { setChartRows(charts.rows); setTable(grouped); setError(null); } })
       .catch((err) => { if (current) setError(err); });
     return () => { current = false; };
-  }, [range, by.join()]);
+  }, [span && span.query, by.join()]);
 
   const groups = admin ? GROUPS : GROUPS.filter((g) => g !== "user");
   const toggle = (g) => setBy(by.includes(g) ? by.filter((x) => x !== g) : GROUPS.filter((x) => x === g || by.includes(x)));
@@ -116,13 +131,13 @@ export function UsagePage({ user }) {
   const columns = table ? usageColumns(table.by, rows).filter((c) => c !== "key_name" && c !== "user_email") : [];
   const csvColumns = columns.flatMap((c) => (c === "key" ? ["key", "key_name"] : c === "user" ? ["user", "user_email"] : [c]));
   const extra = chartRows ? usageColumns([], chartRows).filter((c) => !METRICS.includes(c)) : [];
-  const byDay = chartRows ? fillDays(sumBy(chartRows, "day", extra), parseInt(range, 10), Date.now()) : [];
+  const byDay = chartRows && span ? fillDays(sumBy(chartRows, "day", extra), span.days, span.end) : [];
   const byModel = chartRows ? sumBy(chartRows, "model", extra).sort((a, b) => b.total_tokens - a.total_tokens) : [];
   const download = () => {
     const blob = new Blob([toCsv(csvColumns, rows)], { type: "text/csv" });
     const a = document.createElement("a");
     a.href = URL.createObjectURL(blob);
-    a.download = `moorage-usage-${by.join("-") || "total"}-${range}.csv`;
+    a.download = `moorage-usage-${by.join("-") || "total"}-${range === "custom" ? `${from}-${to}` : range}.csv`;
     document.body.appendChild(a);
     a.click();
     a.remove();
@@ -138,6 +153,9 @@ export function UsagePage({ user }) {
     <div class="toolbar">
       <label>Time range <select value=${range} onChange=${(e) => setRange(e.target.value)}>
         ${RANGES.map(([v, text]) => html`<option value=${v}>${text}</option>`)}</select></label>
+      ${range === "custom" ? html`<label>From <input type="date" value=${from} max=${to}
+          onInput=${(e) => setFrom(e.target.value)} /></label>
+        <label>To <input type="date" value=${to} min=${from} onInput=${(e) => setTo(e.target.value)} /></label>` : null}
       <fieldset class="segmented" aria-label="Group the table by"><legend class="sr-only">Group the table by</legend>
         ${groups.map((g) => html`<label key=${g}><input type="checkbox" checked=${by.includes(g)}
           onChange=${() => toggle(g)} /> ${label(g)}</label>`)}</fieldset>
