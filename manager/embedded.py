@@ -139,7 +139,8 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
             await record_usage(db, records)
 
     proxy = AppProxy(pcfg, store, usage_sink=record_gateway_usage)
-    from manager.console.app import console_url, login_link_url, start_console_site
+    from manager.console.app import start_console_site
+    from manager.console.links import console_url, login_link_url
 
     manager_runner = await start_manager_site(manager_app, mcfg)  # loopback, plain HTTP (one machine)
     console_runner: web.AppRunner | None = None

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from common.errors import Conflict
 from manager.api.auth import caller_of
 from manager.api.util import json_response
-from manager.console.app import login_link_url
+from manager.console.links import login_link_url
 from manager.context import CTX
 
 routes = web.RouteTableDef()

@@ -22,7 +22,7 @@ def cmd_login_link(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("console", help="the web console (a one-time login link)")
     sub = parser.add_subparsers(dest="console_command", metavar="COMMAND", required=True)
     link = sub.add_parser("login-link", parents=[connection_parent()],

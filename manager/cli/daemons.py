@@ -21,7 +21,8 @@ def _setup_logging(level: str) -> None:
 
 async def serve_until_signal(app, config) -> None:
     """Run the manager app until SIGTERM/SIGINT, then clean up (cleanup_ctx runs)."""
-    from manager.console.app import console_url, start_console_site
+    from manager.console.app import start_console_site
+    from manager.console.links import console_url
     from manager.context import CTX
     from manager.server import start_manager_site
 

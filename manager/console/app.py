@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.errors import AuthFailed, Forbidden, ProblemError, problem_middleware
 from manager.api.auth import CALLER, UNKNOWN_KEY_SECRET
 from manager.api.util import json_response, parse_body
-from manager.config import ManagerConfig
 from manager.console import sessions
 from manager.console.chat_relay import add_chat_routes
+from manager.console.links import LOGIN_LINK_PATH
 from manager.console.security import (
     SECURITY_HEADERS,
     SESSION_COOKIE,
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 SECURE: web.AppKey[bool] = web.AppKey("moorage_console_secure", bool)
 THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("moorage_console_throttle", LoginThrottle)
-LOGIN_LINK_PATH = "/console/login-link"
 
 
 class TooManyAttempts(ProblemError):
@@ -193,14 +192,6 @@ def build_console_app(ctx: ManagerContext, route_tables: tuple[web.RouteTableDef
     return app
 
 
-def console_url(config: ManagerConfig) -> str:
-    c = config.console
-    if c.public_url:
-        return c.public_url.rstrip("/")
-    scheme = "https" if config.manager.tls_cert_file else "http"
-    return f"{scheme}://{c.listen_host}:{c.listen_port}"
-
-
 async def start_console_site(ctx: ManagerContext) -> web.AppRunner:
     """Serve the console on ``[console] listen_host:listen_port`` (HTTPS with the manager's certificate when it
     has one). The caller cleans the runner up, before the manager's."""
@@ -218,8 +209,3 @@ async def start_console_site(ctx: ManagerContext) -> web.AppRunner:
         raise
     return runner
 
-
-async def login_link_url(ctx: ManagerContext, access_key: str) -> str:
-    """A fresh one-time login URL for the keypair (what `moorage up` prints)."""
-    secret = await sessions.mint_login_link(ctx.db, access_key, ctx.config.console.login_link_ttl)
-    return f"{console_url(ctx.config)}{LOGIN_LINK_PATH}?token={secret}"
