@@ -290,7 +290,7 @@ class Gateway:
                 self._per_key[record.key_id] -= 1
             prompt, completion, estimated = self._used_tokens(parsed, tap)
             if decision is not None and limits.tpm is not None and prompt + completion != reserve:
-                await self.limiter.correct(key_id, request_id, prompt + completion)
+                self.limiter.defer_correct(key_id, request_id, prompt + completion)  # off the answer's path
             ended = asyncio.get_running_loop().time()
             self.meter.add(UsageRecord(
                 request_id=request_id, at=at, key_id=record.key_id, user_id=record.owner_id, model=parsed.model,
