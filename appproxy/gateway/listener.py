@@ -268,8 +268,8 @@ class Gateway:
         try:
             body = upstream_body(parsed, raw)
             table = self._pool(parsed.model, members)
-            clean = request.clone(headers=[(k, v) for k, v in request.headers.items()
-                                           if k.lower() not in DROP_HEADERS])
+            clean = request if "X-API-Key" not in request.headers else request.clone(  # a clone costs: only then
+                headers=[(k, v) for k, v in request.headers.items() if k.lower() not in DROP_HEADERS])
             grant = CorsGrant(b"".join(f"{k}: {v}\r\n".encode() for k, v in extra.items()), tuple(extra.items()))
             try:
                 response, route = await self.forwarder.forward(clean, table, body, cors=grant, tap=tap)
