@@ -82,15 +82,18 @@ class MemoryLimiter:
 # refused 0 none/1 requests/2 tokens, count, total, reset_requests ms, reset_tokens ms, retry ms}.
 # correct(hash, request id, tokens) corrects an entry still in the window (idempotent: it sets, not adds).
 RULES = """
+local UNPACK = 1000
 local function admit(z, h, window, rpm, tpm, reserve, id)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now - window)
   if #expired > 0 then
-    local gone = redis.call('HMGET', h, unpack(expired))
     local freed = 0
-    for _, v in ipairs(gone) do freed = freed + (tonumber(v) or 0) end
-    redis.call('HDEL', h, unpack(expired))
+    for i = 1, #expired, UNPACK do  -- in slices: unpack() of more than Lua's stack (~8000) is an error
+      local part = {unpack(expired, i, math.min(i + UNPACK - 1, #expired))}
+      for _, v in ipairs(redis.call('HMGET', h, unpack(part))) do freed = freed + (tonumber(v) or 0) end
+      redis.call('HDEL', h, unpack(part))
+    end
     redis.call('ZREMRANGEBYSCORE', z, '-inf', now - window)
     if freed > 0 then redis.call('HINCRBY', h, '_total', -freed) end
   end

@@ -88,6 +88,19 @@ async def test_deferred_correction_alone_is_sent_within_the_delay(limiter: Redis
     assert await limiter._redis.hget(hash_key_, "_total") == b"7"
 
 
+async def test_a_busy_window_expiring_at_once(limiter: RedisLimiter) -> None:
+    """A key that ran thousands of requests a minute ago, then paused: all its entries expire in one admission
+    (more than Lua's unpack() takes at once) and the admission still works."""
+    z, h = limiter._keys("busy")
+    ids = [f"old{i}" for i in range(20_000)]
+    await limiter._redis.zadd(z, dict.fromkeys(ids, 1))  # scored at 1 ms after the epoch: long expired
+    await limiter._redis.hset(h, mapping={**dict.fromkeys(ids, 3), "_total": 60_000})
+    decision = await limiter.admit("busy", Limits(rpm=10, tpm=100), 5, "new")
+    assert decision is not None and decision.admitted and decision.requests == 1 and decision.tokens == 5
+    assert limiter.errors == 0
+    assert await limiter._redis.zcard(z) == 1 and await limiter._redis.hlen(h) == 2  # "new" and "_total"
+
+
 class Silent:
     """Accepts connections and never answers: a hung Redis."""
 
