@@ -147,7 +147,8 @@ def main() -> None:
     parser.add_argument("--no-uvloop", action="store_true", help="run the app proxy and the stub on asyncio")
     parser.add_argument("--only", help="comma-separated targets (default: all)")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the app proxy during the gateway's "
-                        "non-streaming load pass (raw format to FILE) and print where the time goes")
+                        "load pass (raw format to FILE) and print where the time goes")
+    parser.add_argument("--profile-mode", choices=("json", "stream"), default="json")
     args = parser.parse_args()
     ensure_tools("nginx", "wrk")
     if shutil.which("redis-cli") is None:
@@ -203,7 +204,7 @@ def main() -> None:
                 url = f"http://127.0.0.1:{port}{PATH}"
                 wrk(url, args.connections, 2, script=scripts[stream])  # warm-up: pools, caches, page faults
                 spy = None
-                if args.profile and name == "gateway" and not stream:
+                if args.profile and name == "gateway" and stream == (args.profile_mode == "stream"):
                     spy = subprocess.Popen([str(Path(PYTHON).parent / "py-spy"), "record", "-p", str(proxy.pid),
                                             "-d", str(max(1, round(args.seconds) - 2)), "-r", "200", "-f", "raw",
                                             "-o", args.profile], stdout=subprocess.DEVNULL,
