@@ -221,6 +221,7 @@ def main() -> None:
                                             scripts[stream], prefix, 3)
     subprocess.run(redis_cli(args.redis) + ["DEL", f"{prefix}{record.key_id}:z", f"{prefix}{record.key_id}:h"],
                    stdout=subprocess.DEVNULL, check=False)
+    shutil.rmtree(tmp, ignore_errors=True)  # configs, logs and a LiteLLM venv (pass --litellm-venv to keep one)
     report(results, trips, skipped, args.connections, uvloop)
     if args.profile:
         from bench._lib.profile import summarise
