@@ -268,8 +268,8 @@ class Gateway:
         try:
             body = upstream_body(parsed, raw)
             table = self._pool(parsed.model, members)
-            clean = request.clone(headers=[(k, v) for k, v in request.headers.items()
-                                           if k.lower() not in DROP_HEADERS])
+            clean = request if "X-API-Key" not in request.headers else request.clone(  # a clone costs: only then
+                headers=[(k, v) for k, v in request.headers.items() if k.lower() not in DROP_HEADERS])
             grant = CorsGrant(b"".join(f"{k}: {v}\r\n".encode() for k, v in extra.items()), tuple(extra.items()))
             try:
                 response, route = await self.forwarder.forward(clean, table, body, cors=grant, tap=tap)
@@ -290,7 +290,7 @@ class Gateway:
                 self._per_key[record.key_id] -= 1
             prompt, completion, estimated = self._used_tokens(parsed, tap)
             if decision is not None and limits.tpm is not None and prompt + completion != reserve:
-                await self.limiter.correct(key_id, request_id, prompt + completion)
+                self.limiter.defer_correct(key_id, request_id, prompt + completion)  # off the answer's path
             ended = asyncio.get_running_loop().time()
             self.meter.add(UsageRecord(
                 request_id=request_id, at=at, key_id=record.key_id, user_id=record.owner_id, model=parsed.model,
