@@ -3,7 +3,8 @@
 
 Stages of one request: authenticate the key (:mod:`.keys`) → read and validate the body (:mod:`.request`,
 400 naming the field) → find the model's pool (:mod:`.catalog`, 404 alike for unknown and not allowed) →
-admit (the key's max_parallel in this process, then rpm/tpm in :mod:`.limiter`, 429 + Retry-After) → relay with
+admit (the key's max_parallel in this process, then rpm/tpm in :mod:`.limiter`, 429 + Retry-After; then a slot of
+the model's routes, waiting in the priority queue of :mod:`.queue` when they are all busy) → relay with
 the app proxy's forwarder (same balancer, retries, outlier ejection and streaming as the endpoint URLs) while
 :mod:`.usage` reads the usage → correct the token reservation to the real usage. Every answer after the key
 check carries the ``x-ratelimit-*`` headers of the key's limits.
@@ -35,6 +36,7 @@ from appproxy.gateway.limiter import Limiter, LimiterUnavailable, MemoryLimiter,
 from appproxy.gateway.limits import Decision, Limits, Refusal
 from appproxy.gateway.limits import headers as limit_headers
 from appproxy.gateway.meter import Sink, UsageMeter, http_sink
+from appproxy.gateway.queue import PoolQueue, QueueOutcome, QueueRefused, pool_capacity
 from appproxy.gateway.request import PATHS, GatewayRequest, parse_request, reservation, upstream_body
 from appproxy.gateway.usage import UsageTap
 from appproxy.hold import HoldGate
@@ -80,6 +82,8 @@ class Gateway:
         self._per_key: Counter[uuid.UUID] = Counter()  # requests in flight per key (max_parallel, this process)
         self._pools: dict[tuple[str, tuple[uuid.UUID, ...]], RouteTable] = {}
         self._pools_version = -1
+        self.queues: dict[tuple[str, tuple[uuid.UUID, ...]], PoolQueue] = {}  # per pool, like self._pools
+        self.endpoint_queued: Counter[str] = Counter()  # endpoint id → gateway requests queued for its pools
         self._close_sink: Callable[[], Awaitable[None]] | None = None
         cfg = self.config
         if usage_sink is None and cfg.manager_url:
@@ -226,6 +230,7 @@ class Gateway:
     def _pool(self, model: str, members: list[RouteTable]) -> RouteTable:
         if self._pools_version != self.routes.version:  # tables changed: rebuild pools as they are asked for
             self._pools, self._pools_version = {}, self.routes.version
+            self.queues = {k: q for k, q in self.queues.items() if not q.idle}
         ids = tuple(t.endpoint_id for t in members)
         table = self._pools.get((model, ids))
         if table is None:
@@ -260,6 +265,16 @@ class Gateway:
         if decision is not None and not decision.admitted:
             self.metrics.gateway_rate_limited[str(decision.refused)] += 1
             raise self._refusal(limits, decision, reserve, extra)
+        queue = self._queue(parsed.model, members)
+        try:
+            waited = await queue.acquire(record.priority, timeout=cfg.queue_timeout, max_length=cfg.queue_max_length)
+        except BaseException as exc:  # refused, or the client left while queued: nothing ran, give the tokens back
+            if decision is not None and limits.tpm is not None:
+                await self.limiter.correct(key_id, request_id, 0)
+            if isinstance(exc, QueueRefused):
+                raise self._queue_refusal(queue, exc, extra) from None
+            raise
+        self.metrics.queue_waited(parsed.model, waited)
         self._in_flight += 1
         self._per_key[record.key_id] += 1
         tap = UsageTap(strip_usage_chunk=parsed.stream and not parsed.wants_usage)
@@ -283,6 +298,7 @@ class Gateway:
             status = response.status
             return response
         finally:
+            queue.release()
             self._in_flight -= 1
             if self._per_key[record.key_id] <= 1:
                 del self._per_key[record.key_id]
@@ -299,6 +315,50 @@ class Gateway:
                 ttft_ms=(tap.first_byte_at - started) * 1000 if tap.first_byte_at is not None else None,
                 duration_ms=(ended - started) * 1000))
             self.metrics.gateway_usage_dropped[""] = self.meter.dropped
+
+    # -- the priority queue ----------------------------------------------------------------------------------
+    def _queue(self, model: str, members: list[RouteTable]) -> PoolQueue:
+        """The pool's queue, its capacity brought up to date with the members' current routes."""
+        ids = tuple(t.endpoint_id for t in members)
+        queue = self.queues.get((model, ids))
+        if queue is None:
+            queue = self.queues[(model, ids)] = PoolQueue(model, ids, on_length=self._queue_length)
+        tables = [self.routes.get(e) or t for e, t in zip(ids, members, strict=True)]
+        capacity = pool_capacity(((len(t.routes), t.route_capacity) for t in tables),
+                                 self.config.default_route_capacity)
+        if capacity != queue.capacity:
+            queue.set_capacity(capacity)
+        return queue
+
+    def _queue_length(self, queue: PoolQueue, delta: int) -> None:
+        for key, counter in [(queue.model, self.metrics.gateway_queued),
+                             *((str(e), self.endpoint_queued) for e in queue.endpoints)]:
+            value = counter[key] + delta
+            if value > 0:
+                counter[key] = value
+            else:
+                counter.pop(key, None)
+
+    def queue_stats(self, endpoint_id: uuid.UUID) -> tuple[int, float]:
+        """(requests queued, seconds the oldest has waited) over the pools this endpoint belongs to: what the
+        admin port reports to the autoscaler (``proxy`` source, ``queue_length`` / ``queue_wait``)."""
+        queued = self.endpoint_queued.get(str(endpoint_id), 0)
+        if not queued:
+            return 0, 0.0
+        return queued, max((q.oldest_wait() for q in self.queues.values() if endpoint_id in q.endpoints),
+                           default=0.0)
+
+    def _queue_refusal(self, queue: PoolQueue, exc: QueueRefused, extra: dict[str, str]) -> OpenAIError:
+        self.metrics.gateway_queue_refused[(queue.model, exc.outcome.value)] += 1
+        retry = str(self._proxy_cfg.retry_after)
+        if exc.outcome is QueueOutcome.FULL:
+            message = (f"Every replica of model `{queue.model}` is busy and {len(queue.waiting)} requests are "
+                       f"already waiting (the queue is full); retry in {retry}s.")
+        else:
+            message = (f"Every replica of model `{queue.model}` stayed busy while this request waited "
+                       f"{exc.waited:.1f}s (queue_timeout); retry in {retry}s.")
+        return OpenAIError(503, message, type="server_error", code=f"queue_{exc.outcome.value}",
+                           headers={**extra, "Retry-After": retry})
 
     @staticmethod
     def _endpoint_of(members: list[RouteTable], route: str) -> uuid.UUID | None:

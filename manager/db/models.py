@@ -152,6 +152,9 @@ class Endpoint(Base):
     cors_allowed_origins: Mapped[list[str]] = mapped_column(JSONType, default=list, server_default=sa.text("'[]'"))
     # whether replicas may open outbound connections (KernelSpec.network_outbound); part of what a replica runs
     network_outbound: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    # gateway requests one replica serves at once before the gateway queues them (published in the route table;
+    # None: the proxy's [gateway] default_route_capacity; docs/gateway.md)
+    route_capacity: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
     proxy_port: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)  # port-mode port, never reused live
     subdomain: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)  # wildcard mode, never reused live
     url: Mapped[str | None] = mapped_column(sa.String(1024), nullable=True)

@@ -95,6 +95,7 @@ class NewServiceSpec(Protocol):
     open_to_public: bool
     cors_allowed_origins: list[str]
     network_outbound: bool
+    route_capacity: int | None
 
     @property
     def config(self) -> ServiceConfigSpec: ...  # read-only: any model that fits, not this type exactly
@@ -114,5 +115,6 @@ class ServiceUpdateSpec(Protocol):
     open_to_public: bool | None
     cors_allowed_origins: list[str] | None
     network_outbound: bool | None
+    route_capacity: int | None
     max_surge: int | None
     redeploy: bool
