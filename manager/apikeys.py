@@ -9,14 +9,17 @@ but the database no longer lists as active (a crash between commit and publish, 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from common.apikeys import APIKEYS_PREFIX, ApiKeyRecord
+from common.apikeys import APIKEYS_PREFIX, ApiKeyRecord, month_of
 from common.status import UserRole
 from manager.db.models import ApiKey, User
+from manager.prices import spent_this_month
 
 log = logging.getLogger(__name__)
 
@@ -35,32 +38,55 @@ def is_active(key: ApiKey, now: datetime) -> bool:
     return key.revoked_at is None and (expires is None or expires > now)
 
 
-def build_record(key: ApiKey, owner_role: UserRole) -> ApiKeyRecord:
+def build_record(key: ApiKey, owner_role: UserRole, spent: float = 0.0, now: datetime | None = None
+                 ) -> ApiKeyRecord:
+    """What the proxies get; ``spent``: the key's spend in ``now``'s month (published with its budget)."""
     expires = aware(key.expires_at)
+    at = (now or datetime.now(UTC)).timestamp()
     return ApiKeyRecord(key_id=key.id, key_hash=key.key_hash, name=key.name, owner_id=key.owner_id,
                         owner_all=owner_role == UserRole.SUPERADMIN, allowed_models=tuple(key.allowed_models or ()),
                         rpm=key.rpm, tpm=key.tpm, max_parallel=key.max_parallel,
-                        expires_at=expires.timestamp() if expires else None, priority=key.priority)
+                        expires_at=expires.timestamp() if expires else None, priority=key.priority,
+                        budget=key.budget, spent=round(spent, 9) if key.budget is not None else 0.0,
+                        spent_month=month_of(at) if key.budget is not None else "")
 
 
 async def publish_key(ctx: Any, db: Any, key: ApiKey) -> None:
     """Publish the key (or remove it when it is no longer active). Raises when the store is down: the caller
     answers with an error rather than claim a revocation that did not reach the proxies."""
-    if not is_active(key, datetime.now(UTC)):
+    now = datetime.now(UTC)
+    if not is_active(key, now):
         await ctx.store.delete(store_key(key.key_hash))
         return
     owner = await db.get(User, key.owner_id)
     role = owner.role if owner is not None else UserRole.USER
-    await ctx.store.put(store_key(key.key_hash), build_record(key, role).model_dump_json())
+    spent = (await spent_this_month(db, [key.id], now))[key.id] if key.budget is not None else 0.0
+    await ctx.store.put(store_key(key.key_hash), build_record(key, role, spent, now).model_dump_json())
+
+
+async def publish_spend(ctx: Any, db: Any, key_ids: Iterable[uuid.UUID]) -> None:
+    """Republish the keys among ``key_ids`` that have a budget, with what they spent this month (called after
+    each usage batch is written: the proxies refuse a key over its budget within about a flush interval)."""
+    now = datetime.now(UTC)
+    rows = (await db.execute(sa.select(ApiKey, User.role).join(User, User.id == ApiKey.owner_id)
+                             .where(ApiKey.id.in_(set(key_ids)), ApiKey.budget.is_not(None),
+                                    ApiKey.revoked_at.is_(None)))).all()
+    active = [(k, role) for k, role in rows if is_active(k, now)]
+    spent = await spent_this_month(db, [k.id for k, _ in active], now)
+    for key, role in active:
+        await ctx.store.put(store_key(key.key_hash), build_record(key, role, spent[key.id], now).model_dump_json())
 
 
 async def resync_keys(ctx: Any) -> int:
     """Make the store's keys exactly the active ones; returns how many are published."""
     now = datetime.now(UTC)
     async with ctx.db() as db:
-        rows = (await db.execute(sa.select(ApiKey, User.role).join(User, User.id == ApiKey.owner_id)
-                                 .where(ApiKey.revoked_at.is_(None)))).all()
-    wanted = {store_key(k.key_hash): build_record(k, role).model_dump_json() for k, role in rows if is_active(k, now)}
+        found = (await db.execute(sa.select(ApiKey, User.role).join(User, User.id == ApiKey.owner_id)
+                                  .where(ApiKey.revoked_at.is_(None)))).all()
+        rows = [(k, role) for k, role in found if is_active(k, now)]
+        spent = await spent_this_month(db, [k.id for k, _ in rows if k.budget is not None], now)
+    wanted = {store_key(k.key_hash): build_record(k, role, spent.get(k.id, 0.0), now).model_dump_json()
+              for k, role in rows}
     stored = await ctx.store.get_prefix(APIKEYS_PREFIX)
     for key in stored.keys() - wanted.keys():
         await ctx.store.delete(key)

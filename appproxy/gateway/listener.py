@@ -13,6 +13,7 @@ check carries the ``x-ratelimit-*`` headers of the key's limits.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import logging
 import math
 import time
@@ -43,7 +44,7 @@ from appproxy.hold import HoldGate
 from appproxy.httpserver import HttpServer, SizedResponse
 from appproxy.metrics import ProxyMetrics, status_class
 from appproxy.routing import RouteCache
-from common.apikeys import ApiKeyRecord
+from common.apikeys import ApiKeyRecord, over_budget
 from common.errors import ProblemError
 from common.protocol import RouteTable
 from common.store import KVStore
@@ -53,6 +54,12 @@ log = logging.getLogger(__name__)
 
 # Headers of the client's request the replica never sees (besides what appproxy.forward drops): the key.
 DROP_HEADERS = frozenset({"x-api-key"})
+
+
+def _seconds_to_next_month(now: float | None = None) -> int:
+    at = time.gmtime(time.time() if now is None else now)
+    year, month = (at.tm_year + 1, 1) if at.tm_mon == 12 else (at.tm_year, at.tm_mon + 1)
+    return max(1, int(calendar.timegm((year, month, 1, 0, 0, 0)) - (time.time() if now is None else now)))
 
 
 class Gateway:
@@ -243,6 +250,11 @@ class Gateway:
         if self._in_flight >= cfg.max_concurrency:
             raise OpenAIError(503, "The gateway is at capacity; retry shortly.", type="server_error",
                               code="overloaded", headers={"Retry-After": str(self._proxy_cfg.retry_after)})
+        if over_budget(record, time.time()):
+            raise OpenAIError(429, f"This API key has spent {record.spent:.4f} of its monthly budget of "
+                                   f"{record.budget:g} (budget, calendar month UTC); it is refused until the month "
+                                   f"ends or an admin raises the budget.", type="insufficient_quota",
+                              code="budget_exceeded", headers={"Retry-After": str(_seconds_to_next_month())})
         limits = Limits(record.rpm, record.tpm)
         if record.max_parallel is not None and self._per_key[record.key_id] >= record.max_parallel:
             raise OpenAIError(429, f"This key already has {record.max_parallel} requests in progress "

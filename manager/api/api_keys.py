@@ -67,7 +67,8 @@ class _Body(BaseModel):
     tpm: Annotated[int, Field(ge=1, le=MAX_TPM)] | None = Field(None, description="tokens per minute")
     max_parallel: Annotated[int, Field(ge=1, le=MAX_PARALLEL)] | None = None
     budget: Annotated[float, Field(ge=0, le=MAX_BUDGET)] | None = Field(
-        None, description="currency units per month (stored; enforcement comes with prices)")
+        None, description="currency units per calendar month (UTC), at the model prices (GET /prices); over it the "
+                    "gateway answers 429 budget_exceeded")
     expires_in: str | None = Field(None, max_length=32, description="lifetime: seconds or 30m, 12h, 30d, 1yr")
     expires_at: datetime | None = None
     priority: PriorityClass | None = None

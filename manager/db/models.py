@@ -334,6 +334,21 @@ class UsageRecordRow(Base):
     duration_ms: Mapped[float] = mapped_column(sa.Float, default=0.0)
     status: Mapped[int] = mapped_column(sa.SmallInteger)
     estimated: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    cost: Mapped[float | None] = mapped_column(sa.Float, nullable=True)  # at the price in force; None: no price
+
+    __table_args__ = (sa.Index("ix_usage_records_key_id_at", "key_id", "at"),)  # a key's spend this month
+
+
+class ModelPrice(Base):
+    """Price of a model name in currency units per 1M input (prompt) and output (completion) tokens, set by
+    superadmins (docs/gateway.md, Prices and budgets)."""
+
+    __tablename__ = "model_prices"
+    model: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    input_per_1m: Mapped[float] = mapped_column(sa.Float)
+    output_per_1m: Mapped[float] = mapped_column(sa.Float)
+    updated_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    updated_by: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
 
 
 class Conversation(Base):

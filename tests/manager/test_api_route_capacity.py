@@ -79,8 +79,22 @@ async def test_migration_0010_adds_and_drops_route_capacity(tmp_path) -> None:
         finally:
             await eng.dispose()
 
+    async def tables() -> tuple[set[str], set[str]]:
+        eng = db_engine.make_engine(url)
+        try:
+            async with eng.connect() as conn:
+                names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+                usage = await conn.run_sync(lambda c: {c_["name"] for c_ in sa.inspect(c).get_columns("usage_records")})
+                return names, usage
+        finally:
+            await eng.dispose()
+
     assert "route_capacity" in await columns()
+    names, usage = await tables()
+    assert "model_prices" in names and "cost" in usage
     await db_engine.downgrade(url, "0009")
     assert "route_capacity" not in await columns()
+    names, usage = await tables()
+    assert "model_prices" not in names and "cost" not in usage
     await db_engine.upgrade(url)
     assert "route_capacity" in await columns()
