@@ -11,6 +11,7 @@ from pydantic.json_schema import models_json_schema
 from manager import __version__
 from manager.api import api_keys as k
 from manager.api import console_openapi
+from manager.api import key_defaults as kd
 from manager.api import prices as pr
 from manager.api import schemas as s
 from manager.api import usage as u
@@ -74,6 +75,10 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
     ("put", "/prices/{model}", "Set a model's price (superadmins); usage records cost it from now on",
      pr.PriceRequest, pr.PriceInfo, 200),
     ("delete", "/prices/{model}", "Remove a model's price (superadmins)", None, None, 204),
+    ("get", "/users/{user_id}/key-defaults", "The limits, budget and priority a user's keys inherit", None,
+     kd.KeyDefaultsInfo, 200),
+    ("put", "/users/{user_id}/key-defaults", "Set what a user's keys inherit (admins); republished at once",
+     kd.KeyDefaults, kd.KeyDefaultsInfo, 200),
     *console_openapi.OPERATIONS,  # the folder explorer, Model Store and conversations (docs/console-api.md)
 ]
 

@@ -308,8 +308,8 @@ class ApiKey(Base):
     max_parallel: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
     budget: Mapped[float | None] = mapped_column(sa.Float, nullable=True)  # currency units per month
     expires_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
-    priority: Mapped[PriorityClass] = mapped_column(_enum(PriorityClass, "api_key_priority"),
-                                                    default=PriorityClass.STANDARD)
+    # None: the owner's default (user_key_defaults), else standard
+    priority: Mapped[PriorityClass | None] = mapped_column(_enum(PriorityClass, "api_key_priority"), nullable=True)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(TS, default=_now)
     revoked_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
@@ -337,6 +337,19 @@ class UsageRecordRow(Base):
     cost: Mapped[float | None] = mapped_column(sa.Float, nullable=True)  # at the price in force; None: no price
 
     __table_args__ = (sa.Index("ix_usage_records_key_id_at", "key_id", "at"),)  # a key's spend this month
+
+
+class UserKeyDefaults(Base):
+    """What a user's API keys inherit when they have no value of their own (docs/gateway.md, Per-user defaults);
+    set by admins. None: no default (unlimited, no budget, standard priority)."""
+
+    __tablename__ = "user_key_defaults"
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    rpm: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    max_parallel: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    budget: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    priority: Mapped[str | None] = mapped_column(sa.String(16), nullable=True)  # a PriorityClass value
 
 
 class ModelPrice(Base):
