@@ -30,7 +30,7 @@ from appproxy.cors import CorsGrant
 from appproxy.errors import RequestBodyTimeout
 from appproxy.forward import Forwarder
 from appproxy.frontend import make_server
-from appproxy.gateway.catalog import pool_of, pool_table, visible_models
+from appproxy.gateway.catalog import engine_model, pool_of, pool_table, visible_models
 from appproxy.gateway.errors import OpenAIError, bad_request, model_not_found
 from appproxy.gateway.keys import KeyCache
 from appproxy.gateway.limiter import Limiter, LimiterUnavailable, MemoryLimiter, RedisLimiter
@@ -293,7 +293,7 @@ class Gateway:
         started, at = asyncio.get_running_loop().time(), time.time()
         route, status = "", 500
         try:
-            body = upstream_body(parsed, raw)
+            body = upstream_body(parsed, raw, engine_model(parsed.model, members))
             table = self._pool(parsed.model, members)
             clean = request.clone(headers=[(k, v) for k, v in request.headers.items()
                                            if k.lower() not in DROP_HEADERS])
@@ -321,7 +321,8 @@ class Gateway:
                 await self.limiter.correct(key_id, request_id, prompt + completion)
             ended = asyncio.get_running_loop().time()
             self.meter.add(UsageRecord(
-                request_id=request_id, at=at, key_id=record.key_id, user_id=record.owner_id, model=parsed.model,
+                request_id=request_id, at=at, key_id=record.key_id, user_id=record.owner_id,
+                model=self._service_name(members, route, parsed.model),
                 endpoint_id=self._endpoint_of(members, route), route_id=uuid.UUID(route) if route else None,
                 prompt_tokens=prompt, completion_tokens=completion, estimated=estimated, status=status,
                 ttft_ms=(tap.first_byte_at - started) * 1000 if tap.first_byte_at is not None else None,
@@ -371,6 +372,15 @@ class Gateway:
                        f"{exc.waited:.1f}s (queue_timeout); retry in {retry}s.")
         return OpenAIError(503, message, type="server_error", code=f"queue_{exc.outcome.value}",
                            headers={**extra, "Retry-After": retry})
+
+    @staticmethod
+    def _service_name(members: list[RouteTable], route: str, model: str) -> str:
+        """The name of the service that served the request (usage and prices are by service name, whichever alias
+        the client used); the requested model when no route was reached."""
+        for table in members:
+            if any(str(r.route_id) == route for r in table.routes):
+                return table.name
+        return members[0].name if len({t.name for t in members}) == 1 else model
 
     @staticmethod
     def _endpoint_of(members: list[RouteTable], route: str) -> uuid.UUID | None:

@@ -63,6 +63,10 @@ def build_create_body(args: argparse.Namespace) -> dict[str, Any]:
         extensions["network_outbound"] = True
     if args.route_capacity is not None:
         extensions["route_capacity"] = args.route_capacity
+    if args.aliases:
+        extensions["model_aliases"] = list(args.aliases)
+    if args.engine_model_name:
+        extensions["engine_model_name"] = args.engine_model_name
     return drop_none({
         "name": args.name,
         "replicas": args.count,
@@ -155,6 +159,10 @@ def print_service_info(info: dict[str, Any]) -> None:
         fields.append(("Outbound network", "allowed" if info["network_outbound"] else "blocked"))
     if "route_capacity" in info:
         fields.append(("Route capacity", info["route_capacity"] or "(proxy default)"))
+    if info.get("model_aliases"):
+        fields.append(("Model aliases", ", ".join(info["model_aliases"])))
+    if info.get("engine_model_name"):
+        fields.append(("Engine model name", info["engine_model_name"]))
     if "retries" in info:
         fields.append(("Retries", info.get("retries")))
     if "revision" in info:
@@ -330,6 +338,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--route-capacity", type=int, default=None, metavar="N",
                         help="gateway requests one replica serves at once; more wait in the gateway's priority "
                              "queue (default: the proxy's [gateway] default_route_capacity)")
+    create.add_argument("--alias", dest="aliases", action="append", metavar="MODEL",
+                        help="another model name the gateway serves this service under (repeatable)")
+    create.add_argument("--engine-model-name", default=None, metavar="NAME",
+                        help="the model name the engine expects; the gateway writes it into requests (default: the "
+                             "client's name, as sent)")
     create.add_argument("--json", action="store_true", help="print the manager's JSON answer")
     create.set_defaults(func=cmd_create)
 

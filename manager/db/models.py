@@ -155,6 +155,10 @@ class Endpoint(Base):
     # gateway requests one replica serves at once before the gateway queues them (published in the route table;
     # None: the proxy's [gateway] default_route_capacity; docs/gateway.md)
     route_capacity: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    # more model names the gateway serves this service under, and the name written into a request's "model" for
+    # the engine (None: as the client sent it); both published in the route table (docs/gateway.md)
+    model_aliases: Mapped[list[str]] = mapped_column(JSONType, default=list, server_default=sa.text("'[]'"))
+    engine_model_name: Mapped[str | None] = mapped_column(sa.String(256), nullable=True)
     proxy_port: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)  # port-mode port, never reused live
     subdomain: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)  # wildcard mode, never reused live
     url: Mapped[str | None] = mapped_column(sa.String(1024), nullable=True)

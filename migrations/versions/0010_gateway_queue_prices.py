@@ -1,5 +1,5 @@
 """Gateway queue, prices and key defaults: endpoints.route_capacity, model_prices, usage_records.cost,
-user_key_defaults, api_keys.priority nullable
+user_key_defaults, api_keys.priority nullable, endpoints.model_aliases and endpoints.engine_model_name
 
 Revision ID: 0010
 Revises: 0009
@@ -9,23 +9,29 @@ endpoints get NULL (the app proxy's [gateway] default_route_capacity). model_pri
 1M input and output tokens. usage_records.cost: the record's cost at the price in force when it arrived (NULL: no
 price then). An index on (key_id, at) serves the month's spend per budgeted key. user_key_defaults: per user, the
 limits, budget and priority a key without its own value inherits; api_keys.priority NULL = inherit (existing keys
-keep their explicit class) (docs/gateway.md).
+keep their explicit class). endpoints.model_aliases (more model names the gateway serves the service under) and
+engine_model_name (what the gateway writes into the body's "model"; NULL: passed through) (docs/gateway.md).
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
 
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
 
 def upgrade() -> None:
     with op.batch_alter_table("endpoints") as batch_op:
         batch_op.add_column(sa.Column("route_capacity", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("model_aliases", JSONType, nullable=False, server_default=sa.text("'[]'")))
+        batch_op.add_column(sa.Column("engine_model_name", sa.String(length=256), nullable=True))
     op.create_table(
         "model_prices",
         sa.Column("model", sa.String(length=64), nullable=False),
@@ -64,4 +70,6 @@ def downgrade() -> None:
         batch_op.drop_column("cost")
     op.drop_table("model_prices")
     with op.batch_alter_table("endpoints") as batch_op:
+        batch_op.drop_column("engine_model_name")
+        batch_op.drop_column("model_aliases")
         batch_op.drop_column("route_capacity")

@@ -1,5 +1,6 @@
-"""A service's ``route_capacity`` (the gateway's priority queue, docs/gateway.md): validated, stored, published in
-the route table the app proxies read, patched and cleared; the CLI sends it; migration 0010 adds the column."""
+"""A service's gateway settings: ``route_capacity`` (the priority queue), ``model_aliases`` and ``engine_model_name``
+(docs/gateway.md): validated, stored, published in the route table the app proxies read, patched and cleared; the
+CLI sends them; migration 0010 adds and drops its columns and tables."""
 
 from __future__ import annotations
 
@@ -55,14 +56,16 @@ async def test_route_capacity_is_stored_published_patched_and_cleared(manager: d
 def test_cli_sends_route_capacity() -> None:
     args = argparse.Namespace(model_folder="echo", env=None, scaling_group=None, resources=None,
                               model_definition_path=None, cors_origins=None, allow_outbound=False, route_capacity=4,
-                              name="x", count=1, image=None, runtime_variant="custom", public=False)
+                              aliases=None, engine_model_name=None, name="x", count=1, image=None,
+                              runtime_variant="custom", public=False)
     assert build_create_body(args)["route_capacity"] == 4
     args.route_capacity = None
     assert "route_capacity" not in build_create_body(args)  # Backend.AI's body, exactly
     update = argparse.Namespace(replicas=None, image=None, runtime_variant=None, model_definition_path=None,
                                 max_surge=None, model_folder=None, env=None, clear_env=False, resources=None,
                                 public=None, cors_origins=None, clear_cors_origins=False, outbound=None,
-                                redeploy=False, route_capacity=0)
+                                redeploy=False, route_capacity=0, aliases=None, clear_aliases=False,
+                                engine_model_name=None)
     assert build_update_body(update) == {"route_capacity": None}
 
 
@@ -89,12 +92,62 @@ async def test_migration_0010_adds_and_drops_route_capacity(tmp_path) -> None:
         finally:
             await eng.dispose()
 
-    assert "route_capacity" in await columns()
+    assert {"route_capacity", "model_aliases", "engine_model_name"} <= await columns()
     names, usage = await tables()
     assert "model_prices" in names and "cost" in usage
     await db_engine.downgrade(url, "0009")
-    assert "route_capacity" not in await columns()
+    assert not {"route_capacity", "model_aliases", "engine_model_name"} & await columns()
     names, usage = await tables()
     assert "model_prices" not in names and "cost" not in usage
     await db_engine.upgrade(url)
     assert "route_capacity" in await columns()
+
+
+async def _published_table(store: Any, endpoint_id: str, ok: Any, timeout: float = 10.0) -> RouteTable:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        raw = await store.get(ROUTES_PREFIX + endpoint_id)
+        table = RouteTable.model_validate_json(raw) if raw else None
+        if table is not None and ok(table):
+            return table
+        assert asyncio.get_running_loop().time() < deadline, table
+        await asyncio.sleep(0.05)
+
+
+async def test_model_aliases_and_engine_name_are_stored_published_and_patched(manager: dict) -> None:  # noqa: F811
+    alice: APIClient = manager["alice"]
+    store = manager["store"]
+    await _folder_with(alice, "echo", {"model-definition.yaml": ECHO_DEF})
+    for field, bad in (("model_aliases", ["has space"]), ("model_aliases", [""]), ("model_aliases", "gpt"),
+                       ("model_aliases", ["a" * 65]), ("model_aliases", [f"m{i}" for i in range(17)]),
+                       ("engine_model_name", ""), ("engine_model_name", "bad\nname"), ("engine_model_name", 3)):
+        status, problem = await alice.request("POST", "/services", _create_body("echo", name="bad-svc",
+                                                                                **{field: bad}))
+        assert status == 400 and field in json.dumps(problem), (field, bad, problem)
+    status, info = await alice.request("POST", "/services", _create_body(
+        "echo", name="alias-svc", model_aliases=["gpt-4o-mini", "meta/llama-3", "gpt-4o-mini"],
+        engine_model_name="/models/x.gguf"))
+    assert status == 201, info
+    assert info["model_aliases"] == ["gpt-4o-mini", "meta/llama-3"] and info["engine_model_name"] == "/models/x.gguf"
+    eid = info["endpoint_id"]
+    await _published_table(store, eid, lambda t: t.aliases == ["gpt-4o-mini", "meta/llama-3"]
+                           and t.engine_model_name == "/models/x.gguf")
+    status, info = await alice.request("PATCH", f"/services/{eid}", {"model_aliases": ["other"],
+                                                                     "engine_model_name": None})
+    assert status == 200 and info["changed"] == [] and info["model_aliases"] == ["other"], info
+    await _published_table(store, eid, lambda t: t.aliases == ["other"] and t.engine_model_name is None)
+
+
+def test_cli_sends_aliases() -> None:
+    args = argparse.Namespace(model_folder="echo", env=None, scaling_group=None, resources=None,
+                              model_definition_path=None, cors_origins=None, allow_outbound=False, route_capacity=None,
+                              aliases=["gpt-4o-mini", "x"], engine_model_name="engine", name="x", count=1, image=None,
+                              runtime_variant="custom", public=False)
+    body = build_create_body(args)
+    assert body["model_aliases"] == ["gpt-4o-mini", "x"] and body["engine_model_name"] == "engine"
+    update = argparse.Namespace(replicas=None, image=None, runtime_variant=None, model_definition_path=None,
+                                max_surge=None, model_folder=None, env=None, clear_env=False, resources=None,
+                                public=None, cors_origins=None, clear_cors_origins=False, outbound=None,
+                                redeploy=False, route_capacity=None, aliases=None, clear_aliases=True,
+                                engine_model_name="")
+    assert build_update_body(update) == {"model_aliases": [], "engine_model_name": None}

@@ -91,6 +91,8 @@ def serve_info(snapshot: ServiceSnapshot) -> dict[str, Any]:
         "cors_allowed_origins": list(endpoint.cors_allowed_origins or []),
         "network_outbound": endpoint.network_outbound,
         "route_capacity": endpoint.route_capacity,
+        "model_aliases": list(endpoint.model_aliases or []),
+        "engine_model_name": endpoint.engine_model_name,
         # extensions the console's Edit form pre-fills from
         "environ": dict(endpoint.environ or {}),
         "scaling_group": endpoint.scaling_group,
