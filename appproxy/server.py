@@ -210,6 +210,8 @@ class AppProxy:
 
     def _routes_changed(self) -> None:
         self.hold.routes_changed()
+        if self.gateway is not None:
+            self.gateway.routes_changed()  # new replicas take queued requests at once
         self.frontend.changed()
         self.forwarder.retain(self.routes.tables.values())
         self.metrics.forget([str(e) for e in self.routes.tables])

@@ -343,6 +343,13 @@ class Gateway:
             queue.set_capacity(capacity)
         return queue
 
+    def routes_changed(self) -> None:
+        """Bring every queue's capacity up to date (a replica added serves waiting requests at once)."""
+        for queue in list(self.queues.values()):
+            tables = [self.routes.get(e) for e in queue.endpoints]
+            queue.set_capacity(pool_capacity(((len(t.routes), t.route_capacity) for t in tables if t is not None),
+                                             self.config.default_route_capacity))
+
     def _queue_length(self, queue: PoolQueue, delta: int) -> None:
         for key, counter in [(queue.model, self.metrics.gateway_queued),
                              *((str(e), self.endpoint_queued) for e in queue.endpoints)]:

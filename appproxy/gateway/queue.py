@@ -58,8 +58,10 @@ def next_index(waiting: Sequence[Waiter]) -> int | None:
 
 
 def may_start(in_flight: int, capacity: int, queued: int) -> bool:
-    """A new request starts at once only with a free slot and nobody waiting (no overtaking the queue)."""
-    return in_flight < capacity and queued == 0
+    """A new request starts at once only with a free slot and nobody waiting (no overtaking the queue). A pool
+    without routes (capacity 0) does not queue: the request goes on to be held for a replica or answered 503 as
+    on an endpoint URL."""
+    return capacity == 0 or (in_flight < capacity and queued == 0)
 
 
 def pool_capacity(route_counts: Iterable[tuple[int, int | None]], default: int) -> int:
@@ -127,7 +129,7 @@ class PoolQueue:
         waiter.future.set_exception(QueueRefused(QueueOutcome.TIMEOUT, self._clock() - waiter.since))
 
     def _dispatch(self) -> None:
-        while self.waiting and self.in_flight < self.capacity:
+        while self.waiting and (self.in_flight < self.capacity or self.capacity == 0):
             index = next_index(self.waiting)
             assert index is not None
             waiter = self.waiting.pop(index)

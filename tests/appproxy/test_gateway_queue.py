@@ -45,6 +45,7 @@ def test_next_index_is_priority_then_arrival() -> None:
 def test_may_start_and_pool_capacity() -> None:
     assert may_start(0, 1, 0) and not may_start(1, 1, 0)
     assert not may_start(0, 2, 1)  # a free slot does not let a newcomer overtake the queue
+    assert may_start(3, 0, 0)  # no routes: not queued (held for a replica, or 503, as on an endpoint URL)
     assert pool_capacity([(2, 3), (1, None), (0, 50)], default=8) == 2 * 3 + 8
     assert pool_capacity([], default=8) == 0
 
@@ -75,13 +76,19 @@ async def test_pool_queue_hands_slots_in_order_and_forgets_the_cancelled() -> No
     assert served == ["h1", "s1", "s2", "l1"]
     assert queue.idle and lengths[-1] == 0
     # bounded, and timed out
-    queue.set_capacity(0)
+    await queue.acquire(P.LOW, timeout=5, max_length=10)  # the one slot taken
     with pytest.raises(QueueRefused) as full:
         await queue.acquire(P.HIGH, timeout=5, max_length=0)
     assert full.value.outcome is QueueOutcome.FULL
     with pytest.raises(QueueRefused) as late:
         await queue.acquire(P.HIGH, timeout=0.05, max_length=5)
     assert late.value.outcome is QueueOutcome.TIMEOUT and late.value.waited >= 0.05 and not queue.waiting
+    # more capacity (a replica added) serves the waiting at once
+    waiting = asyncio.create_task(queue.acquire(P.LOW, timeout=5, max_length=5))
+    await asyncio.sleep(0)
+    assert len(queue.waiting) == 1
+    queue.set_capacity(2)
+    assert await waiting >= 0 and queue.in_flight == 2 and not queue.waiting
 
 
 def test_autoscaling_reads_the_queue() -> None:
@@ -207,3 +214,18 @@ async def test_queue_full_and_queue_timeout_are_503_with_retry_after(
     assert (await blocker)[0] == 200
     refused = state["proxy"].metrics.gateway_queue_refused
     assert refused[("slow", "full")] == 1 and refused[("slow", "timeout")] == 1
+
+
+async def test_more_capacity_serves_the_queue_at_once(
+        saturated: Callable[..., Awaitable[dict[str, Any]]], store: MemoryStore, http: aiohttp.ClientSession) -> None:
+    state = await saturated()
+    key, _ = await add_key(store)
+    await eventually(lambda: len(state["gateway"].keys) == 1, what="key")
+    blocker = asyncio.create_task(chat(http, state, key, "blocker " + " ".join(["w"] * 150)))  # ~1.5 s
+    await eventually(lambda: bool(state["gateway"].queues), what="the slot taken")
+    waiting = asyncio.create_task(chat(http, state, key, "waits"))
+    await queued(state, 1)
+    await publish(store, state["table"].model_copy(update={"route_capacity": 2}))  # e.g. a replica's slots raised
+    await queued(state, 0)
+    assert (await waiting)[0] == 200 and not blocker.done()  # served while the blocker still ran
+    assert (await blocker)[0] == 200
