@@ -331,16 +331,13 @@ class Gateway:
 
     # -- the priority queue ----------------------------------------------------------------------------------
     def _queue(self, model: str, members: list[RouteTable]) -> PoolQueue:
-        """The pool's queue, its capacity brought up to date with the members' current routes."""
+        """The pool's queue (its capacity is set when made, then on every route change: :meth:`routes_changed`)."""
         ids = tuple(t.endpoint_id for t in members)
         queue = self.queues.get((model, ids))
         if queue is None:
             queue = self.queues[(model, ids)] = PoolQueue(model, ids, on_length=self._queue_length)
-        tables = [self.routes.get(e) or t for e, t in zip(ids, members, strict=True)]
-        capacity = pool_capacity(((len(t.routes), t.route_capacity) for t in tables),
-                                 self.config.default_route_capacity)
-        if capacity != queue.capacity:
-            queue.set_capacity(capacity)
+            queue.set_capacity(pool_capacity(((len(t.routes), t.route_capacity) for t in members),
+                                             self.config.default_route_capacity))
         return queue
 
     def routes_changed(self) -> None:
