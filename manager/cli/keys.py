@@ -133,7 +133,7 @@ def _limit_options(parser: argparse.ArgumentParser, update: bool) -> None:
     parser.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata entry (repeatable)")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("key", help="gateway API keys (create, list, update, revoke)")
     sub = parser.add_subparsers(dest="key_command", metavar="COMMAND", required=True)
     create = sub.add_parser("create", parents=[connection_parent()],

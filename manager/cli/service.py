@@ -307,7 +307,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = connection_parent()
     service = subparsers.add_parser("service", help="manage model services", description=__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)

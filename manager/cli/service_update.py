@@ -88,7 +88,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_update(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register_update(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     update = sub.add_parser("update", parents=[common], help="change a running service (rolling update)",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     update.add_argument("service", metavar="NAME_OR_ID")

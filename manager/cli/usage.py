@@ -34,7 +34,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("usage", parents=[connection_parent()],
                                    help="gateway usage: requests and tokens (yours; admins: everyone's)")
     parser.add_argument("--by", default="day", help="comma-separated groups among day, model, key, user "
