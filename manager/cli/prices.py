@@ -51,7 +51,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("price", help="model prices per 1M tokens (cost and budgets of gateway keys)")
     sub = parser.add_subparsers(dest="price_command", metavar="COMMAND", required=True)
     common = connection_parent()
