@@ -107,14 +107,19 @@ def parse_request(kind: Kind, raw: bytes, *, max_tokens_limit: int, max_n: int) 
                           prompt_estimate=estimate, wants_usage=wants_usage)
 
 
-def upstream_body(request: GatewayRequest, raw: bytes) -> bytes:
+def upstream_body(request: GatewayRequest, raw: bytes, model: str | None = None) -> bytes:
     """The body sent to the replica: as received, except that a streaming chat or completion request that did
-    not ask for usage asks for it (``stream_options.include_usage``) so that the gateway can meter it; the
-    gateway strips that extra chunk from what the client receives (:mod:`appproxy.gateway.usage`)."""
-    if not request.stream or request.wants_usage or request.kind is Kind.EMBEDDING:
+    not ask for usage asks for it (``stream_options.include_usage``) so that the gateway can meter it (the
+    gateway strips that extra chunk from what the client receives: :mod:`appproxy.gateway.usage`), and that
+    ``model``, when given, replaces the client's (the engine's own name for the service)."""
+    asks_usage = request.stream and not request.wants_usage and request.kind is not Kind.EMBEDDING
+    if not asks_usage and model is None:
         return raw
     body = dict(request.body)
-    body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    if asks_usage:
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    if model is not None:
+        body["model"] = model
     return json.dumps(body, ensure_ascii=False).encode()
 
 

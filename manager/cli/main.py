@@ -38,6 +38,7 @@ COMMAND_MODULES: list[str] = [
     "manager.cli.config_show",
     "manager.cli.keys",
     "manager.cli.usage",
+    "manager.cli.prices",
 ]
 OPTIONAL_COMMAND_MODULES = frozenset({"manager.cli.up", "manager.cli.daemons"})
 

@@ -11,7 +11,7 @@ from manager.cli.connection import connection_from_args, connection_parent
 from manager.cli.output import print_json, print_table
 
 GROUPS = ("day", "model", "key", "user")
-COUNTS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
+COUNTS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors", "cost")
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
