@@ -274,6 +274,16 @@ class GatewaySection(_Section):
     # usage when the answer ends). 1024 covers a typical chat answer without holding a TPM budget hostage.
     default_max_tokens: int = Field(1024, ge=1)
 
+    # --- priority queue (docs/gateway.md, Priority queue): per model pool, in this process ---
+    # Gateway requests one route serves at once when its service sets no route_capacity. 8 keeps a
+    # continuous-batching engine (vLLM, llama.cpp with --parallel) busy without letting a burst pile up inside one
+    # replica, where it cannot be ordered by priority; a service whose engine has more slots says so.
+    default_route_capacity: int = Field(8, ge=1, le=100_000)
+    # Requests that may wait per model pool; more → 503 queue_full at once (every waiter holds its body).
+    queue_max_length: int = Field(1000, ge=0, le=1_000_000)
+    # A request that waited this long for a slot → 503 queue_timeout + Retry-After.
+    queue_timeout: float = Field(30.0, gt=0, le=3600)
+
     # --- usage metering: one record per request, sent to the manager in batches ---
     # The manager's base URL for POST /internal/usage (signed with secrets.cluster_secret). None: no usage is
     # recorded (a warning at start); `moorage up` hands records to its manager directly.

@@ -24,6 +24,8 @@ NO_ROUTE = "-"
 PREFIX = "moorage_appproxy_"
 # Request duration buckets (seconds): proxy errors answer in ~1 ms, chat completions take seconds to minutes.
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# Seconds a gateway request waited in the priority queue (0 = served at once).
+QUEUE_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _STATUS_CLASS = {c: f"{c}xx" for c in range(1, 6)}
 
 
@@ -53,6 +55,12 @@ class ProxyMetrics:
         self.gateway_rate_limited: Counter[str] = Counter()
         self.gateway_ratelimit_errors: Counter[str] = Counter()  # "" → count (a labelless counter)
         self.gateway_usage_dropped: Counter[str] = Counter()  # "" → usage records dropped (manager unreachable)
+        # the gateway's priority queue: model → requests waiting now; (model, full|timeout) → refused;
+        # model → [per-bucket counts of the seconds waited, +Inf last] and their sum
+        self.gateway_queued: Counter[str] = Counter()
+        self.gateway_queue_refused: Counter[tuple[str, str]] = Counter()
+        self.gateway_queue_wait: dict[str, list[int]] = {}
+        self.gateway_queue_wait_sum: defaultdict[str, float] = defaultdict(float)
         # (endpoint, kind) → tokens of the answers metered by the gateway; kind: prompt | completion
         self.tokens: Counter[tuple[str, str]] = Counter()
 
@@ -73,6 +81,13 @@ class ProxyMetrics:
             buckets = self.durations[key] = [0] * (len(BUCKETS) + 1)
         buckets[bisect_left(BUCKETS, duration)] += 1
         self.duration_sum[key] += duration
+
+    def queue_waited(self, model: str, seconds: float) -> None:
+        buckets = self.gateway_queue_wait.get(model)
+        if buckets is None:
+            buckets = self.gateway_queue_wait[model] = [0] * (len(QUEUE_BUCKETS) + 1)
+        buckets[bisect_left(QUEUE_BUCKETS, seconds)] += 1
+        self.gateway_queue_wait_sum[model] += seconds
 
     def route_started(self, endpoint: str, route: str) -> None:
         self.route_in_flight[(endpoint, route)] += 1
@@ -150,17 +165,8 @@ class ProxyCollector:
 
         yield family(CounterMetricFamily, "requests", "Responses sent to clients, by status class.",
                      ["endpoint", "route", "status_class"], m.requests)
-        hist = HistogramMetricFamily(PREFIX + "request_duration_seconds",
-                                     "Time from request received to response finished (float seconds).",
-                                     labels=["endpoint", "route"])
-        bounds = [*(repr(b) for b in BUCKETS), "+Inf"]
-        for key, counts in list(m.durations.items()):
-            cumulative, acc = [], 0
-            for bound, n in zip(bounds, counts, strict=True):
-                acc += n
-                cumulative.append((bound, acc))
-            hist.add_metric(list(key), cumulative, m.duration_sum.get(key, 0.0))
-        yield hist
+        yield _histogram("request_duration_seconds", "Time from request received to response finished "
+                         "(float seconds).", ["endpoint", "route"], BUCKETS, m.durations, m.duration_sum)
         yield family(CounterMetricFamily, "tokens", "Tokens of the answers the gateway metered, by kind (prompt, "
                      "completion).", ["endpoint", "kind"], m.tokens)
         yield family(GaugeMetricFamily, "in_flight_requests", "Requests being handled now.", ["endpoint"],
@@ -191,6 +197,26 @@ class ProxyCollector:
                                             "Usage records dropped while the manager could not be reached.")
         usage_dropped.add_metric([], m.gateway_usage_dropped[""])
         yield usage_dropped
+        yield family(GaugeMetricFamily, "gateway_queue_length", "Gateway requests waiting in the priority queue "
+                     "for a free slot of the model's routes.", ["model"], m.gateway_queued)
+        yield family(CounterMetricFamily, "gateway_queue_refused", "Gateway requests answered 503 by the queue "
+                     "(full, or timeout).", ["model", "reason"], m.gateway_queue_refused)
+        yield _histogram("gateway_queue_wait_seconds", "Seconds gateway requests waited in the priority queue.",
+                         ["model"], QUEUE_BUCKETS, m.gateway_queue_wait, m.gateway_queue_wait_sum)
+
+
+def _histogram(name: str, doc: str, labels: list[str], bounds: tuple[float, ...], series: Mapping[Any, list[int]],
+               sums: Mapping[Any, float]) -> Metric:
+    hist = HistogramMetricFamily(PREFIX + name, doc, labels=labels)
+    names = [*(repr(b) for b in bounds), "+Inf"]
+    for key, counts in list(series.items()):
+        cumulative, acc = [], 0
+        for bound, n in zip(names, counts, strict=True):
+            acc += n
+            cumulative.append((bound, acc))
+        hist.add_metric(list(key) if isinstance(key, tuple) else [key], cumulative, sums.get(key, 0.0))
+    metric: Metric = hist
+    return metric
 
 
 def make_registry(metrics: ProxyMetrics) -> CollectorRegistry:

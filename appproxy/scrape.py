@@ -22,6 +22,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,8 @@ class ReplicaScraper:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._sem = asyncio.Semaphore(self.CONCURRENCY)
+        # the gateway's (requests queued, oldest wait in seconds) for an endpoint, when this proxy has a gateway
+        self.queue_stats: Callable[[uuid.UUID], tuple[int, float]] | None = None
 
     async def start(self) -> None:
         if self._task is not None:
@@ -184,12 +187,14 @@ class ReplicaScraper:
                     entry = metrics.setdefault(name, {"sum": 0.0, "per_route": {}})
                     entry["sum"] += value
                     entry["per_route"][route_id] = value
+        queued, queue_wait = self.queue_stats(endpoint_id) if self.queue_stats is not None else (0, 0.0)
         return {
             "endpoint_id": str(endpoint_id),
             "collected_at": sample.collected_at if sample is not None else None,
             "replicas": len(sample.per_route) if sample is not None else 0,
             "metrics": metrics,
             "proxy": {"rps": round(self.rps.get(str(endpoint_id), 0.0), 3), "in_flight": in_flight,
+                      "queued": queued, "queue_wait": round(queue_wait, 3),
                       "latency": self._metrics.endpoint_latency(str(endpoint_id)),
                       "tokens": self._metrics.endpoint_tokens(str(endpoint_id))},
         }

@@ -123,6 +123,7 @@ class AppProxy:
             self.gateway = Gateway(config, store, self.routes, self.forwarder, self.metrics, reuse_port=reuse_port,
                                    ssl_context=ssl_context, usage_sink=usage_sink, bodies=self.bodies,
                                    hold=self.hold)
+            self.scraper.queue_stats = self.gateway.queue_stats  # the autoscaler's queue_length / queue_wait
         if cfg.admin_port is not None and cluster_secret is not None:
             self.admin = AdminServer(
                 cfg.admin_host, cfg.admin_port + worker_index if cfg.admin_port else 0, cluster_secret,
@@ -209,6 +210,8 @@ class AppProxy:
 
     def _routes_changed(self) -> None:
         self.hold.routes_changed()
+        if self.gateway is not None:
+            self.gateway.routes_changed()  # new replicas take queued requests at once
         self.frontend.changed()
         self.forwarder.retain(self.routes.tables.values())
         self.metrics.forget([str(e) for e in self.routes.tables])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import secrets
+import time
 import uuid
 from typing import Annotated
 
@@ -30,6 +31,20 @@ class PriorityClass(enum.StrEnum):
     LOW = "low"
     STANDARD = "standard"
     HIGH = "high"
+
+
+def month_of(at: float) -> str:
+    """The calendar month (UTC) of a unix time, as ``YYYY-MM``: the period of a key's budget."""
+    return time.strftime("%Y-%m", time.gmtime(at))
+
+
+def spent_now(record: ApiKeyRecord, now: float) -> float:
+    """What the key has spent in the month of ``now``: the published figure, or 0 once a new month began (pure)."""
+    return record.spent if record.spent_month == month_of(now) else 0.0
+
+
+def over_budget(record: ApiKeyRecord, now: float) -> bool:
+    return record.budget is not None and spent_now(record, now) >= record.budget
 
 
 def new_key() -> str:
@@ -66,3 +81,8 @@ class ApiKeyRecord(BaseModel):
     max_parallel: int | None = Field(None, ge=1)
     expires_at: float | None = None  # unix time
     priority: PriorityClass = PriorityClass.STANDARD
+    # Budget in currency units per calendar month (UTC) and what the key spent in ``spent_month`` ("2026-12"),
+    # as the manager last published it (docs/gateway.md, Prices and budgets). None: no budget.
+    budget: float | None = Field(None, ge=0)
+    spent: float = Field(0.0, ge=0)
+    spent_month: str = ""

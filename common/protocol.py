@@ -134,6 +134,13 @@ class RouteTable(_Wire):
     # Whether a request that finds no route should be held (a replica is starting, or the endpoint is at zero
     # replicas and an autoscaling rule will wake it) rather than answered 503 at once (failing starts, no rule).
     hold_requests: bool = True
+    # Gateway requests one route of this endpoint serves at once before more wait in the gateway's priority queue
+    # (docs/gateway.md); None: the proxy's [gateway] default_route_capacity.
+    route_capacity: int | None = Field(default=None, ge=1)
+    # More model names the gateway serves this endpoint under, and the "model" it writes into request bodies for
+    # the engine (None: the client's, as sent) (docs/gateway.md, Model aliases).
+    aliases: list[str] = Field(default_factory=list, max_length=32)
+    engine_model_name: str | None = Field(default=None, max_length=256)
     # Origins whose browser pages may call this endpoint (CORS, answered by the app proxy: appproxy.cors), e.g.
     # ["https://chat.example.com", "http://localhost:3000"], or ["*"] for any origin. Empty: none.
     cors_allowed_origins: list[Annotated[str, Field(max_length=MAX_ORIGIN_LENGTH)]] = Field(

@@ -133,10 +133,9 @@ async def run_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 8090
     agent_app = build_agent_app(acfg)
     agent_runner = web.AppRunner(agent_app, access_log=None)
     async def record_gateway_usage(records: Any) -> None:  # the gateway's usage, straight into this manager's DB
-        from manager.usage import record_usage
+        from manager.usage import record_and_publish
 
-        async with manager_app[CTX].db() as db:
-            await record_usage(db, records)
+        await record_and_publish(manager_app[CTX], records)
 
     proxy = AppProxy(pcfg, store, usage_sink=record_gateway_usage)
     from manager.console.app import start_console_site

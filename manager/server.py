@@ -24,10 +24,12 @@ from manager.api import (
     folders,
     gql,
     internal,
+    key_defaults,
     login_links,
     metrics,
     model_store,
     openapi,
+    prices,
     root,
     routings,
     service_ops,
@@ -57,7 +59,8 @@ MAX_REQUEST_BODY = 1024**4  # aiohttp's own cap; real limits are enforced per ro
 API_ROUTE_TABLES = (root.routes, openapi.routes, service_ops.routes, services.routes, tokens.routes,
                     routings.routes, folders.routes, gql.routes, agents.routes, service_update.routes,
                     autoscaling.routes, metrics.routes, folder_files.routes, model_store.routes,
-                    conversations.routes, api_keys.routes, usage.routes)
+                    conversations.routes, api_keys.routes, usage.routes, prices.routes,
+                    key_defaults.routes)
 
 
 def build_manager_app(config: ManagerConfig, store: KVStore, run_loops: bool = True) -> web.Application:

@@ -47,6 +47,8 @@ ALLOWED_API_IMPORTERS: dict[str, str] = {
     "manager.server": "build_manager_app assembles the aiohttp application: the route modules and auth_middleware",
     "manager.console.app": "assembles the console's application: the API's route tables under /api/, and sets the "
                            "same Caller (manager.api.auth.CALLER) from a console session",
+    "manager.console.chat_relay": "a console-only HTTP handler (the chat relay): reads the session's Caller "
+                                  "(manager.api.auth.caller_of) and parses the path (manager.api.util)",
 }
 
 

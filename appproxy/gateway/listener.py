@@ -3,7 +3,8 @@
 
 Stages of one request: authenticate the key (:mod:`.keys`) → read and validate the body (:mod:`.request`,
 400 naming the field) → find the model's pool (:mod:`.catalog`, 404 alike for unknown and not allowed) →
-admit (the key's max_parallel in this process, then rpm/tpm in :mod:`.limiter`, 429 + Retry-After) → relay with
+admit (the key's max_parallel in this process, then rpm/tpm in :mod:`.limiter`, 429 + Retry-After; then a slot of
+the model's routes, waiting in the priority queue of :mod:`.queue` when they are all busy) → relay with
 the app proxy's forwarder (same balancer, retries, outlier ejection and streaming as the endpoint URLs) while
 :mod:`.usage` reads the usage → correct the token reservation to the real usage. Every answer after the key
 check carries the ``x-ratelimit-*`` headers of the key's limits.
@@ -12,6 +13,7 @@ check carries the ``x-ratelimit-*`` headers of the key's limits.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import logging
 import math
 import time
@@ -28,20 +30,21 @@ from appproxy.cors import CorsGrant
 from appproxy.errors import RequestBodyTimeout
 from appproxy.forward import Forwarder
 from appproxy.frontend import make_server
-from appproxy.gateway.catalog import pool_of, pool_table, visible_models
+from appproxy.gateway.catalog import engine_model, pool_of, pool_table, visible_models
 from appproxy.gateway.errors import OpenAIError, bad_request, model_not_found
 from appproxy.gateway.keys import KeyCache
 from appproxy.gateway.limiter import Limiter, LimiterUnavailable, MemoryLimiter, RedisLimiter
 from appproxy.gateway.limits import Decision, Limits, Refusal
 from appproxy.gateway.limits import headers as limit_headers
 from appproxy.gateway.meter import Sink, UsageMeter, http_sink
+from appproxy.gateway.queue import PoolQueue, QueueOutcome, QueueRefused, pool_capacity
 from appproxy.gateway.request import PATHS, GatewayRequest, parse_request, reservation, upstream_body
 from appproxy.gateway.usage import UsageTap
 from appproxy.hold import HoldGate
 from appproxy.httpserver import HttpServer, SizedResponse
 from appproxy.metrics import ProxyMetrics, status_class
 from appproxy.routing import RouteCache
-from common.apikeys import ApiKeyRecord
+from common.apikeys import ApiKeyRecord, over_budget
 from common.errors import ProblemError
 from common.protocol import RouteTable
 from common.store import KVStore
@@ -51,6 +54,12 @@ log = logging.getLogger(__name__)
 
 # Headers of the client's request the replica never sees (besides what appproxy.forward drops): the key.
 DROP_HEADERS = frozenset({"x-api-key"})
+
+
+def _seconds_to_next_month(now: float | None = None) -> int:
+    at = time.gmtime(time.time() if now is None else now)
+    year, month = (at.tm_year + 1, 1) if at.tm_mon == 12 else (at.tm_year, at.tm_mon + 1)
+    return max(1, int(calendar.timegm((year, month, 1, 0, 0, 0)) - (time.time() if now is None else now)))
 
 
 class Gateway:
@@ -80,6 +89,8 @@ class Gateway:
         self._per_key: Counter[uuid.UUID] = Counter()  # requests in flight per key (max_parallel, this process)
         self._pools: dict[tuple[str, tuple[uuid.UUID, ...]], RouteTable] = {}
         self._pools_version = -1
+        self.queues: dict[tuple[str, tuple[uuid.UUID, ...]], PoolQueue] = {}  # per pool, like self._pools
+        self.endpoint_queued: Counter[str] = Counter()  # endpoint id → gateway requests queued for its pools
         self._close_sink: Callable[[], Awaitable[None]] | None = None
         cfg = self.config
         if usage_sink is None and cfg.manager_url:
@@ -226,6 +237,7 @@ class Gateway:
     def _pool(self, model: str, members: list[RouteTable]) -> RouteTable:
         if self._pools_version != self.routes.version:  # tables changed: rebuild pools as they are asked for
             self._pools, self._pools_version = {}, self.routes.version
+            self.queues = {k: q for k, q in self.queues.items() if not q.idle}
         ids = tuple(t.endpoint_id for t in members)
         table = self._pools.get((model, ids))
         if table is None:
@@ -238,6 +250,11 @@ class Gateway:
         if self._in_flight >= cfg.max_concurrency:
             raise OpenAIError(503, "The gateway is at capacity; retry shortly.", type="server_error",
                               code="overloaded", headers={"Retry-After": str(self._proxy_cfg.retry_after)})
+        if over_budget(record, time.time()):
+            raise OpenAIError(429, f"This API key has spent {record.spent:.4f} of its monthly budget of "
+                                   f"{record.budget:g} (budget, calendar month UTC); it is refused until the month "
+                                   f"ends or an admin raises the budget.", type="insufficient_quota",
+                              code="budget_exceeded", headers={"Retry-After": str(_seconds_to_next_month())})
         limits = Limits(record.rpm, record.tpm)
         if record.max_parallel is not None and self._per_key[record.key_id] >= record.max_parallel:
             raise OpenAIError(429, f"This key already has {record.max_parallel} requests in progress "
@@ -260,16 +277,26 @@ class Gateway:
         if decision is not None and not decision.admitted:
             self.metrics.gateway_rate_limited[str(decision.refused)] += 1
             raise self._refusal(limits, decision, reserve, extra)
+        queue = self._queue(parsed.model, members)
+        try:
+            waited = await queue.acquire(record.priority, timeout=cfg.queue_timeout, max_length=cfg.queue_max_length)
+        except BaseException as exc:  # refused, or the client left while queued: nothing ran, give the tokens back
+            if decision is not None and limits.tpm is not None:
+                await self.limiter.correct(key_id, request_id, 0)
+            if isinstance(exc, QueueRefused):
+                raise self._queue_refusal(queue, exc, extra) from None
+            raise
+        self.metrics.queue_waited(parsed.model, waited)
         self._in_flight += 1
         self._per_key[record.key_id] += 1
         tap = UsageTap(strip_usage_chunk=parsed.stream and not parsed.wants_usage)
         started, at = asyncio.get_running_loop().time(), time.time()
         route, status = "", 500
         try:
-            body = upstream_body(parsed, raw)
+            body = upstream_body(parsed, raw, engine_model(parsed.model, members))
             table = self._pool(parsed.model, members)
-            clean = request.clone(headers=[(k, v) for k, v in request.headers.items()
-                                           if k.lower() not in DROP_HEADERS])
+            clean = request if "X-API-Key" not in request.headers else request.clone(  # a clone costs: only then
+                headers=[(k, v) for k, v in request.headers.items() if k.lower() not in DROP_HEADERS])
             grant = CorsGrant(b"".join(f"{k}: {v}\r\n".encode() for k, v in extra.items()), tuple(extra.items()))
             try:
                 response, route = await self.forwarder.forward(clean, table, body, cors=grant, tap=tap)
@@ -283,6 +310,7 @@ class Gateway:
             status = response.status
             return response
         finally:
+            queue.release()
             self._in_flight -= 1
             if self._per_key[record.key_id] <= 1:
                 del self._per_key[record.key_id]
@@ -290,18 +318,76 @@ class Gateway:
                 self._per_key[record.key_id] -= 1
             prompt, completion, estimated = self._used_tokens(parsed, tap)
             if decision is not None and limits.tpm is not None and prompt + completion != reserve:
-                await self.limiter.correct(key_id, request_id, prompt + completion)
+                self.limiter.defer_correct(key_id, request_id, prompt + completion)  # off the answer's path
             ended = asyncio.get_running_loop().time()
             endpoint_id = self._endpoint_of(members, route)
             if endpoint_id is not None:
                 self.metrics.tokens_counted(str(endpoint_id), prompt, completion)
             self.meter.add(UsageRecord(
-                request_id=request_id, at=at, key_id=record.key_id, user_id=record.owner_id, model=parsed.model,
+                request_id=request_id, at=at, key_id=record.key_id, user_id=record.owner_id,
+                model=self._service_name(members, route, parsed.model),
                 endpoint_id=endpoint_id, route_id=uuid.UUID(route) if route else None,
                 prompt_tokens=prompt, completion_tokens=completion, estimated=estimated, status=status,
                 ttft_ms=(tap.first_byte_at - started) * 1000 if tap.first_byte_at is not None else None,
                 duration_ms=(ended - started) * 1000))
             self.metrics.gateway_usage_dropped[""] = self.meter.dropped
+
+    # -- the priority queue ----------------------------------------------------------------------------------
+    def _queue(self, model: str, members: list[RouteTable]) -> PoolQueue:
+        """The pool's queue (its capacity is set when made, then on every route change: :meth:`routes_changed`)."""
+        ids = tuple(t.endpoint_id for t in members)
+        queue = self.queues.get((model, ids))
+        if queue is None:
+            queue = self.queues[(model, ids)] = PoolQueue(model, ids, on_length=self._queue_length)
+            queue.set_capacity(pool_capacity(((len(t.routes), t.route_capacity) for t in members),
+                                             self.config.default_route_capacity))
+        return queue
+
+    def routes_changed(self) -> None:
+        """Bring every queue's capacity up to date (a replica added serves waiting requests at once)."""
+        for queue in list(self.queues.values()):
+            tables = [self.routes.get(e) for e in queue.endpoints]
+            queue.set_capacity(pool_capacity(((len(t.routes), t.route_capacity) for t in tables if t is not None),
+                                             self.config.default_route_capacity))
+
+    def _queue_length(self, queue: PoolQueue, delta: int) -> None:
+        for key, counter in [(queue.model, self.metrics.gateway_queued),
+                             *((str(e), self.endpoint_queued) for e in queue.endpoints)]:
+            value = counter[key] + delta
+            if value > 0:
+                counter[key] = value
+            else:
+                counter.pop(key, None)
+
+    def queue_stats(self, endpoint_id: uuid.UUID) -> tuple[int, float]:
+        """(requests queued, seconds the oldest has waited) over the pools this endpoint belongs to: what the
+        admin port reports to the autoscaler (``proxy`` source, ``queue_length`` / ``queue_wait``)."""
+        queued = self.endpoint_queued.get(str(endpoint_id), 0)
+        if not queued:
+            return 0, 0.0
+        return queued, max((q.oldest_wait() for q in self.queues.values() if endpoint_id in q.endpoints),
+                           default=0.0)
+
+    def _queue_refusal(self, queue: PoolQueue, exc: QueueRefused, extra: dict[str, str]) -> OpenAIError:
+        self.metrics.gateway_queue_refused[(queue.model, exc.outcome.value)] += 1
+        retry = str(self._proxy_cfg.retry_after)
+        if exc.outcome is QueueOutcome.FULL:
+            message = (f"Every replica of model `{queue.model}` is busy and {len(queue.waiting)} requests are "
+                       f"already waiting (the queue is full); retry in {retry}s.")
+        else:
+            message = (f"Every replica of model `{queue.model}` stayed busy while this request waited "
+                       f"{exc.waited:.1f}s (queue_timeout); retry in {retry}s.")
+        return OpenAIError(503, message, type="server_error", code=f"queue_{exc.outcome.value}",
+                           headers={**extra, "Retry-After": retry})
+
+    @staticmethod
+    def _service_name(members: list[RouteTable], route: str, model: str) -> str:
+        """The name of the service that served the request (usage and prices are by service name, whichever alias
+        the client used); the requested model when no route was reached."""
+        for table in members:
+            if any(str(r.route_id) == route for r in table.routes):
+                return table.name
+        return members[0].name if len({t.name for t in members}) == 1 else model
 
     @staticmethod
     def _endpoint_of(members: list[RouteTable], route: str) -> uuid.UUID | None:

@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from appproxy.gateway.errors import bad_request
+from common.jsondepth import json_depth_exceeds
 
 BYTES_PER_TOKEN = 4  # the usual rule of thumb for English text with BPE tokenizers
 MAX_JSON_DEPTH = 64
@@ -47,19 +48,6 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _too_deep(value: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return False
-
-
 def _int_field(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
     value = body.get(name)
     if value is None:
@@ -82,7 +70,7 @@ def parse_request(kind: Kind, raw: bytes, *, max_tokens_limit: int, max_n: int) 
         raise bad_request(f"The request body is not valid JSON ({str(exc)[:120]}).", None, "invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", None, "invalid_json")
-    if _too_deep(body, MAX_JSON_DEPTH):
+    if json_depth_exceeds(body, MAX_JSON_DEPTH):
         raise bad_request(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.", None, "invalid_json")
     model = body.get("model")
     if model is None:
@@ -119,14 +107,19 @@ def parse_request(kind: Kind, raw: bytes, *, max_tokens_limit: int, max_n: int) 
                           prompt_estimate=estimate, wants_usage=wants_usage)
 
 
-def upstream_body(request: GatewayRequest, raw: bytes) -> bytes:
+def upstream_body(request: GatewayRequest, raw: bytes, model: str | None = None) -> bytes:
     """The body sent to the replica: as received, except that a streaming chat or completion request that did
-    not ask for usage asks for it (``stream_options.include_usage``) so that the gateway can meter it; the
-    gateway strips that extra chunk from what the client receives (:mod:`appproxy.gateway.usage`)."""
-    if not request.stream or request.wants_usage or request.kind is Kind.EMBEDDING:
+    not ask for usage asks for it (``stream_options.include_usage``) so that the gateway can meter it (the
+    gateway strips that extra chunk from what the client receives: :mod:`appproxy.gateway.usage`), and that
+    ``model``, when given, replaces the client's (the engine's own name for the service)."""
+    asks_usage = request.stream and not request.wants_usage and request.kind is not Kind.EMBEDDING
+    if not asks_usage and model is None:
         return raw
     body = dict(request.body)
-    body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    if asks_usage:
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    if model is not None:
+        body["model"] = model
     return json.dumps(body, ensure_ascii=False).encode()
 
 

@@ -108,11 +108,15 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, connections: int, seconds: float, threads: int = 1) -> dict[str, float]:
-    """Run wrk; return rps, p50/p99 in ms and the error count (socket errors + non-2xx)."""
+def wrk(url: str, connections: int, seconds: float, threads: int = 1, script: str | None = None) -> dict[str, float]:
+    """Run wrk (with a Lua ``script`` when given); return rps, p50/p99 in ms, the request count and the error
+    count (socket errors + non-2xx)."""
     args = [which("wrk"), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url]
+    if script is not None:
+        args[1:1] = ["-s", script]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+              "requests": float(re.search(r"(\d+) requests in", out).group(1))}
     for pct, key in (("50%", "p50"), ("99%", "p99")):
         result[key] = _ms(re.search(rf"^\s+{pct}\s+(\S+)", out, re.M).group(1))
     errors = 0

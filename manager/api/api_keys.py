@@ -30,9 +30,9 @@ from common.apikeys import (
 from common.errors import InvalidAPIParameters, ObjectNotFound, ServiceUnavailable
 from manager.api.auth import caller_of
 from manager.api.util import json_response, parse_body, parse_uuid
-from manager.apikeys import aware, publish_key
+from manager.apikeys import aware, defaults_of, effective, publish_key
 from manager.context import CTX
-from manager.db.models import ApiKey, UsageRecordRow, User
+from manager.db.models import ApiKey, UsageRecordRow, User, UserKeyDefaults
 from manager.durations import parse_duration
 from manager.ownership import can_act_for, owner_visibility
 
@@ -67,7 +67,8 @@ class _Body(BaseModel):
     tpm: Annotated[int, Field(ge=1, le=MAX_TPM)] | None = Field(None, description="tokens per minute")
     max_parallel: Annotated[int, Field(ge=1, le=MAX_PARALLEL)] | None = None
     budget: Annotated[float, Field(ge=0, le=MAX_BUDGET)] | None = Field(
-        None, description="currency units per month (stored; enforcement comes with prices)")
+        None, description="currency units per calendar month (UTC), at the model prices (GET /prices); over it the "
+                    "gateway answers 429 budget_exceeded")
     expires_in: str | None = Field(None, max_length=32, description="lifetime: seconds or 30m, 12h, 30d, 1yr")
     expires_at: datetime | None = None
     priority: PriorityClass | None = None
@@ -99,10 +100,13 @@ class ApiKeyInfo(BaseModel):
     max_parallel: int | None
     budget: float | None
     expires_at: datetime | None
-    priority: PriorityClass
+    priority: PriorityClass = Field(description="the key's own class; standard when it inherits (see effective)")
     metadata: dict[str, Any]
     created_at: datetime
     revoked_at: datetime | None
+    effective: dict[str, Any] = Field(default_factory=dict, description=(
+        "rpm, tpm, max_parallel, budget and priority as the gateway applies them: the key's own value, else its "
+        "owner's key defaults (PUT /users/{user_id}/key-defaults)"))
     last_used_at: datetime | None = Field(None, description="the latest request recorded for the key (lists only)")
     owner_email: str | None = Field(None, description="the owner's e-mail (lists only)")
 
@@ -127,12 +131,14 @@ async def _publish(ctx: Any, db: Any, row: ApiKey, what: str) -> None:
                                  headers={"Retry-After": "2"}) from None
 
 
-def _info(key: ApiKey, last_used: datetime | None = None, owner_email: str | None = None) -> dict[str, Any]:
+def _info(key: ApiKey, defaults: UserKeyDefaults | None = None, last_used: datetime | None = None,
+          owner_email: str | None = None) -> dict[str, Any]:
     return ApiKeyInfo(id=key.id, name=key.name, owner_id=key.owner_id, hint=key.hint,
                       allowed_models=list(key.allowed_models or []), rpm=key.rpm, tpm=key.tpm,
                       max_parallel=key.max_parallel, budget=key.budget, expires_at=aware(key.expires_at),
-                      priority=key.priority, metadata=dict(key.meta or {}), created_at=aware(key.created_at),
-                      revoked_at=aware(key.revoked_at), last_used_at=aware(last_used),
+                      priority=key.priority or PriorityClass.STANDARD, metadata=dict(key.meta or {}),
+                      created_at=aware(key.created_at), revoked_at=aware(key.revoked_at),
+                      effective=effective(key, defaults), last_used_at=aware(last_used),
                       owner_email=owner_email).model_dump(mode="json")
 
 
@@ -182,11 +188,11 @@ async def create_api_key(request: web.Request) -> web.Response:
         row = ApiKey(id=uuid.uuid4(), owner_id=owner_id, name=body.name, key_hash=hash_key(key), hint=key_hint(key),
                      allowed_models=list(dict.fromkeys(body.allowed_models or [])), rpm=body.rpm, tpm=body.tpm,
                      max_parallel=body.max_parallel, budget=body.budget, expires_at=expires_at,
-                     priority=body.priority or PriorityClass.STANDARD, meta=body.metadata or {}, created_at=now)
+                     priority=body.priority, meta=body.metadata or {}, created_at=now)  # None: inherit
         db.add(row)
         await db.commit()
         await _publish(ctx, db, row, "created")
-        info = _info(row)
+        info = _info(row, await db.get(UserKeyDefaults, owner_id))
     return json_response({**info, "key": key}, status=201)
 
 
@@ -199,8 +205,10 @@ async def list_api_keys(request: web.Request) -> web.Response:
     async with request.app[CTX].db() as db:
         rows = (await db.execute(sa.select(ApiKey, User.email).join(User, User.id == ApiKey.owner_id)
                                  .where(condition).order_by(ApiKey.created_at.desc()).limit(MAX_KEYS_LISTED))).all()
+        defaults = await defaults_of(db, {k.owner_id for k, _ in rows})
         last_used = await _last_used(db, [k.id for k, _ in rows])
-        return json_response({"api_keys": [_info(k, last_used.get(k.id), email) for k, email in rows]})
+        return json_response({"api_keys": [_info(k, defaults.get(k.owner_id), last_used.get(k.id), email)
+                                           for k, email in rows]})
 
 
 async def _last_used(db: Any, key_ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime]:
@@ -240,14 +248,14 @@ async def update_api_key(request: web.Request) -> web.Response:
             if field in sent:
                 setattr(row, field, getattr(body, field))
         if "priority" in sent:
-            row.priority = body.priority or PriorityClass.STANDARD
+            row.priority = body.priority  # null: inherit the owner's default
         if "metadata" in sent:
             row.meta = body.metadata or {}
         if sets_expiry:
             row.expires_at = expires_at
         await db.commit()
         await _publish(ctx, db, row, "updated")
-        return json_response(_info(row))
+        return json_response(_info(row, await db.get(UserKeyDefaults, row.owner_id)))
 
 
 @routes.delete("/api-keys/{key_id}")
@@ -260,4 +268,4 @@ async def revoke_api_key(request: web.Request) -> web.Response:
             row.revoked_at = datetime.now(UTC)
             await db.commit()
         await _publish(ctx, db, row, "revoked")  # removes it from the store (again, if a first attempt failed)
-        return json_response(_info(row))
+        return json_response(_info(row, await db.get(UserKeyDefaults, row.owner_id)))

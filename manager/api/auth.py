@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 import jwt
 import sqlalchemy as sa
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from common.errors import AuthFailed
 from manager import hmac_auth
@@ -27,6 +27,7 @@ from manager.ownership import Caller
 from manager.secretbox import SecretBoxError
 
 log = logging.getLogger(__name__)
+KeypairRow = sa.Row[KeyPair, User]  # a keypair joined with its user
 PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/metrics"})
 # Verified against when the access key is unknown, so that timing does not reveal which access keys exist; such
 # requests are refused whatever the signature.
@@ -34,14 +35,14 @@ UNKNOWN_KEY_SECRET = "x" * 40
 INTERNAL_PREFIX = "/internal/"
 
 
-async def _load_keypair(request: web.Request, access_key: str):
+async def _load_keypair(request: web.Request, access_key: str) -> KeypairRow | None:
     async with request.app[CTX].db() as db:
         return (await db.execute(
             sa.select(KeyPair, User).join(User, User.id == KeyPair.user_id).where(KeyPair.access_key == access_key)
         )).first()
 
 
-def _secret_of(request: web.Request, row) -> str | None:
+def _secret_of(request: web.Request, row: KeypairRow | None) -> str | None:
     """The keypair's secret key, decrypted (manager/secretbox.py); None for an unknown key or one that does not
     decrypt (logged: the start-up check makes that rare, e.g. a row written by a manager with another key)."""
     if row is None:
@@ -54,7 +55,7 @@ def _secret_of(request: web.Request, row) -> str | None:
         return None
 
 
-def _caller(row) -> Caller:
+def _caller(row: KeypairRow) -> Caller:
     keypair, user = row
     if not keypair.is_active or not user.is_active:
         raise AuthFailed("the keypair or its user is inactive")
@@ -138,7 +139,7 @@ async def authenticate(request: web.Request) -> Caller:
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS or request.path.startswith(INTERNAL_PREFIX):
         return await handler(request)
     request[CALLER] = await authenticate(request)

@@ -80,6 +80,11 @@ def check_definition_path(value: str | None) -> str | None:
     return value
 
 
+def check_aliases(value: list[str] | None) -> list[str] | None:
+    """Each alias once (in the order given)."""
+    return None if value is None else list(dict.fromkeys(value))
+
+
 def check_cors_origins(value: list[str] | None) -> list[str] | None:
     """Origins as browsers send them (lower case, no trailing ``/``), each at most once; ``"*"``: any origin."""
     if value is None:

@@ -11,7 +11,9 @@ from pydantic.json_schema import models_json_schema
 from manager import __version__
 from manager.api import api_keys as k
 from manager.api import console_openapi
+from manager.api import key_defaults as kd
 from manager.api import login_links as ll
+from manager.api import prices as pr
 from manager.api import schemas as s
 from manager.api import usage as u
 from manager.api.autoscaling import MAX_LIMIT, AutoscalingDecisionsResponse
@@ -67,8 +69,17 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
      k.UpdateApiKeyRequest, k.ApiKeyInfo, 200),
     ("delete", "/api-keys/{key_id}", "Revoke a key (every app proxy refuses it within a second)", None,
      k.ApiKeyInfo, 200),
-    ("get", "/usage", "Gateway usage: requests and tokens grouped by day, model, key or user (admins: everyone's)",
-     None, u.UsageResponse, 200),
+    ("get", "/usage", "Gateway usage: requests, tokens and cost grouped by day, model, key or user (admins: "
+     "everyone's); format=csv for CSV", None, u.UsageResponse, 200),
+    ("get", "/prices", "Model prices per 1M input and output tokens (users: those of models they may see)", None,
+     pr.PriceList, 200),
+    ("put", "/prices/{model}", "Set a model's price (superadmins); usage records cost it from now on",
+     pr.PriceRequest, pr.PriceInfo, 200),
+    ("delete", "/prices/{model}", "Remove a model's price (superadmins)", None, None, 204),
+    ("get", "/users/{user_id}/key-defaults", "The limits, budget and priority a user's keys inherit", None,
+     kd.KeyDefaultsInfo, 200),
+    ("put", "/users/{user_id}/key-defaults", "Set what a user's keys inherit (admins); republished at once",
+     kd.KeyDefaults, kd.KeyDefaultsInfo, 200),
     ("post", "/login-links", "A one-time console login URL for the caller's keypair (keypair-signed only; "
      "what `moorage console login-link` prints)", None, ll.LoginLink, 201),
     *console_openapi.OPERATIONS,  # the folder explorer, Model Store and conversations (docs/console-api.md)
@@ -125,6 +136,9 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
          "description": "a duration back from now (7d, 12h) or an ISO 8601 time"},
         {"name": "until", "in": "query", "required": False, "schema": {"type": "string"},
          "description": "likewise; default: now"},
+        {"name": "format", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"},
+         "description": "csv: text/csv with a header row (the groups, then the counts and cost)"},
     ],
     ("get", "/services/{service_id}/autoscaling-decisions"): [
         {"name": "limit", "in": "query", "required": False,

@@ -31,6 +31,18 @@ CORS_DESCRIPTION = (
     "Origins whose browser pages may call the service (CORS, answered by the app proxy): scheme://host[:port] "
     f"with http or https, or \"*\" for any origin; at most {MAX_CORS_ORIGINS}. Stored as browsers send them (lower "
     "case, no trailing slash). Empty (the default): no cross-origin browser request is allowed.")
+MAX_ALIASES = 16
+ModelAlias = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")]
+EngineModelName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ALIASES_DESCRIPTION = (
+    "More model names the gateway serves this service under (besides its name), e.g. gpt-4o-mini or "
+    "meta-llama/Llama-3.1-8B-Instruct (docs/gateway.md).")
+ENGINE_NAME_DESCRIPTION = (
+    "The model name the engine expects: the gateway writes it into the request's model field. Default: the "
+    "client's model is passed through.")
+ROUTE_CAPACITY_DESCRIPTION = (
+    "Gateway requests one replica serves at once; more wait in the gateway's priority queue (docs/gateway.md). "
+    "Default: the app proxy's [gateway] default_route_capacity.")
 OUTBOUND_DESCRIPTION = (
     "Whether replicas may open outbound network connections (e.g. to download weights). Default false: a "
     "replica reaches nothing beyond its own port. Changing it rolls the replicas (a new revision).")
@@ -90,7 +102,13 @@ class NewServiceRequest(_Req):
     cors_allowed_origins: list[Origin] = Field(default_factory=list, max_length=MAX_CORS_ORIGINS,
                                                description=CORS_DESCRIPTION)
     network_outbound: StrictBool = Field(default=False, description=OUTBOUND_DESCRIPTION)
+    route_capacity: StrictInt | None = Field(default=None, ge=1, le=100_000, description=ROUTE_CAPACITY_DESCRIPTION)
+    model_aliases: list[ModelAlias] = Field(default_factory=list, max_length=MAX_ALIASES,
+                                            description=ALIASES_DESCRIPTION)
+    engine_model_name: EngineModelName | None = Field(default=None, description=ENGINE_NAME_DESCRIPTION)
     config: ServiceConfigModel
+
+    _aliases = field_validator("model_aliases")(fields.check_aliases)
 
     _cors = field_validator("cors_allowed_origins")(fields.check_cors_origins)
 
@@ -127,6 +145,13 @@ class UpdateServiceRequest(_Req):
     cors_allowed_origins: list[Origin] | None = Field(default=None, max_length=MAX_CORS_ORIGINS,
                                                       description=CORS_DESCRIPTION + " Replaces the whole list.")
     network_outbound: StrictBool | None = Field(default=None, description=OUTBOUND_DESCRIPTION)
+    route_capacity: StrictInt | None = Field(default=None, ge=1, le=100_000, description=ROUTE_CAPACITY_DESCRIPTION
+                                             + " null: back to the proxies' default.")
+    model_aliases: list[ModelAlias] | None = Field(default=None, max_length=MAX_ALIASES,
+                                                   description=ALIASES_DESCRIPTION + " Replaces the whole list.")
+    engine_model_name: EngineModelName | None = Field(default=None, description=ENGINE_NAME_DESCRIPTION +
+                                                      " null: pass it through.")
+    _aliases = field_validator("model_aliases")(fields.check_aliases)
     max_surge: int | None = Field(default=None, ge=1, le=64, strict=True)  # extra routes a rollout may start at once
     redeploy: bool = False  # roll every replica even if nothing changed (e.g. the folder's weights did)
 
@@ -246,6 +271,9 @@ class ServeInfo(_Resp):
     rollout: dict[str, Any] | None = None  # {"revision", "current", "outdated", "serving"} while routes differ
     cors_allowed_origins: list[str] = Field(default_factory=list, description=CORS_DESCRIPTION)
     network_outbound: bool = Field(default=False, description=OUTBOUND_DESCRIPTION)
+    route_capacity: int | None = Field(default=None, description=ROUTE_CAPACITY_DESCRIPTION)
+    model_aliases: list[str] = Field(default_factory=list, description=ALIASES_DESCRIPTION)
+    engine_model_name: str | None = Field(default=None, description=ENGINE_NAME_DESCRIPTION)
     # extensions the console's Edit form pre-fills from
     environ: dict[str, str] = Field(default_factory=dict)
     scaling_group: str = "default"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
@@ -16,12 +18,13 @@ from manager.context import CTX
 from manager.db.models import UsageRecordRow
 from manager.durations import parse_duration
 from manager.ownership import owner_visibility
-from manager.usage import GroupBy, record_usage, usage_summary
+from manager.usage import GroupBy, record_and_publish, usage_summary
 
 routes = web.RouteTableDef()
 # Cluster-signed routes, registered on the manager's own app only (never under the console's /api/).
 internal_routes = web.RouteTableDef()
 
+COUNT_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors", "cost", "unpriced")
 MAX_RANGE = timedelta(days=366)  # one query sums at most a year of records
 
 
@@ -35,6 +38,8 @@ class UsageRow(BaseModel):
     completion_tokens: int
     total_tokens: int
     errors: int
+    cost: float = 0.0  # at the prices in force when the records arrived
+    unpriced: int = 0  # records of a model without a price then (not in cost)
 
 
 class UsageResponse(BaseModel):
@@ -51,8 +56,7 @@ async def receive_usage(request: web.Request) -> web.Response:
         batch = UsageBatch.model_validate(data)
     except ValidationError as exc:
         raise invalid_params_from_validation(exc) from None
-    async with request.app[CTX].db() as db:
-        written = await record_usage(db, batch.records)
+    written = await record_and_publish(request.app[CTX], batch.records)
     return json_response({"received": len(batch.records), "written": written})
 
 
@@ -86,7 +90,18 @@ async def get_usage(request: web.Request) -> web.Response:
         raise InvalidAPIParameters(f"since: at most {MAX_RANGE.days} days before until")
     visible = (owner_visibility(caller, UsageRecordRow.user_id) if caller.is_admin
                else UsageRecordRow.user_id == caller.user_id)
+    fmt = query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise InvalidAPIParameters("format: json or csv")
     async with request.app[CTX].db() as db:
         rows = await usage_summary(db, visible, by, since, until)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        columns = [*(g.value for g in by), *COUNT_COLUMNS]
+        writer.writerow(columns)
+        writer.writerows([[row.get(c) for c in columns] for row in rows])
+        return web.Response(text=out.getvalue(), content_type="text/csv",
+                            headers={"Content-Disposition": 'attachment; filename="usage.csv"'})
     return json_response(UsageResponse(since=since, until=until, by=by, rows=[UsageRow(**r) for r in rows])
                          .model_dump(mode="json", exclude_none=True))  # rows name only their groups

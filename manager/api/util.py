@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from common.errors import InvalidAPIParameters, PayloadTooLarge, invalid_params_from_validation
 from common.errors import parse_uuid as parse_uuid  # re-exported: the handlers' path parameters
+from common.jsondepth import json_depth_exceeds
 from manager.context import CTX
 
 M = TypeVar("M", bound=BaseModel)
@@ -57,20 +58,6 @@ async def read_json(request: web.Request, limit: int) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise InvalidAPIParameters(f"body: {name} is not valid JSON (numbers must be finite)")
-
-
-def json_depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests containers deeper than ``limit`` (iterative: safe on any input)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
 
 
 def loads_bounded(raw: bytes | str) -> Any:

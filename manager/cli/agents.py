@@ -24,7 +24,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("agents", parents=[connection_parent()],
                                    help="list the agents, their slots and what they run (superadmin)")
     parser.add_argument("--json", action="store_true", help="print JSON")

@@ -146,14 +146,14 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _subparsers_of(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+def _subparsers_of(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return action
     raise RuntimeError(f"{parser.prog} has no subcommands")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds ``autoscale`` under the ``service`` command (registered before this module)."""
     service = subparsers.choices.get("service")
     if service is None:

@@ -56,7 +56,7 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config = subparsers.add_parser("config", help="show a component's effective configuration (secrets masked)")
     sub = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
     show = sub.add_parser("show", help="the configuration as the component would run with it, secrets masked")

@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 CLUSTER_FILE = "cluster.json"
@@ -59,7 +60,7 @@ def resolve_data_dir(flag: str | None = None, env: Mapping[str, str] | None = No
     return default_data_dir()
 
 
-def read_cluster_file(data_dir: Path) -> dict:
+def read_cluster_file(data_dir: Path) -> dict[str, Any]:
     """The connection file ``moorage up`` writes; ``{}`` when it does not exist."""
     path = data_dir / CLUSTER_FILE
     try:

@@ -7,11 +7,19 @@ import asyncio
 import json
 import logging
 import sys
+import uuid
+from typing import TYPE_CHECKING
 
 from common.aio import stop_on_signals
 from common.config import ConfigError
 from common.fileperms import private_umask
 from manager.cli.connection import CLIError
+
+if TYPE_CHECKING:  # imported lazily at run time: the CLI starts without the server stack
+    from aiohttp import web
+
+    from manager.config import ManagerConfig
+    from manager.secretbox import SecretBox
 
 
 def _setup_logging(level: str) -> None:
@@ -19,7 +27,7 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-async def serve_until_signal(app, config) -> None:
+async def serve_until_signal(app: web.Application, config: ManagerConfig) -> None:
     """Run the manager app until SIGTERM/SIGINT, then clean up (cleanup_ctx runs)."""
     from manager.console.app import start_console_site
     from manager.console.links import console_url
@@ -47,7 +55,7 @@ async def serve_until_signal(app, config) -> None:
         await runner.cleanup()
 
 
-def _load_manager_config(args: argparse.Namespace):
+def _load_manager_config(args: argparse.Namespace) -> ManagerConfig:
     from manager.config import load_manager_config
 
     try:
@@ -97,7 +105,7 @@ def run_appproxy(args: argparse.Namespace) -> int:
                or 0)
 
 
-def _keypair_box(config):
+def _keypair_box(config: ManagerConfig) -> SecretBox:
     from manager.secretbox import SecretBox
 
     try:
@@ -137,7 +145,7 @@ def run_admin_create_user(args: argparse.Namespace) -> int:
     url = args.url or config.db.connect_url()
     box = _keypair_box(config)  # the secret key is stored encrypted (manager/secretbox.py)
 
-    async def _main() -> tuple:
+    async def _main() -> tuple[uuid.UUID, str, str]:
         eng = db_engine.make_engine(url)
         sessionmaker = db_engine.make_sessionmaker(eng)
         try:
@@ -156,7 +164,7 @@ def run_admin_create_user(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name, func, help_text in (
         ("manager", run_manager, "run the manager daemon (PostgreSQL + etcd)"),
         ("agent", run_agent, "run an agent daemon on this host"),

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from manager.cli.client import APIError, Client, UploadFile, quote_segment
 from manager.cli.connection import CLIError, connection_from_args, connection_parent
@@ -31,13 +32,13 @@ def _locate_gguf(model_dir: Path) -> Path:
     return Path(result.stdout.strip())
 
 
-def _wait_healthy(client: Client, service_id: str, timeout: float) -> dict:
+def _wait_healthy(client: Client, service_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         info = client.get(f"/services/{service_id}")
         if info.get("status") == "HEALTHY":
-            return info
+            return dict(info)
         routes = info.get("routes") or []
         failed = [r for r in routes if r.get("lifecycle") == "failed_to_start"]
         if failed and not any(r.get("lifecycle") in ("provisioning", "running") for r in routes):
@@ -89,7 +90,7 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("demo", parents=[connection_parent()],
                                    help="deploy the SmolLM2 demo model and print URL, token and curl")
     parser.add_argument("--name", default="smollm2-chat", help="service name (default smollm2-chat)")

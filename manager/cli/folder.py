@@ -131,7 +131,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = connection_parent()
     folder = subparsers.add_parser("folder", help="manage model folders", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)

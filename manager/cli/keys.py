@@ -100,6 +100,26 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_FIELDS = ("rpm", "tpm", "max_parallel", "budget", "priority")
+
+
+def cmd_defaults(args: argparse.Namespace) -> int:
+    """Show a user's key defaults, or (any option given) replace them: options left out have no default."""
+    client = Client(connection_from_args(args))
+    path = f"/users/{args.user}/key-defaults"
+    given = {f: getattr(args, f) for f in DEFAULT_FIELDS if getattr(args, f) is not None}
+    if given or args.clear:
+        info = client.request("PUT", path, json_body={f: (v or None) for f, v in given.items()})
+    else:
+        info = client.get(path)
+    if args.json:
+        print_json(info)
+        return 0
+    print_table(["USER", *(f.upper() for f in DEFAULT_FIELDS)],
+                [[info["user_id"], *(info.get(f) if info.get(f) is not None else "-" for f in DEFAULT_FIELDS)]])
+    return 0
+
+
 def _limit_options(parser: argparse.ArgumentParser, update: bool) -> None:
     clear = " (0: unlimited)" if update else ""
     parser.add_argument("--models", help="comma-separated model names the key may use (default: all the owner may"
@@ -113,7 +133,7 @@ def _limit_options(parser: argparse.ArgumentParser, update: bool) -> None:
     parser.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata entry (repeatable)")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("key", help="gateway API keys (create, list, update, revoke)")
     sub = parser.add_subparsers(dest="key_command", metavar="COMMAND", required=True)
     create = sub.add_parser("create", parents=[connection_parent()],
@@ -135,3 +155,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             help="revoke a key: every app proxy refuses it within a second")
     revoke.add_argument("key", help="key id or name")
     revoke.set_defaults(func=cmd_revoke)
+    defaults = sub.add_parser("defaults", parents=[connection_parent()],
+                              help="show a user's key defaults, or (admins, with options) replace them: keys without "
+                                   "their own value inherit these")
+    defaults.add_argument("user", help="user id")
+    defaults.add_argument("--rpm", type=int, help="requests per minute (0: none)")
+    defaults.add_argument("--tpm", type=int, help="tokens per minute (0: none)")
+    defaults.add_argument("--max-parallel", dest="max_parallel", type=int, help="requests in flight at once (0: none)")
+    defaults.add_argument("--budget", type=float, help="currency units per calendar month, per key (0: none)")
+    defaults.add_argument("--priority", choices=PRIORITIES)
+    defaults.add_argument("--clear", action="store_true", help="remove every default")
+    defaults.add_argument("--json", action="store_true", help="print JSON")
+    defaults.set_defaults(func=cmd_defaults)

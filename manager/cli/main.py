@@ -2,7 +2,7 @@
 
 Commands are plugged in by module. Each module in :data:`COMMAND_MODULES` defines::
 
-    def register(subparsers: argparse._SubParsersAction) -> None:
+    def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         parser = subparsers.add_parser("name", help=...)
         ...
         parser.set_defaults(func=run)          # run(args: argparse.Namespace) -> int (exit status)
@@ -22,6 +22,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from manager.cli.connection import CLIError, add_connection_options
 
@@ -37,12 +38,13 @@ COMMAND_MODULES: list[str] = [
     "manager.cli.config_show",
     "manager.cli.keys",
     "manager.cli.usage",
+    "manager.cli.prices",
     "manager.cli.console",
 ]
 OPTIONAL_COMMAND_MODULES = frozenset({"manager.cli.up", "manager.cli.daemons"})
 
 
-def _load_modules() -> list:
+def _load_modules() -> list[ModuleType]:
     modules = []
     for name in COMMAND_MODULES:
         try:

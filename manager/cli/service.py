@@ -61,6 +61,12 @@ def build_create_body(args: argparse.Namespace) -> dict[str, Any]:
         extensions["cors_allowed_origins"] = list(args.cors_origins)
     if args.allow_outbound:
         extensions["network_outbound"] = True
+    if args.route_capacity is not None:
+        extensions["route_capacity"] = args.route_capacity
+    if args.aliases:
+        extensions["model_aliases"] = list(args.aliases)
+    if args.engine_model_name:
+        extensions["engine_model_name"] = args.engine_model_name
     return drop_none({
         "name": args.name,
         "replicas": args.count,
@@ -151,6 +157,12 @@ def print_service_info(info: dict[str, Any]) -> None:
         fields.append(("CORS origins", ", ".join(info["cors_allowed_origins"] or []) or "(none)"))
     if "network_outbound" in info:
         fields.append(("Outbound network", "allowed" if info["network_outbound"] else "blocked"))
+    if "route_capacity" in info:
+        fields.append(("Route capacity", info["route_capacity"] or "(proxy default)"))
+    if info.get("model_aliases"):
+        fields.append(("Model aliases", ", ".join(info["model_aliases"])))
+    if info.get("engine_model_name"):
+        fields.append(("Engine model name", info["engine_model_name"]))
     if "retries" in info:
         fields.append(("Retries", info.get("retries")))
     if "revision" in info:
@@ -295,7 +307,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = connection_parent()
     service = subparsers.add_parser("service", help="manage model services", description=__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -323,6 +335,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "or * for any (repeatable; default: none)")
     create.add_argument("--allow-outbound", action="store_true",
                         help="let replicas open outbound network connections (default: none)")
+    create.add_argument("--route-capacity", type=int, default=None, metavar="N",
+                        help="gateway requests one replica serves at once; more wait in the gateway's priority "
+                             "queue (default: the proxy's [gateway] default_route_capacity)")
+    create.add_argument("--alias", dest="aliases", action="append", metavar="MODEL",
+                        help="another model name the gateway serves this service under (repeatable)")
+    create.add_argument("--engine-model-name", default=None, metavar="NAME",
+                        help="the model name the engine expects; the gateway writes it into requests (default: the "
+                             "client's name, as sent)")
     create.add_argument("--json", action="store_true", help="print the manager's JSON answer")
     create.set_defaults(func=cmd_create)
 

@@ -35,6 +35,12 @@ def build_update_body(args: argparse.Namespace) -> dict[str, Any]:
         body["cors_allowed_origins"] = list(args.cors_origins or [])
     if args.outbound is not None:
         body["network_outbound"] = args.outbound
+    if args.route_capacity is not None:
+        body["route_capacity"] = args.route_capacity or None  # 0: back to the proxies' default
+    if args.aliases is not None or args.clear_aliases:
+        body["model_aliases"] = list(args.aliases or [])
+    if args.engine_model_name is not None:
+        body["engine_model_name"] = args.engine_model_name or None  # '': pass the client's name through
     if args.redeploy:
         body["redeploy"] = True
     if not body:
@@ -82,7 +88,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_update(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register_update(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     update = sub.add_parser("update", parents=[common], help="change a running service (rolling update)",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     update.add_argument("service", metavar="NAME_OR_ID")
@@ -109,6 +115,14 @@ def register_update(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
                           help="let replicas open outbound connections (rolling update)")
     outbound.add_argument("--deny-outbound", dest="outbound", action="store_const", const=False,
                           help="no outbound network for replicas (rolling update)")
+    update.add_argument("--route-capacity", type=non_negative_int, default=None, metavar="N",
+                        help="gateway requests one replica serves at once (0: the proxy's default)")
+    aliases = update.add_mutually_exclusive_group()
+    aliases.add_argument("--alias", dest="aliases", action="append", metavar="MODEL",
+                         help="model name the gateway also serves the service under (repeatable); REPLACES the list")
+    aliases.add_argument("--clear-aliases", action="store_true", help="no aliases")
+    update.add_argument("--engine-model-name", default=None, metavar="NAME",
+                        help="the model name the engine expects ('': pass the client's name through)")
     update.add_argument("--max-surge", type=int, default=None, help="extra replicas a rollout may start at once")
     update.add_argument("--redeploy", action="store_true", help="roll every replica even if nothing changed")
     update.add_argument("--wait", action="store_true", help="follow the rollout until it finishes")

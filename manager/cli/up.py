@@ -33,7 +33,7 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return resolve_data_dir(getattr(args, "data_dir", None))
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -139,7 +139,7 @@ def run_down(args: argparse.Namespace) -> int:
     raise CLIError(f"process {pid} did not stop within {args.wait:.0f}s")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = subparsers.add_parser("up", help="run manager, agent and app proxy in one process (embedded mode)")
     up.add_argument("--host", default="127.0.0.1", help="address for the manager, replicas and endpoint URLs")
     up.add_argument("--port", type=int, default=8090, help="manager port (default 8090)")

@@ -11,7 +11,7 @@ from manager.cli.connection import connection_from_args, connection_parent
 from manager.cli.output import print_json, print_table
 
 GROUPS = ("day", "model", "key", "user")
-COUNTS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
+COUNTS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors", "cost")
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
@@ -34,7 +34,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("usage", parents=[connection_parent()],
                                    help="gateway usage: requests and tokens (yours; admins: everyone's)")
     parser.add_argument("--by", default="day", help="comma-separated groups among day, model, key, user "

@@ -26,8 +26,9 @@ from aiohttp import web
 from common.errors import Forbidden, InvalidAPIParameters, ProblemError
 from common.tokens import mint_endpoint_token
 from manager.api.auth import caller_of
-from manager.api.services import load_endpoint
+from manager.api.util import service_ref
 from manager.context import CTX
+from manager.services.read import load_endpoint
 
 T = TypeVar("T")
 
@@ -152,7 +153,7 @@ async def service_chat(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     body = await _read_body(request)
     async with ctx.db() as db:
-        endpoint = await load_endpoint(db, caller_of(request), request.match_info["service_id"])
+        endpoint = await load_endpoint(db, caller_of(request), *service_ref(request))
     if not endpoint.url:
         raise InvalidAPIParameters("service_id: the service has no endpoint URL yet")
     headers: dict[str, str] = {}

@@ -15,6 +15,12 @@ Sources and names (aggregation is stated explicitly; docs/operations.md, Autosca
   ``vllm:num_requests_running``; ``:`` and ``_`` spellings are both tried). Every proxy scrapes every replica,
   so values are merged **per replica** across proxies (the freshest report wins), then **averaged over the
   replicas** that reported the metric (Backend.AI divides the endpoint's sum by the route count).
+
+  The gateway's priority queue (docs/gateway.md) is part of ``proxy``: ``queue_length`` (alias ``queued``:
+  gateway requests waiting for a slot of a pool the endpoint serves, **summed over proxies**, not divided),
+  ``queue_length_per_replica`` (the same divided by the serving replicas) and ``queue_wait`` (seconds the oldest
+  waiting request has waited, **the maximum over proxies**). "Scale out when queue_length > 5" is a rule on
+  ``proxy`` / ``queue_length``.
 """
 
 from __future__ import annotations
@@ -24,14 +30,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 KERNEL_ALIASES = {"mem": "mem_util", "cpu": "cpu_util"}
-# name → (field of the proxy's report, divided per replica)
-PROXY_METRICS: dict[str, tuple[str, bool]] = {
-    "rps": ("rps", True),
-    "requests_per_second": ("rps", True),
-    "rps_total": ("rps", False),
-    "in_flight": ("in_flight", True),
-    "in_flight_requests": ("in_flight", True),
-    "in_flight_total": ("in_flight", False),
+# name → (field of the proxy's report, aggregation over proxies: per_replica = sum / serving replicas, sum, max)
+PROXY_METRICS: dict[str, tuple[str, str]] = {
+    "rps": ("rps", "per_replica"),
+    "requests_per_second": ("rps", "per_replica"),
+    "rps_total": ("rps", "sum"),
+    "in_flight": ("in_flight", "per_replica"),
+    "in_flight_requests": ("in_flight", "per_replica"),
+    "in_flight_total": ("in_flight", "sum"),
+    "queue_length": ("queued", "sum"),
+    "queued": ("queued", "sum"),
+    "queue_length_per_replica": ("queued", "per_replica"),
+    "queue_wait": ("queue_wait", "max"),
 }
 SOURCES = frozenset({"kernel", "proxy", "inference_framework"})
 
@@ -66,11 +76,12 @@ def proxy_metric(name: str, reports: Sequence[Mapping[str, Any]], serving_replic
     spec = PROXY_METRICS.get(name)
     if spec is None or not reports:
         return None
-    field, per_replica = spec
-    total = 0.0
-    for report in reports:
-        total += _number((report.get("proxy") or {}).get(field)) or 0.0
-    return total / max(1, serving_replicas) if per_replica else total
+    field, aggregation = spec
+    values = [_number((report.get("proxy") or {}).get(field)) or 0.0 for report in reports]
+    if aggregation == "max":
+        return max(values)
+    total = sum(values)
+    return total / max(1, serving_replicas) if aggregation == "per_replica" else total
 
 
 def _metric_entry(metrics: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:

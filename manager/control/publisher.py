@@ -60,14 +60,16 @@ def build_route_table(endpoint: Endpoint, routes: Sequence[RouteRow], revoked: l
                       subdomain=endpoint.subdomain,
                       open_to_public=endpoint.open_to_public, owner_id=endpoint.owner_id,
                       cors_allowed_origins=list(endpoint.cors_allowed_origins or []), routes=targets,
-                      revoked_token_ids=revoked,
+                      revoked_token_ids=revoked, route_capacity=endpoint.route_capacity,
+                      aliases=list(endpoint.model_aliases or []), engine_model_name=endpoint.engine_model_name,
                       hold_requests=should_hold_requests(endpoint, routes, wakeable), updated_at=time.time())
 
 
 # Endpoint columns a route table needs; the other JSON columns (definition, environ, ...) are never decoded here.
 TABLE_COLUMNS = (Endpoint.name, Endpoint.owner_id, Endpoint.kind, Endpoint.lifecycle, Endpoint.replicas,
                  Endpoint.retries, Endpoint.proxy_port, Endpoint.subdomain, Endpoint.open_to_public,
-                 Endpoint.cors_allowed_origins)
+                 Endpoint.cors_allowed_origins, Endpoint.route_capacity, Endpoint.model_aliases,
+                 Endpoint.engine_model_name)
 # Store writes in flight at once. etcd pipelines them over one connection; one by one, the forced resync of
 # 2,000 tables took over 10 s of the control loop's tick (bench/control_plane).
 WRITE_CONCURRENCY = 32

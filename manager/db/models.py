@@ -152,6 +152,13 @@ class Endpoint(Base):
     cors_allowed_origins: Mapped[list[str]] = mapped_column(JSONType, default=list, server_default=sa.text("'[]'"))
     # whether replicas may open outbound connections (KernelSpec.network_outbound); part of what a replica runs
     network_outbound: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    # gateway requests one replica serves at once before the gateway queues them (published in the route table;
+    # None: the proxy's [gateway] default_route_capacity; docs/gateway.md)
+    route_capacity: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    # more model names the gateway serves this service under, and the name written into a request's "model" for
+    # the engine (None: as the client sent it); both published in the route table (docs/gateway.md)
+    model_aliases: Mapped[list[str]] = mapped_column(JSONType, default=list, server_default=sa.text("'[]'"))
+    engine_model_name: Mapped[str | None] = mapped_column(sa.String(256), nullable=True)
     proxy_port: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)  # port-mode port, never reused live
     subdomain: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)  # wildcard mode, never reused live
     url: Mapped[str | None] = mapped_column(sa.String(1024), nullable=True)
@@ -305,8 +312,8 @@ class ApiKey(Base):
     max_parallel: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
     budget: Mapped[float | None] = mapped_column(sa.Float, nullable=True)  # currency units per month
     expires_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
-    priority: Mapped[PriorityClass] = mapped_column(_enum(PriorityClass, "api_key_priority"),
-                                                    default=PriorityClass.STANDARD)
+    # None: the owner's default (user_key_defaults), else standard
+    priority: Mapped[PriorityClass | None] = mapped_column(_enum(PriorityClass, "api_key_priority"), nullable=True)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(TS, default=_now)
     revoked_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
@@ -331,6 +338,34 @@ class UsageRecordRow(Base):
     duration_ms: Mapped[float] = mapped_column(sa.Float, default=0.0)
     status: Mapped[int] = mapped_column(sa.SmallInteger)
     estimated: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    cost: Mapped[float | None] = mapped_column(sa.Float, nullable=True)  # at the price in force; None: no price
+
+    __table_args__ = (sa.Index("ix_usage_records_key_id_at", "key_id", "at"),)  # a key's spend this month
+
+
+class UserKeyDefaults(Base):
+    """What a user's API keys inherit when they have no value of their own (docs/gateway.md, Per-user defaults);
+    set by admins. None: no default (unlimited, no budget, standard priority)."""
+
+    __tablename__ = "user_key_defaults"
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    rpm: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    max_parallel: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    budget: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    priority: Mapped[str | None] = mapped_column(sa.String(16), nullable=True)  # a PriorityClass value
+
+
+class ModelPrice(Base):
+    """Price of a model name in currency units per 1M input (prompt) and output (completion) tokens, set by
+    superadmins (docs/gateway.md, Prices and budgets)."""
+
+    __tablename__ = "model_prices"
+    model: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    input_per_1m: Mapped[float] = mapped_column(sa.Float)
+    output_per_1m: Mapped[float] = mapped_column(sa.Float)
+    updated_at: Mapped[datetime] = mapped_column(TS, default=_now)
+    updated_by: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
 
 
 class Conversation(Base):

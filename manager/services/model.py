@@ -95,6 +95,9 @@ class NewServiceSpec(Protocol):
     open_to_public: bool
     cors_allowed_origins: list[str]
     network_outbound: bool
+    route_capacity: int | None
+    model_aliases: list[str]
+    engine_model_name: str | None
 
     @property
     def config(self) -> ServiceConfigSpec: ...  # read-only: any model that fits, not this type exactly
@@ -114,5 +117,8 @@ class ServiceUpdateSpec(Protocol):
     open_to_public: bool | None
     cors_allowed_origins: list[str] | None
     network_outbound: bool | None
+    route_capacity: int | None
+    model_aliases: list[str] | None
+    engine_model_name: str | None
     max_surge: int | None
     redeploy: bool

@@ -103,6 +103,12 @@ async def update_service(sessions: Sessions, config: ManagerConfig, caller: Call
             endpoint.max_surge = body.max_surge
         if body.cors_allowed_origins is not None:  # published with the route table: the caller republishes
             endpoint.cors_allowed_origins = body.cors_allowed_origins
+        if "route_capacity" in given:  # likewise; null: back to the proxies' default
+            endpoint.route_capacity = body.route_capacity
+        if body.model_aliases is not None:  # likewise (the whole list)
+            endpoint.model_aliases = body.model_aliases
+        if "engine_model_name" in given:  # likewise; null: pass the client's model through
+            endpoint.engine_model_name = body.engine_model_name
         db.add(Event(endpoint_id=endpoint.id, kind="endpoint_updated", data={
             "by": caller.access_key, "revision": endpoint.revision, "changed": changed,
             "redeploy": body.redeploy, "fields": sorted(given)}))

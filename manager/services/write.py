@@ -64,7 +64,9 @@ def new_endpoint(body: NewServiceSpec, owner: Caller, caller: Caller, folder_id:
         bootstrap_script=body.bootstrap_script, callback_url=body.callback_url,
         cluster_mode=body.cluster_mode, cluster_size=body.cluster_size, replicas=body.replicas,
         open_to_public=body.open_to_public, cors_allowed_origins=body.cors_allowed_origins,
-        network_outbound=body.network_outbound, proxy_port=port, url=url, lifecycle=EndpointLifecycle.CREATED,
+        network_outbound=body.network_outbound, route_capacity=body.route_capacity,
+        model_aliases=body.model_aliases, engine_model_name=body.engine_model_name,
+        proxy_port=port, url=url, lifecycle=EndpointLifecycle.CREATED,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 
 from appproxy.server import AppProxy
 from common.apikeys import APIKEYS_PREFIX, ApiKeyRecord, hash_key, new_key
@@ -381,3 +382,39 @@ async def test_a_model_at_zero_replicas_is_woken_and_the_request_held(gw: dict[s
     await publish(gw["store"], warm)
     status, _, body = await asyncio.wait_for(request, 10)
     assert status == 200 and body["choices"][0]["message"]["content"] == "echo: hello there gateway"
+
+
+async def test_replica_never_sees_the_key(make_proxy: Callable[..., Awaitable[AppProxy]], store: MemoryStore,
+                                          http: aiohttp.ClientSession) -> None:
+    """Neither key header reaches the replica, whichever one carried the key (the request is copied only when
+    an X-API-Key header is there to remove)."""
+    seen: list[dict[str, str]] = []
+
+    async def replica(request: web.Request) -> web.Response:
+        seen.append({k.lower(): v for k, v in request.headers.items()})
+        return web.json_response({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", replica)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        proxy = await make_proxy(gateway={"port": 0})
+        assert proxy.gateway is not None
+        await publish(store, table("echo", ALICE, RouteTarget(route_id=uuid.uuid4(), host="127.0.0.1", port=port)))
+        await eventually(lambda: len(proxy.routes.tables) == 1, what="table served")
+        key, _ = await add_key(store)
+        gw = {"url": proxy.gateway.url, "http": http}
+        for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key},
+                        {"X-API-Key": key, "Authorization": "Bearer other"}):
+            status, _, _ = await post(gw, "/chat/completions", CHAT, None, **headers)
+            assert status == 200
+        assert len(seen) == 3
+        for headers_seen in seen:
+            assert "authorization" not in headers_seen and "x-api-key" not in headers_seen
+            assert key not in " ".join(headers_seen.values())
+    finally:
+        await runner.cleanup()

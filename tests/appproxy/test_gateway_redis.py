@@ -57,6 +57,50 @@ async def test_redis_rules_match_the_pure_ones(limiter: RedisLimiter) -> None:
     assert limiter.errors == 0
 
 
+async def test_concurrent_admissions_share_round_trips_and_stay_exact(limiter: RedisLimiter) -> None:
+    """Admissions arriving while a script call is in flight go together in the next one: fewer round trips
+    than requests, and the limit exact all the same."""
+    limits = Limits(rpm=25, tpm=None)
+    decisions = await asyncio.gather(*(limiter.admit("k", limits, 1, f"r{i}") for i in range(60)))
+    assert sum(1 for d in decisions if d is not None and d.admitted) == 25
+    assert [d.requests for d in decisions[:25] if d] == list(range(1, 26))  # in arrival order
+    assert limiter.round_trips < 60 / 2
+    assert limiter.errors == 0
+
+
+async def test_deferred_correction_rides_with_the_next_admission(limiter: RedisLimiter) -> None:
+    tokens = Limits(rpm=None, tpm=100)
+    assert (await limiter.admit("t", tokens, 60, "a")).admitted  # type: ignore[union-attr]
+    before = limiter.round_trips
+    limiter.defer_correct("t", "a", 10)  # the request that ended does not wait
+    admitted = await limiter.admit("t", tokens, 60, "b")
+    assert admitted is not None and admitted.admitted and admitted.tokens == 70  # corrected first
+    assert limiter.round_trips == before + 1  # correction and admission: one script call
+
+
+async def test_deferred_correction_alone_is_sent_within_the_delay(limiter: RedisLimiter) -> None:
+    tokens = Limits(rpm=None, tpm=100)
+    assert (await limiter.admit("t", tokens, 60, "a")).admitted  # type: ignore[union-attr]
+    limiter.defer_correct("t", "a", 7)
+    hash_key_ = limiter._keys("t")[1]
+    assert await limiter._redis.hget(hash_key_, "_total") == b"60"  # not yet: it waits for an admission
+    await asyncio.sleep(limiter.CORRECT_DELAY + 0.3)
+    assert await limiter._redis.hget(hash_key_, "_total") == b"7"
+
+
+async def test_a_busy_window_expiring_at_once(limiter: RedisLimiter) -> None:
+    """A key that ran thousands of requests a minute ago, then paused: all its entries expire in one admission
+    (more than Lua's unpack() takes at once) and the admission still works."""
+    z, h = limiter._keys("busy")
+    ids = [f"old{i}" for i in range(20_000)]
+    await limiter._redis.zadd(z, dict.fromkeys(ids, 1))  # scored at 1 ms after the epoch: long expired
+    await limiter._redis.hset(h, mapping={**dict.fromkeys(ids, 3), "_total": 60_000})
+    decision = await limiter.admit("busy", Limits(rpm=10, tpm=100), 5, "new")
+    assert decision is not None and decision.admitted and decision.requests == 1 and decision.tokens == 5
+    assert limiter.errors == 0
+    assert await limiter._redis.zcard(z) == 1 and await limiter._redis.hlen(h) == 2  # "new" and "_total"
+
+
 class Silent:
     """Accepts connections and never answers: a hung Redis."""
 

@@ -1,6 +1,7 @@
 """The gateway through `moorage up`: the URL printed and in cluster.json, a key from `moorage key create`, an echo
-service reached by its name with the official `openai` client (streamed and not), usage as the replica
-reported it in `moorage usage`, and `moorage key revoke` refused at once."""
+service reached by its name and an alias with the official `openai` client (streamed and not), usage (and its cost
+at a price set with `moorage price set`) as the replica reported it in `moorage usage`, and `moorage key revoke`
+refused at once."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def test_gateway_in_moorage_up(tmp_path: Path) -> None:
 
         moorage(env, "folder", "create", "echo")
         moorage(env, "folder", "upload", "echo", str(REPO / "configs/models/echo"))
-        moorage(env, "service", "create", "echo", "1", "--name", "echo-svc", "-r", "cpu=0.25", "-r", "mem=64m")
+        moorage(env, "service", "create", "echo", "1", "--name", "echo-svc", "-r", "cpu=0.25", "-r", "mem=64m",
+                "--alias", "gpt-e2e")
+        moorage(env, "price", "set", "echo-svc", "--input", "1000", "--output", "2000")
         wait_for(lambda: moorage_json(env, "service", "info", "echo-svc")["status"] == "HEALTHY", 120,
                  "echo-svc healthy", on_timeout=daemons.logs)
         created = moorage(env, "key", "create", "e2e", "--models", "echo-svc", "--rpm", "100")
@@ -44,8 +47,8 @@ def test_gateway_in_moorage_up(tmp_path: Path) -> None:
         assert created.stdout == key + "\n" and key.startswith("sk-")
 
         with openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=30) as client:
-            assert [m.id for m in client.models.list()] == ["echo-svc"]
-            reply = client.chat.completions.create(model="echo-svc",
+            assert [m.id for m in client.models.list()] == ["echo-svc", "gpt-e2e"]
+            reply = client.chat.completions.create(model="gpt-e2e",  # by alias: recorded under the service's name
                                                    messages=[{"role": "user", "content": "hello gateway"}])
             assert reply.choices[0].message.content == "echo: hello gateway" and reply.usage is not None
             streamed = [c for c in client.chat.completions.create(
@@ -60,7 +63,7 @@ def test_gateway_in_moorage_up(tmp_path: Path) -> None:
             rows = wait_for(recorded, 10, "two usage records", on_timeout=daemons.logs)
             assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (2, 3)
             assert rows == [{"model": "echo-svc", "requests": 2, "prompt_tokens": 2 + 3, "completion_tokens": 3 + 4,
-                             "total_tokens": 12, "errors": 0}]
+                             "total_tokens": 12, "errors": 0, "cost": (5 * 1000 + 7 * 2000) / 1e6, "unpriced": 0}]
 
             moorage(env, "key", "revoke", "e2e")
             with pytest.raises(openai.AuthenticationError):

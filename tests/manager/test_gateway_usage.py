@@ -114,7 +114,7 @@ async def test_usage_is_recorded_as_the_replica_reported_it(env: dict[str, Any])
     status, mine = await env["alice"].request("GET", "/usage?by=model,key&since=1h")
     assert status == 200 and mine["rows"] == [{
         "model": "echo", "key": created["id"], "requests": 2, "prompt_tokens": 5,
-        "completion_tokens": 7, "total_tokens": 12, "errors": 0}]
+        "completion_tokens": 7, "total_tokens": 12, "errors": 0, "cost": 0.0, "unpriced": 2}]  # no price set
     status, theirs = await env["bob"].request("GET", "/usage?by=day")
     assert status == 200 and theirs["rows"] == []
     status, everyone = await env["root"].request("GET", "/usage?by=user")
@@ -156,7 +156,7 @@ async def test_cli_usage(env: dict[str, Any], capsys: pytest.CaptureFixture[str]
     loop = asyncio.get_running_loop()
     assert await loop.run_in_executor(None, main, [*conn, "usage", "--by", "model", "--csv"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "model,requests,prompt_tokens,completion_tokens,total_tokens,errors", "m1,1,5,6,11,0"]
+        "model,requests,prompt_tokens,completion_tokens,total_tokens,errors,cost", "m1,1,5,6,11,0,0.0"]
     assert await loop.run_in_executor(None, main, [*conn, "usage", "--since", "30d"]) == 0
     assert "TOTAL_TOKENS" in capsys.readouterr().out
 

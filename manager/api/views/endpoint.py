@@ -90,6 +90,9 @@ def serve_info(snapshot: ServiceSnapshot) -> dict[str, Any]:
         "rollout": rollout_state(endpoint, [r.route for r in rows]),
         "cors_allowed_origins": list(endpoint.cors_allowed_origins or []),
         "network_outbound": endpoint.network_outbound,
+        "route_capacity": endpoint.route_capacity,
+        "model_aliases": list(endpoint.model_aliases or []),
+        "engine_model_name": endpoint.engine_model_name,
         # extensions the console's Edit form pre-fills from
         "environ": dict(endpoint.environ or {}),
         "scaling_group": endpoint.scaling_group,
