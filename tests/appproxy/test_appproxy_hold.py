@@ -131,7 +131,10 @@ async def test_registration_and_signed_metrics(make_proxy, store, http):
     await eventually(lambda: proxy.routes.get(table.endpoint_id) is not None, what="the table")
     client = SignedClient(http, CLUSTER_SECRET)
     report = await client.call("GET", info.admin_url, f"/endpoints/{table.endpoint_id}/metrics")
-    assert report["proxy"] == {"rps": 0.0, "in_flight": 0} and report["endpoint_id"] == str(table.endpoint_id)
+    assert report["endpoint_id"] == str(table.endpoint_id)
+    idle = report["proxy"]
+    assert (idle["rps"], idle["in_flight"], idle["queued"], idle["queue_wait"]) == (0.0, 0, 0, 0.0), idle
+    assert sum(idle["latency"]["counts"]) == 0 and not any(idle["tokens"].values()), idle  # nothing served yet
     await proxy.stop()
     assert key not in store._data  # deregistered on a clean stop
     assert json.loads(info.model_dump_json())["worker_index"] == 0
